@@ -1,0 +1,67 @@
+# Lethe: `make demo` and `make test` are the two set-up commands; both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Installed before the project so that the `worker` extra's torch range is already met by this build
+# (on a CPU machine the wheel on disk; a plain `torch` would pull a multi-GB CUDA build).
+TORCH_VERSION ?= 2.13.0
+# Keep test runs polite on small machines; tests that need more threads set them themselves.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PYTEST_ARGS ?=
+COMPOSE ?= docker compose
+COMPOSE_ENV := .lethe/compose.env
+
+.PHONY: venv install test demo bench lint format migrate up down clean distclean
+
+venv install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -e '.[worker,dev]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed
+	$(TEST_ENV) $(PY) scripts/demo.py
+
+bench: $(VENV)/.installed
+	$(PY) -m bench.intake
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Applies the migrations to LETHE_DATABASE_URL (default: the demo's SQLite file).
+migrate: $(VENV)/.installed
+	mkdir -p .lethe
+	$(VENV)/bin/alembic upgrade head
+
+# Production-like stack: Postgres, Redis, migrations, API and a GPU worker (needs a Docker engine).
+up: $(COMPOSE_ENV)
+	$(COMPOSE) --env-file $(COMPOSE_ENV) up --build -d
+
+down:
+	$(COMPOSE) --env-file $(COMPOSE_ENV) down
+
+# Secrets for the compose stack, made once and kept out of git (.lethe/ is ignored).
+$(COMPOSE_ENV):
+	mkdir -p .lethe
+	umask 077; $(PYTHON) -c "import secrets; \
+	print('LETHE_SECRET_KEY=' + secrets.token_hex(32)); \
+	print('LETHE_SUBJECT_HMAC_KEY=' + secrets.token_hex(32)); \
+	print('POSTGRES_PASSWORD=' + secrets.token_hex(16))" > $@
+
+clean:
+	rm -rf .lethe/demo build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) .lethe .cache

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
+
+from app.audit.models import AuditEvent
+from app.audit.schemas import AuditEventOut, AuditVerification
+from app.audit.service import list_filters, verify_chain
+from app.db import SessionDep
+from app.pagination import Page, PageParamsDep, paginate
+from app.security.auth import Principal, require_scope
+from app.security.scopes import Scope
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+AuditReader = Annotated[Principal, Depends(require_scope(Scope.AUDIT_READ))]
+
+
+@router.get("", response_model=Page[AuditEventOut], summary="List audit events (oldest first)")
+def list_audit_events(
+    principal: AuditReader,
+    session: SessionDep,
+    page: PageParamsDep,
+    entity_type: Annotated[str | None, Query(description="e.g. model_version, alias")] = None,
+    entity_id: str | None = None,
+    action: str | None = None,
+    since: Annotated[datetime | None, Query(description="created at or after")] = None,
+    until: Annotated[datetime | None, Query(description="created before")] = None,
+) -> Page[AuditEventOut]:
+    conditions = list_filters(principal.tenant_id, entity_type, entity_id, action, since, until)
+    events, next_cursor = paginate(session, select(AuditEvent).where(*conditions), [AuditEvent.seq], page)
+    return Page(items=[AuditEventOut.model_validate(event) for event in events], next_cursor=next_cursor)
+
+
+@router.get("/verify", response_model=AuditVerification, summary="Check the tenant's hash chain")
+def verify_audit_chain(principal: AuditReader, session: SessionDep) -> AuditVerification:
+    check = verify_chain(session, principal.tenant_id)
+    return AuditVerification(
+        ok=check.ok, checked=check.checked, broken_at=check.broken_at, reason=check.reason
+    )

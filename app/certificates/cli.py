@@ -1,0 +1,131 @@
+"""`lethe certificate ...`: check deletion certificates offline, and manage the signing key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from app.certificates.signing import KeyFormatError, Verification, load_public_key, public_key_pem, verify
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("certificate", help="deletion certificates")
+    actions = group.add_subparsers(dest="certificate_command", required=True)
+
+    check = actions.add_parser(
+        "verify", help="check a certificate's signature offline (exit 0 valid, 1 invalid)"
+    )
+    check.add_argument("file", type=Path, help="the certificate JSON as downloaded")
+    check.add_argument(
+        "--public-key",
+        type=Path,
+        help="the issuer's public key (PEM, from GET /v1/certificates/public-key); without it only the key "
+        "embedded in the certificate is checked, which proves integrity but not who signed",
+    )
+    check.set_defaults(func=verify_command)
+
+    public = actions.add_parser("public-key", help="print the configured signing key's public key (PEM)")
+    public.set_defaults(func=public_key_command)
+
+    generate = actions.add_parser(
+        "generate-key", help="print a new Ed25519 private key (PEM) for LETHE_CERTIFICATE_SIGNING_KEY"
+    )
+    generate.set_defaults(func=generate_key_command)
+
+    issue = actions.add_parser("issue", help="issue the certificate of a completed request that has none")
+    issue.add_argument("request_id")
+    issue.set_defaults(func=issue_command)
+
+
+def _summary(certificate: dict[str, Any]) -> list[str]:
+    lines = [
+        f"deletion request {certificate.get('request_id')} ({certificate.get('regime')})",
+        f"received {certificate.get('received_at')}, due {certificate.get('due_at')}, "
+        f"completed {certificate.get('completed_at')} ({'on time' if certificate.get('on_time') else 'LATE'})",
+    ]
+    for model in certificate.get("models") or []:
+        verdict = (model.get("verification") or {}).get("verdict")
+        lines.append(
+            f"  {model.get('model')}: version {model.get('version_before')} -> {model.get('version_after')}"
+            f" by {model.get('method')}, verdict {verdict}"
+        )
+    head = certificate.get("audit_head") or {}
+    lines.append(f"audit chain head at completion: seq {head.get('seq')} {head.get('hash')}")
+    return lines
+
+
+def report_verification(result: Verification) -> int:
+    if not result.ok:
+        print(f"INVALID: {result.reason}", file=sys.stderr)
+        return EXIT_INVALID
+    assert result.certificate is not None
+    print(f"VALID: signed by key {result.key_id}")
+    for line in _summary(result.certificate):
+        print(line)
+    if not result.key_supplied:
+        print(
+            "note: checked against the key embedded in the certificate only; compare the key id with the "
+            "issuer's published key, or pass --public-key",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    try:
+        data = args.file.read_bytes()
+        public_key = load_public_key(args.public_key.read_bytes()) if args.public_key else None
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyFormatError, ValueError) as exc:
+        print(f"error: the public key is not an Ed25519 PEM key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return report_verification(verify(data, public_key))
+
+
+def public_key_command(args: argparse.Namespace) -> int:
+    from app.certificates.signing import signing_key
+    from app.settings import get_settings
+
+    if get_settings().certificate_signing_key is None:
+        print("error: LETHE_CERTIFICATE_SIGNING_KEY is not set (certificates use a throwaway key)", file=sys.stderr)
+        return EXIT_USAGE
+    print(public_key_pem(signing_key().public_key), end="")
+    return 0
+
+
+def generate_key_command(args: argparse.Namespace) -> int:
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    print(pem.decode(), end="")
+    return 0
+
+
+def issue_command(args: argparse.Namespace) -> int:
+    from app.certificates.service import issue_certificate
+    from app.db import session_scope
+    from app.requests.models import DeletionRequest
+
+    with session_scope() as session:
+        request = session.get(DeletionRequest, args.request_id, with_for_update=True)
+        if request is None:
+            print(f"error: no deletion request {args.request_id}", file=sys.stderr)
+            return EXIT_INVALID
+        try:
+            certificate = issue_certificate(session, request, actor="cli")
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        digest = certificate.sha256
+    print(f"certificate of {args.request_id}: sha256 {digest}")
+    return 0

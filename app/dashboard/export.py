@@ -1,0 +1,125 @@
+"""CSV of deletion requests for the record of processing activities (GDPR art. 30).
+
+Streamed in keyset pages from a session of its own, so an export of many requests neither holds the
+whole file in memory nor outlives the request's session.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from app.certificates.models import DeletionCertificate
+from app.dashboard.queries import RequestFilters, filtered_requests, models_by_request
+from app.db import get_session_factory, utcnow
+from app.pagination import PageParams, paginate
+from app.requests.models import DeletionRequest, Regime, RequestStatus
+from app.requests.views import _combined_verdict as combined_verdict
+from app.security.auth import Principal, require_scope
+from app.security.scopes import Scope
+
+COLUMNS = (
+    "request_id",
+    "received_at",
+    "regime",
+    "status",
+    "due_at",
+    "completed_at",
+    "models",
+    "method",
+    "verdict",
+    "certificate_sha256",
+)
+BATCH = 500
+LIST_SEPARATOR = "; "
+
+router = APIRouter(tags=["deletion requests"])
+Reader = Annotated[Principal, Depends(require_scope(Scope.REQUESTS_READ))]
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat() if moment is not None else ""
+
+
+def _line(values: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(values)
+    return buffer.getvalue()
+
+
+def csv_lines(tenant_id: str, filters: RequestFilters) -> Iterator[str]:
+    """The header, then one line per request, oldest first."""
+    yield _line(list(COLUMNS))
+    now = utcnow()
+    stmt = filtered_requests(tenant_id, filters, now)
+    cursor: str | None = None
+    with get_session_factory()() as session:
+        while True:
+            requests, cursor = paginate(
+                session, stmt, [DeletionRequest.received_at, DeletionRequest.id], PageParams(BATCH, cursor)
+            )
+            ids = [request.id for request in requests]
+            progress = models_by_request(session, ids)
+            digests = dict(
+                session.execute(
+                    select(DeletionCertificate.request_id, DeletionCertificate.sha256).where(
+                        DeletionCertificate.request_id.in_(ids)
+                    )
+                ).tuples()
+            )
+            for request in requests:
+                models = progress.get(request.id, [])
+                # The methods that ran; the one asked for while none has run yet.
+                methods = list(dict.fromkeys(m.method for m in models if m.method)) or [request.method]
+                yield _line(
+                    [
+                        request.id,
+                        _when(request.received_at),
+                        request.regime,
+                        request.status,
+                        _when(request.due_at),
+                        _when(request.completed_at),
+                        LIST_SEPARATOR.join(m.model for m in models),
+                        LIST_SEPARATOR.join(methods),
+                        combined_verdict(models) or "",
+                        digests.get(request.id, ""),
+                    ]
+                )
+            session.expunge_all()
+            if cursor is None:
+                return
+
+
+def csv_response(tenant_id: str, filters: RequestFilters) -> StreamingResponse:
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        csv_lines(tenant_id, filters),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="deletion-requests-{stamp}.csv"'},
+    )
+
+
+@router.get(
+    "/v1/deletion-requests/export.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "one line per request, oldest first"}},
+    summary="CSV of deletion requests for the record of processing activities",
+)
+def export_deletion_requests(
+    principal: Reader,
+    status: RequestStatus | None = None,
+    regime: Regime | None = None,
+    model: Annotated[str | None, Query(description="affecting this model (name)")] = None,
+    overdue: Annotated[bool, Query(description="only open requests past due_at")] = False,
+) -> StreamingResponse:
+    """Columns: request_id, received_at, regime, status, due_at, completed_at, models, method, verdict,
+    certificate_sha256 (lists separated by "; ")."""
+    filters = RequestFilters(status=status, regime=regime, model=model, overdue=overdue)
+    return csv_response(principal.tenant_id, filters)

@@ -1,0 +1,95 @@
+"""What the dashboard lists: requests with filters, and the affected models of many requests at once."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, exists, select
+from sqlalchemy.orm import Session
+
+from app.jobs.models import Job, JobAttempt
+from app.registry.models import Model, ModelVersion
+from app.requests.models import OPEN_STATUSES, DeletionRequest, DeletionRequestModel, Regime, RequestStatus
+from app.requests.schemas import ModelProgress
+
+
+@dataclass(frozen=True)
+class RequestFilters:
+    status: RequestStatus | None = None
+    regime: Regime | None = None
+    model: str | None = None
+    overdue: bool = False
+    # Keyed HMAC of a searched subject id (the id itself is never kept or echoed).
+    subject_hmac: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return any((self.status, self.regime, self.model, self.overdue, self.subject_hmac))
+
+
+def filtered_requests(tenant_id: str, filters: RequestFilters, now: datetime) -> Select[tuple[DeletionRequest]]:
+    stmt = select(DeletionRequest).where(DeletionRequest.tenant_id == tenant_id)
+    if filters.status is not None:
+        stmt = stmt.where(DeletionRequest.status == filters.status)
+    if filters.regime is not None:
+        stmt = stmt.where(DeletionRequest.regime == filters.regime)
+    if filters.subject_hmac is not None:
+        stmt = stmt.where(DeletionRequest.subject_hmac == filters.subject_hmac)
+    if filters.model:
+        stmt = stmt.where(
+            exists()
+            .where(DeletionRequestModel.request_id == DeletionRequest.id)
+            .where(DeletionRequestModel.model_id == Model.id)
+            .where(Model.tenant_id == tenant_id, Model.name == filters.model)
+        )
+    if filters.overdue:
+        stmt = stmt.where(DeletionRequest.status.in_(OPEN_STATUSES), DeletionRequest.due_at < now)
+    return stmt
+
+
+def models_by_request(session: Session, request_ids: Sequence[str]) -> dict[str, list[ModelProgress]]:
+    """Each request's per-model progress (as GET /v1/deletion-requests/{id} shows it), in four queries
+    for a whole page of requests."""
+    if not request_ids:
+        return {}
+    rows = session.execute(
+        select(DeletionRequestModel, Model.name, Job)
+        .join(Model, Model.id == DeletionRequestModel.model_id)
+        .outerjoin(Job, Job.id == DeletionRequestModel.job_id)
+        .where(DeletionRequestModel.request_id.in_(list(request_ids)))
+        .order_by(DeletionRequestModel.request_id, Model.name)
+    ).all()
+    version_ids = {v for row, _, _ in rows for v in (row.from_version_id, row.to_version_id) if v}
+    numbers = (
+        dict(session.execute(select(ModelVersion.id, ModelVersion.version).where(ModelVersion.id.in_(version_ids))).tuples())
+        if version_ids
+        else {}
+    )
+    job_ids = [job.id for _, _, job in rows if job is not None]
+    verdicts: dict[str, str | None] = {}
+    if job_ids:
+        for job_id, verdict in session.execute(
+            select(JobAttempt.job_id, JobAttempt.verdict)
+            .where(JobAttempt.job_id.in_(job_ids))
+            .order_by(JobAttempt.job_id, JobAttempt.attempt, JobAttempt.id)
+        ):
+            verdicts[job_id] = verdict  # the last attempt's verdict wins
+    progress: dict[str, list[ModelProgress]] = defaultdict(list)
+    for row, name, job in rows:
+        progress[row.request_id].append(
+            ModelProgress(
+                model=name,
+                status=row.status,
+                job_id=row.job_id,
+                stage=job.stage if job else None,
+                progress=job.progress if job else None,
+                method=job.method if job else None,
+                verdict=verdicts.get(job.id) if job else None,
+                from_version=numbers.get(row.from_version_id),
+                to_version=numbers.get(row.to_version_id),
+            )
+        )
+    return progress

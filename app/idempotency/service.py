@@ -1,0 +1,187 @@
+"""Idempotency-Key on creating POSTs (API.md, Conventions).
+
+The same key with the same request replays the first answer (status and body); with another request it
+answers 422; while the first is still in flight 409. Keys are scoped per tenant.
+
+How: the guard takes a transaction-level advisory lock on (tenant, key) in the request's own session, so
+a second request with the key finds the lock taken (409) until the first commits; the answer is stored in
+that same transaction by `finish`, so the created object and its replayable answer commit together or
+not at all. A failed request stores nothing and may be retried with the same key.
+
+Use in a router (the guard checks the scope before it looks at the key, so a key lacking the scope cannot
+read replays):
+
+    @router.post("/v1/things", status_code=201)
+    def create_thing(body: ThingIn, session: SessionDep,
+                     idempotency: Annotated[Idempotency, Depends(idempotent(Scope.THINGS_WRITE))]):
+        thing = service.create_thing(session, idempotency.principal, body)   # no commit yet
+        return idempotency.finish(ThingOut.model_validate(thing), 201)      # stores + commits
+"""
+
+# No `from __future__ import annotations`: the guard's annotations name the closure's `scope`, which
+# FastAPI must evaluate at definition time.
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.encoders import jsonable_encoder
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.responses import JSONResponse
+
+from app.db import SessionDep
+from app.errors import ProblemError, unprocessable
+from app.idempotency.hashing import request_hash
+from app.idempotency.models import IdempotencyKey, IdempotencyState
+from app.security.auth import Principal, require_scope
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAY_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+# First half of the two-int advisory lock id: keeps these locks apart from other advisory locks.
+ADVISORY_LOCK_CLASS = 0x1D3
+IN_FLIGHT_RETRY_AFTER_SECONDS = 1
+
+
+class IdempotentReplay(Exception):
+    """Raised by the guard when the request repeats a finished one; answered by the stored response."""
+
+    def __init__(self, status_code: int, body: Any) -> None:
+        super().__init__(status_code)
+        self.status_code = status_code
+        self.body = body
+
+
+@dataclass
+class Idempotency:
+    """What a creating endpoint receives: the caller, and where to store its answer."""
+
+    session: Session
+    principal: Principal
+    key: str | None
+    method: str
+    path: str
+    request_hash: str
+
+    def record(self, body: Any, status_code: int) -> Any:
+        """Store the answer in the session's transaction (no commit); answers `body` unchanged."""
+        if self.key is not None:
+            self.session.add(
+                IdempotencyKey(
+                    tenant_id=self.principal.tenant_id,
+                    key=self.key,
+                    method=self.method,
+                    path=self.path,
+                    request_hash=self.request_hash,
+                    state=IdempotencyState.DONE,
+                    response_status=status_code,
+                    response_body=jsonable_encoder(body),
+                )
+            )
+        return body
+
+    def finish(self, body: Any, status_code: int) -> Any:
+        """Store the answer and commit: the created state and its replay commit together."""
+        self.record(body, status_code)
+        self.session.commit()
+        return body
+
+
+def _lock_id(tenant_id: str, key: str) -> int:
+    digest = hashlib.blake2b(f"{tenant_id}\0{key}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _validated_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= MAX_KEY_LENGTH or not raw.isprintable() or not raw.isascii():
+        raise ProblemError(
+            400,
+            "Bad request",
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
+            "invalid-idempotency-key",
+        )
+    return raw
+
+
+def _in_flight() -> ProblemError:
+    return ProblemError(
+        409,
+        "Conflict",
+        f"a request with this {IDEMPOTENCY_HEADER} is still in flight; retry when it has finished",
+        "idempotency-in-flight",
+        headers={"Retry-After": str(IN_FLIGHT_RETRY_AFTER_SECONDS)},
+    )
+
+
+def _claim(session: Session, tenant_id: str, key: str) -> None:
+    """Hold (tenant, key) until this transaction ends; 409 when another request holds it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return  # the embedded SQLite demo serialises writers anyway; the unique key still holds
+    locked = session.scalar(
+        select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_CLASS, _lock_id(tenant_id, key)))
+    )
+    if not locked:
+        raise _in_flight()
+
+
+def check_key(session: Session, tenant_id: str, key: str, digest: str) -> None:
+    """Claim the key, then refuse or replay when it was used before."""
+    _claim(session, tenant_id, key)
+    stored = session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)
+    )
+    if stored is None:
+        return
+    if stored.request_hash != digest:
+        raise unprocessable(
+            f"this {IDEMPOTENCY_HEADER} was used for another request; use a new key for a new request",
+            "idempotency-mismatch",
+        )
+    if stored.state != IdempotencyState.DONE or stored.response_status is None:
+        raise _in_flight()
+    raise IdempotentReplay(stored.response_status, stored.response_body)
+
+
+async def _request_digest(request: Request) -> str:
+    # FastAPI has already read (and cached) the body when the dependencies run.
+    body = await request.body()
+    return request_hash(request.method, request.url.path, request.url.query, body)
+
+
+@lru_cache
+def idempotent(scope: str) -> Any:
+    """The guard of a creating POST that needs `scope`: a dependency answering an `Idempotency`."""
+
+    def guard(
+        request: Request,
+        session: SessionDep,
+        principal: Annotated[Principal, Depends(require_scope(scope))],
+        digest: Annotated[str, Depends(_request_digest)],
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias=IDEMPOTENCY_HEADER,
+                description="Retry-safe creation: the same key with the same body replays the first answer.",
+            ),
+        ] = None,
+    ) -> Idempotency:
+        key = _validated_key(idempotency_key)
+        if key is not None:
+            check_key(session, principal.tenant_id, key, digest)
+        return Idempotency(session, principal, key, request.method, request.url.path, digest)
+
+    guard.__name__ = f"idempotent_{scope.replace(':', '_')}"
+    return guard
+
+
+async def _answer_replay(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IdempotentReplay)
+    return JSONResponse(exc.body, status_code=exc.status_code, headers={REPLAY_HEADER: "true"})
+
+
+def install_idempotency_handler(app: FastAPI) -> None:
+    app.add_exception_handler(IdempotentReplay, _answer_replay)

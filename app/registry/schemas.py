@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.names import Name
+from app.pagination import Page
+from app.provenance.schemas import ExternalId
+from app.registry.models import ModelTask, VersionStatus
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Reason = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class ModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    task: ModelTask
+    description: Annotated[str | None, Field(max_length=2000)] = None
+    policy: dict[str, Any] = Field(
+        default_factory=dict, description="unlearning method and gate overrides, e.g. {method: 'auto'}"
+    )
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    task: ModelTask
+    description: str | None
+    policy: dict[str, Any]
+    created_at: datetime
+
+
+class TrainingSetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Name
+    external_ids: list[ExternalId] | None = Field(
+        default=None, description="the samples trained on; omitted = every sample of the dataset as of now"
+    )
+
+
+class VersionIn(BaseModel):
+    """An existing artifact and what it was trained on; the registrant attests it (status registered)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact_uri: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    artifact_sha256: Sha256Hex | None = None
+    training_set: TrainingSetIn
+    parent_version: int | None = Field(
+        default=None, ge=1, description="lineage: the version this one came from"
+    )
+    method: Annotated[str | None, Field(max_length=100)] = None
+    training_fingerprint: Annotated[str | None, Field(max_length=64)] = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    training_set: TrainingSetIn
+    parent_version: int | None = Field(default=None, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="training recipe (epochs, seed, ...)")
+
+
+class VersionOut(BaseModel):
+    id: str
+    model: str
+    version: int
+    status: VersionStatus
+    promotable: bool
+    parent: int | None = Field(description="the version this one was derived from")
+    training_set_size: int | None
+    method: str | None
+    exact: bool
+    tainted: bool
+    tainted_at: datetime | None
+    taint_reason: str | None
+    artifact_uri: str | None
+    artifact_sha256: str | None
+    training_fingerprint: str | None
+    metrics: dict[str, Any]
+    verification: dict[str, Any] | None
+    created_at: datetime
+    purged_at: datetime | None
+
+
+class AliasPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    expected_version: int | None = Field(
+        default=None, description="the version the alias points to now (null: the alias must not exist yet)"
+    )
+    reason: Reason | None = None
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expected_version: int | None = Field(default=None, description="when given, compare-and-set on it")
+    reason: Reason | None = None
+
+
+class AliasOut(BaseModel):
+    model: str
+    name: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class AliasChange(BaseModel):
+    from_version: int | None
+    to_version: int
+    reason: str | None
+    actor: str | None
+    changed_at: datetime
+
+
+class AliasHistoryPage(Page[AliasChange]):
+    served_version: int | None = Field(
+        default=None, description="with ?at=T: the version the alias pointed to at T (null: none yet)"
+    )

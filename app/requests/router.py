@@ -1,0 +1,97 @@
+"""/v1/deletion-requests: intake, status, lists, cancellation, deadline extension."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from app.db import SessionDep
+from app.idempotency.service import Idempotency, idempotent
+from app.pagination import PageParamsDep
+from app.requests import service, views
+from app.requests.models import RequestStatus
+from app.requests.schemas import (
+    CancelRequest,
+    DeadlineExtension,
+    DeletionRequestCreate,
+    DeletionRequestCreated,
+    DeletionRequestOut,
+    DeletionRequestPage,
+)
+from app.security.auth import Principal, require_scope
+from app.security.scopes import Scope
+from app.webhooks.service import callback_secret
+
+router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
+
+Reader = Annotated[Principal, Depends(require_scope(Scope.REQUESTS_READ))]
+WriteGuard = Annotated[Idempotency, Depends(idempotent(Scope.REQUESTS_WRITE))]
+
+
+@router.post("", status_code=202, response_model=DeletionRequestCreated)
+def create_deletion_request(body: DeletionRequestCreate, idempotency: WriteGuard) -> DeletionRequestCreated:
+    """Record a deletion request: the subject (or the samples) is resolved to the samples held and the
+    models trained on them, in one transaction with its audit event and planning task. `no_data` when
+    nothing is held. Unlearning happens later; poll the request or use the callback."""
+    intake = service.create_request(idempotency.session, idempotency.principal, body)
+    secret = callback_secret(intake.request.id) if intake.request.callback_url else None
+    return idempotency.finish(views.created(intake, secret), 202)
+
+
+@router.get("", response_model=DeletionRequestPage)
+def list_deletion_requests(
+    session: SessionDep,
+    principal: Reader,
+    page: PageParamsDep,
+    status: Annotated[list[RequestStatus] | None, Query(description="repeat for several")] = None,
+    due_before: Annotated[
+        datetime | None, Query(description="due strictly before this instant (UTC when no offset is given)")
+    ] = None,
+    model: Annotated[str | None, Query(description="affecting this model (name)")] = None,
+    overdue: Annotated[bool | None, Query(description="true: open and past due_at")] = None,
+) -> DeletionRequestPage:
+    """Newest first."""
+    return views.list_page(
+        session,
+        principal.tenant_id,
+        page,
+        statuses=status,
+        due_before=due_before.replace(tzinfo=UTC) if due_before and due_before.tzinfo is None else due_before,
+        model=model,
+        overdue=overdue,
+    )
+
+
+@router.get("/{request_id}", response_model=DeletionRequestOut)
+def get_deletion_request(request_id: str, session: SessionDep, principal: Reader) -> DeletionRequestOut:
+    """Status, timeline, per-model progress, jobs, verdict, promoted versions, days left."""
+    return views.detailed(session, service.get_request(session, principal.tenant_id, request_id))
+
+
+@router.post("/{request_id}:cancel", response_model=DeletionRequestOut)
+def cancel_deletion_request(
+    request_id: str, idempotency: WriteGuard, body: CancelRequest | None = None
+) -> DeletionRequestOut:
+    """Cancel a request that has not started unlearning (409 otherwise). Canceling a canceled request
+    answers it unchanged."""
+    session = idempotency.session
+    request = service.get_request(session, idempotency.principal.tenant_id, request_id)
+    if request.status != RequestStatus.CANCELED:
+        request = service.cancel_request(
+            session, idempotency.principal, request_id, body.reason if body else None
+        )
+    return idempotency.finish(views.detailed(session, request), 200)
+
+
+@router.post("/{request_id}:extend", response_model=DeletionRequestOut)
+def extend_deletion_request(
+    request_id: str, body: DeadlineExtension, idempotency: WriteGuard
+) -> DeletionRequestOut:
+    """Extend the deadline with a reason: GDPR up to two further months (three from receipt), CCPA 45
+    more days. Without `days`, as far as the regime allows."""
+    request = service.extend_deadline(
+        idempotency.session, idempotency.principal, request_id, body.reason, body.days
+    )
+    return idempotency.finish(views.detailed(idempotency.session, request), 200)

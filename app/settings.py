@@ -1,0 +1,90 @@
+"""Every setting of the service, read once from the environment (prefix LETHE_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path(".lethe")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore")
+
+    # Postgres in production and tests; the SQLite file is only the embedded default of `make demo`.
+    database_url: str = f"sqlite:///{DATA_DIR / 'lethe.db'}"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+    db_pool_pre_ping: bool = True
+    # The tests create (and drop) a throwaway database `lethe_test_<random>` through this server URL.
+    test_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+    # Keys for the keyed hashes: API keys and data-subject identifiers are stored only as HMACs.
+    secret_key: SecretStr = SecretStr("change-me-in-production")
+    subject_hmac_key: SecretStr = SecretStr("change-me-subject-key")
+    # Ed25519 key that signs deletion certificates: PEM (PKCS#8) or the base64 of the raw 32-byte seed.
+    # Unset: each process makes a throwaway key (logged loudly) and its certificates stop verifying
+    # against the published public key after a restart.
+    certificate_signing_key: SecretStr | None = None
+
+    api_key_prefix: str = "lethe_"
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_bulk_samples: int = 100_000
+    # Token bucket per API key (per client address without a key): refill rate and burst; 0 turns it off.
+    # "auto" shares the buckets of all API processes in Redis at broker_url when that is a Redis URL.
+    rate_limit_per_minute: int = 6000
+    rate_limit_burst: int = 600
+    rate_limit_store: Literal["auto", "redis", "memory"] = "auto"
+    default_page_size: int = 50
+    max_page_size: int = 500
+
+    # Deletion deadlines per regime.
+    gdpr_months: int = 1
+    ccpa_days: int = 45
+
+    artifact_root: str = str(DATA_DIR / "artifacts")
+    report_root: str = str(DATA_DIR / "reports")
+
+    # Callback URLs to private or loopback hosts are refused unless allowed (tests, the demo).
+    allow_private_callbacks: bool = False
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    batching_window_seconds: float = Field(default=5.0, ge=0)
+
+    # The outbox dispatcher thread of an API process: sends right after each commit that wrote tasks,
+    # and polls on this interval for rows a broker outage left behind. Off where another process sends.
+    outbox_dispatch_in_api: bool = True
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+
+    # --- the pipeline (workers/): jobs, sweeper, purge, webhook delivery, Celery limits ---
+    # A running job holds a lease its worker renews every heartbeat; once the lease lapses (worker lost)
+    # the sweeper hands the job to another worker, and fails it after job_max_attempts runs.
+    job_lease_seconds: float = Field(default=60.0, gt=0)
+    job_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    sweep_interval_seconds: float = Field(default=10.0, gt=0)
+    # Artifacts of versions tainted by a deletion are purged this long after the promotion replacing them.
+    purge_grace_seconds: float = Field(default=3600.0, ge=0)
+    # Celery: limits of the GPU tasks (train, unlearn, verify) and of the others. The Redis visibility
+    # timeout must exceed the longest task, or Redis hands a running task to a second worker.
+    gpu_task_soft_time_limit_seconds: int = Field(default=6 * 3600, gt=0)
+    gpu_task_time_limit_seconds: int = Field(default=6 * 3600 + 300, gt=0)
+    task_soft_time_limit_seconds: int = Field(default=300, gt=0)
+    task_time_limit_seconds: int = Field(default=360, gt=0)
+    broker_visibility_timeout_seconds: int = Field(default=7 * 3600, gt=0)
+    # Folder of the filesystem:// broker (the embedded demo: no Redis installed).
+    broker_folder: str = str(DATA_DIR / "broker")
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)  # first retry delay, doubling each time
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

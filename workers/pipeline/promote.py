@@ -1,0 +1,149 @@
+"""Promotion: the verified candidate starts serving, at most once whatever the broker redelivers.
+
+Everything happens in ONE transaction on the locked job row: the claim, the compare-and-set of the alias
+(app.registry.service.set_alias: history and audit), the taint of every version of the model trained on a
+forgotten sample, the `model.promoted` webhook, the requests' completion and the job's end. A second
+delivery of the task waits on the job row's lock and then finds the job past its promoting stage.
+
+If the alias no longer points at the version the job unlearned (someone moved it meanwhile), the candidate
+is stale: it is rejected and the job starts its chain again on the version that now serves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import get_session_factory
+from app.errors import ProblemError
+from app.jobs.models import Job, JobKind
+from app.outbox.service import enqueue
+from app.provenance.membership import versions_trained_on
+from app.registry.models import Model, ModelVersion, VersionStatus
+from app.registry.service import set_alias, set_version_status, taint_version
+from app.requests.models import RequestStatus
+from app.webhooks.events import EventType
+from app.webhooks.service import enqueue_event
+from workers.pipeline.escalation import STALE, chain_position, current_attempt, finish_attempt
+from workers.pipeline.jobs import (
+    audit_job,
+    enqueue_stage,
+    fail_job,
+    job_requests,
+    job_sample_ids,
+    set_model_rows,
+    succeed_job,
+    sync_requests,
+)
+from workers.pipeline.leases import AttemptsExhausted, ClaimRefused, lock_job, new_token, release_lease, take_lease
+from workers.pipeline.stages import ACTOR, PURGE_TASK, Stage
+
+log = logging.getLogger("lethe.pipeline")
+
+
+def run_promote(job_id: str) -> None:
+    token = new_token()
+    with get_session_factory()() as session, session.begin():
+        job = lock_job(session, job_id)
+        if job is None or job.kind != JobKind.UNLEARN or job.stage != Stage.PROMOTING:
+            return
+        try:
+            take_lease(job, token)
+        except ClaimRefused as refused:
+            log.info("%s", refused)
+            return
+        except AttemptsExhausted as exhausted:
+            fail_job(session, job, f"worker lost too often: {exhausted}")
+            return
+        promote(session, job, token)
+
+
+def promote(session: Session, job: Job, token: str) -> None:
+    model = session.scalars(select(Model).where(Model.id == job.model_id).with_for_update()).one()
+    job_requests(session, job, lock=True)  # lock order: job, model, requests, then the audit head
+    candidate = session.get(ModelVersion, job.candidate_version_id)
+    base = session.get(ModelVersion, job.params["base_version_id"])
+    assert candidate is not None and base is not None
+    try:
+        with session.begin_nested():
+            set_alias(
+                session,
+                model,
+                job.params["alias"],
+                candidate,
+                job.params.get("alias_version"),
+                f"deletion job {job.id}: {candidate.method} removed {len(job_sample_ids(session, job))} samples",
+                ACTOR,
+            )
+    except ProblemError as refused:
+        if refused.status_code != 409:
+            raise
+        _restart_on_new_served_version(session, job, candidate, token, str(refused.detail))
+        return
+    complete_deletion(session, job, model, base, candidate)
+
+
+def _restart_on_new_served_version(
+    session: Session, job: Job, candidate: ModelVersion, token: str, why: str
+) -> None:
+    log.warning("job %s: promotion refused (%s); unlearning again from the served version", job.id, why)
+    attempt = current_attempt(session, job)
+    if attempt is not None:
+        finish_attempt(session, job, attempt, STALE, attempt.verdict, {"reason": why[:500]})
+    set_version_status(session, candidate, VersionStatus.REJECTED, ACTOR, verification={
+        **(candidate.verification or {}), "superseded": why[:500]})  # fmt: skip
+    chain, index = chain_position(job)
+    params = {k: v for k, v in job.params.items() if k not in ("base_version_id", "alias_version")}
+    params["attempt_offset"] = int(params.get("attempt_offset") or 0) + index + 1
+    params["chain_index"] = 0
+    job.params = params
+    job.candidate_version_id = None
+    job.stage = Stage.UNLEARNING
+    set_model_rows(session, job, RequestStatus.UNLEARNING)
+    sync_requests(session, job, {"job_id": job.id, "reason": "the served version changed"})
+    audit_job(session, job, "restarted", {"reason": why[:300], "chain": chain})
+    release_lease(job, token)
+    enqueue_stage(session, job)
+
+
+def taint_trained_versions(session: Session, job: Job, sample_ids: list[int]) -> list[int]:
+    """Mark every version of the job's model trained on any of the samples; answers their numbers."""
+    tainted = []
+    reason = f"trained on samples forgotten by deletion job {job.id}"
+    hits = versions_trained_on(session, job.tenant_id, sample_ids=sample_ids) if sample_ids else []
+    for version_id in sorted({hit.version_id for hit in hits if hit.model_id == job.model_id}):
+        version = session.get(ModelVersion, version_id)
+        assert version is not None
+        if not version.tainted:
+            taint_version(session, version, reason, ACTOR)
+            tainted.append(version.version)
+    return tainted
+
+
+def complete_deletion(
+    session: Session, job: Job, model: Model, base: ModelVersion, candidate: ModelVersion | None
+) -> None:
+    """The model serves a version without the job's samples (the candidate, or `base` when it never held
+    them): taint the versions that did, complete the requests, end the job, schedule the purge."""
+    serving = candidate or base
+    tainted = taint_trained_versions(session, job, job_sample_ids(session, job))
+    if candidate is not None:
+        enqueue_event(
+            session,
+            job.tenant_id,
+            EventType.MODEL_PROMOTED,
+            {"model": model.name, "alias": job.params.get("alias"), "from_version": base.version,
+             "to_version": candidate.version, "method": candidate.method, "exact": candidate.exact,
+             "job_id": job.id, "tainted_versions": tainted},
+        )  # fmt: skip
+    set_model_rows(session, job, RequestStatus.COMPLETED, to_version_id=serving.id)
+    sync_requests(session, job, {"job_id": job.id, "model": model.name, "version": serving.version})
+    succeed_job(
+        session,
+        job,
+        {"model": model.name, "from_version": base.version, "to_version": serving.version,
+         "promoted": candidate is not None, "tainted_versions": tainted},
+    )  # fmt: skip
+    enqueue(session, PURGE_TASK, {"job_id": job.id})

@@ -1,0 +1,175 @@
+"""Where versions live on disk: the artifact store and the training records kept beside it.
+
+A version the workers wrote has `artifact_uri = artifact://<id>`, `<id>` being its content id in the
+artifact store under `settings.artifact_root`; its TrainingRecord (block checkpoints, first-epoch
+gradients, block layout) sits in `<artifact_root>/records/<id>/`. A registered version may also point at a
+directory written by `ModelAdapter.save` (`file://...` or a plain path); such a version has no record.
+
+Purging a tainted version removes its weights and the parts of its record that carry what it learnt
+(checkpoints, gradients, final model) and keeps `record.json` (recipe, architecture, block layout of sample
+ids): that is what a later exact retrain of the lineage needs, and it holds no sample content.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.orm import Session
+
+from app.registry.models import ModelVersion
+from app.settings import get_settings
+
+if TYPE_CHECKING:
+    from workers.modeling.artifacts import ArtifactStore
+    from workers.modeling.base import ModelAdapter
+    from workers.modeling.training import TrainingRecord
+
+log = logging.getLogger("lethe.pipeline")
+
+ARTIFACT_SCHEME = "artifact"
+RECORDS_DIR = "records"
+RECORD_FILE = "record.json"
+# What a purge removes from a record directory (names from workers.modeling.training).
+LEARNT_PARTS = ("checkpoints", "model", "first_epoch_grads.safetensors")
+
+
+def artifact_store() -> ArtifactStore:
+    from workers.modeling.artifacts import ArtifactStore
+
+    return ArtifactStore(get_settings().artifact_root)
+
+
+def artifact_uri(artifact_id: str) -> str:
+    return f"{ARTIFACT_SCHEME}://{artifact_id}"
+
+
+def artifact_id(uri: str | None) -> str | None:
+    """The artifact-store id of a version the workers wrote; None for other URIs."""
+    if not uri:
+        return None
+    parts = urlsplit(uri)
+    return parts.netloc if parts.scheme == ARTIFACT_SCHEME and parts.netloc else None
+
+
+def local_directory(uri: str) -> Path | None:
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(parts.path)
+    if parts.scheme == "" and uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+def records_root() -> Path:
+    return Path(get_settings().artifact_root) / RECORDS_DIR
+
+
+def record_directory(artifact: str) -> Path:
+    return records_root() / artifact
+
+
+def scratch_directory(label: str) -> Path:
+    """A fresh directory under the records root, for a run whose artifact id is not known yet."""
+    path = records_root() / f".tmp-{label}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_adapter_of(version: ModelVersion) -> ModelAdapter:
+    """The version's model, checksums verified for store artifacts."""
+    from workers.modeling.adapters import load_adapter
+
+    stored = artifact_id(version.artifact_uri)
+    if stored is not None:
+        adapter, _ = artifact_store().load(stored)
+        return adapter
+    directory = local_directory(version.artifact_uri or "")
+    if directory is None or not directory.is_dir():
+        raise FileNotFoundError(
+            f"version {version.version}: artifact {version.artifact_uri!r} is neither in the artifact store "
+            "nor a local model directory"
+        )
+    return load_adapter(directory)
+
+
+def own_record(version: ModelVersion) -> TrainingRecord | None:
+    """The TrainingRecord of the run that produced this very version, if the workers have one."""
+    from workers.modeling.training import TrainingRecord
+
+    stored = artifact_id(version.artifact_uri)
+    if stored is None or not (record_directory(stored) / RECORD_FILE).is_file():
+        return None
+    return TrainingRecord.load(record_directory(stored))
+
+
+def lineage_record(session: Session, version: ModelVersion) -> tuple[ModelVersion, TrainingRecord] | None:
+    """The nearest version of the lineage (this one, its parent, ...) with a training record."""
+    current: ModelVersion | None = version
+    while current is not None:
+        found = own_record(current)
+        if found is not None:
+            return current, found
+        current = session.get(ModelVersion, current.parent_id) if current.parent_id else None
+    return None
+
+
+def store_version(
+    adapter: ModelAdapter,
+    *,
+    parent: ModelVersion | None,
+    method: str,
+    record: TrainingRecord | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> tuple[str, str]:
+    """Put the model in the artifact store (and its record beside it); answers (artifact_uri, sha256)."""
+    manifest = artifact_store().put(
+        adapter,
+        parent=artifact_id(parent.artifact_uri) if parent is not None else None,
+        training_fingerprint=record.fingerprint if record is not None else None,
+        method=method,
+        metrics=metrics,
+    )
+    if record is not None:
+        _keep_record(Path(record.directory), manifest.version_id)
+    return artifact_uri(manifest.version_id), manifest.version_id
+
+
+def _keep_record(source: Path, artifact: str) -> None:
+    target = record_directory(artifact)
+    if source.resolve() == target.resolve():
+        return
+    if (target / RECORD_FILE).is_file():  # the same weights were stored before, with their record
+        shutil.rmtree(source, ignore_errors=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.move(str(source), str(target))
+
+
+def purge_files(version: ModelVersion, shared: bool) -> list[str]:
+    """Remove what the version learnt from disk; answers what was removed. `shared`: another live version
+    has the same weights (same content id), so the weights stay."""
+    removed: list[str] = []
+    stored = artifact_id(version.artifact_uri)
+    if stored is None:
+        return removed  # registered elsewhere: the registrant owns those files
+    store = artifact_store()
+    if not shared and store.exists(stored):
+        store.delete(stored)
+        removed.append("weights")
+    directory = record_directory(stored)
+    if not shared and directory.is_dir():
+        for name in LEARNT_PARTS:
+            path = directory / name
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed.append(name)
+            elif path.is_file():
+                path.unlink()
+                removed.append(name)
+    return removed

@@ -1,0 +1,139 @@
+"""The sweeper: Postgres says what should be happening; the sweeper makes sure a message for it exists.
+
+Each pass (the worker's housekeeping thread every `sweep_interval_seconds`, or the `lethe.sweep` task):
+- jobs whose lease expired: the worker holding it was lost, or the message for the job's next stage never
+  arrived (Redis lost it). The stage's task is sent again; the next claim takes over. A job whose runs were
+  all lost (`attempts` reached `max_attempts`) fails instead, loudly.
+- requests resolved but never planned (their plan message was lost): planned again.
+- webhook deliveries whose retry is due (or whose first message was lost): sent again.
+- purges that came due after the grace period.
+Several workers may sweep at once: rows are taken with SKIP LOCKED and every task is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.db import get_session_factory, utcnow
+from app.jobs.models import Job, JobStatus
+from app.outbox.service import enqueue
+from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
+from app.settings import get_settings
+from app.webhooks.models import DeliveryStatus, WebhookDelivery
+from workers.pipeline.jobs import MODEL_PENDING, enqueue_stage, fail_job
+from workers.pipeline.leases import lease_delta
+from workers.pipeline.purge import run_purge
+from workers.pipeline.stages import DELIVER_WEBHOOK_TASK, PLAN_TASK
+
+log = logging.getLogger("lethe.sweeper")
+
+BATCH = 100
+
+
+@dataclass
+class SweepResult:
+    redispatched_jobs: list[str] = field(default_factory=list)
+    failed_jobs: list[str] = field(default_factory=list)
+    replanned_requests: list[str] = field(default_factory=list)
+    webhook_retries: int = 0
+    purged_versions: int = 0
+    erased_samples: int = 0
+
+    def __bool__(self) -> bool:
+        return any(
+            (self.redispatched_jobs, self.failed_jobs, self.replanned_requests, self.webhook_retries,
+             self.purged_versions, self.erased_samples)
+        )  # fmt: skip
+
+
+def sweep(now: datetime | None = None) -> SweepResult:
+    now = now or utcnow()
+    result = SweepResult()
+    factory = get_session_factory()
+    with factory() as session, session.begin():
+        _expired_jobs(session, now, result)
+    with factory() as session, session.begin():
+        _unplanned_requests(session, now, result)
+    with factory() as session, session.begin():
+        _due_webhooks(session, now, result)
+    purged = run_purge(None, now)
+    result.purged_versions, result.erased_samples = len(purged.purged_versions), purged.erased_samples
+    if result:
+        log.info("sweep: %s", result)
+    return result
+
+
+def _expired_jobs(session: Session, now: datetime, result: SweepResult) -> None:
+    jobs = session.scalars(
+        select(Job)
+        .where(
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+            Job.lease_expires_at.is_not(None),
+            Job.lease_expires_at < now,
+        )
+        .order_by(Job.lease_expires_at)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    for job in jobs:
+        lost_worker = job.lease_owner is not None
+        if lost_worker and job.attempts >= job.max_attempts:
+            fail_job(session, job, f"its worker was lost {job.attempts} times (lease expired at stage {job.stage})")
+            result.failed_jobs.append(job.id)
+            continue
+        if lost_worker:
+            log.warning("job %s: lease of %s expired at stage %s; sending it again", job.id, job.lease_owner, job.stage)
+        job.lease_expires_at = now + lease_delta()
+        job.params = {**job.params, "redispatches": int(job.params.get("redispatches") or 0) + 1}
+        enqueue_stage(session, job)
+        result.redispatched_jobs.append(job.id)
+
+
+def _unplanned_requests(session: Session, now: datetime, result: SweepResult) -> None:
+    stale = now - lease_delta()
+    requests = session.scalars(
+        select(DeletionRequest)
+        .where(
+            DeletionRequest.status == RequestStatus.RESOLVED,
+            DeletionRequest.updated_at < stale,
+            DeletionRequest.id.in_(
+                select(DeletionRequestModel.request_id).where(
+                    DeletionRequestModel.status == MODEL_PENDING, DeletionRequestModel.job_id.is_(None)
+                )
+            ),
+        )
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    for request in requests:
+        request.updated_at = now  # not again before another lease period
+        enqueue(session, PLAN_TASK, {"request_id": request.id, "tenant_id": request.tenant_id})
+        result.replanned_requests.append(request.id)
+
+
+def _due_webhooks(session: Session, now: datetime, result: SweepResult) -> None:
+    settings = get_settings()
+    # A first attempt has its own message; only one lost for a lease period is sent again.
+    first_lost = now - lease_delta()
+    deliveries = session.scalars(
+        select(WebhookDelivery)
+        .where(
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            or_(
+                (WebhookDelivery.attempts > 0) & (WebhookDelivery.next_attempt_at <= now),
+                (WebhookDelivery.attempts == 0) & (WebhookDelivery.next_attempt_at <= first_lost),
+            ),
+        )
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    in_flight = timedelta(seconds=settings.webhook_timeout_seconds * 3)
+    for delivery in deliveries:
+        delivery.next_attempt_at = now + in_flight  # not sent again while this one may be in flight
+        enqueue(session, DELIVER_WEBHOOK_TASK, {"delivery_id": delivery.id})
+        result.webhook_retries += 1

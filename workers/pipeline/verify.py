@@ -1,0 +1,213 @@
+"""The verification stage: run the checks and the gate on the candidate, write the report with the job.
+
+The report goes to `settings.report_root/<job id>/attempt-<n>` (the job row points at the latest, which
+GET /v1/jobs/{id}/report serves). Pass: the candidate becomes `verified` and the job moves to promotion.
+Fail or inconclusive: the candidate is `rejected` and tainted (an approximate candidate that did not pass
+may still hold the forgotten samples, so its artifact is purged like its parent's), and the next method
+of the chain runs.
+
+Model policy keys read here: gate (overrides of workers.verification.gate.Policy), probes ({workload,
+size, seed}: the planted signal of a reference workload whose samples the model was trained on, which
+gives the gate power where membership inference has none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from app.db import get_session_factory
+from app.jobs.models import Job, JobAttempt, JobKind
+from app.jobs.service import report_url
+from app.registry.models import Model, ModelVersion, VersionStatus
+from app.registry.service import set_version_status, taint_version
+from app.security.subjects import subject_hmac
+from app.settings import get_settings
+from workers.pipeline import data, store
+from workers.pipeline.escalation import ERROR, PASSED, REJECTED, current_attempt, escalate, finish_attempt
+from workers.pipeline.jobs import enqueue_stage, fail_job, job_requests, job_sample_ids
+from workers.pipeline.leases import (
+    AttemptsExhausted,
+    ClaimRefused,
+    Heartbeat,
+    LeaseLost,
+    check_holder,
+    lock_job,
+    new_token,
+    release_lease,
+    take_lease,
+)
+from workers.pipeline.stages import ACTOR, Stage
+
+log = logging.getLogger("lethe.pipeline")
+
+VERIFY_PROGRESS = (60, 95)
+LIRA_CACHE_DIR = "verification"
+
+
+def run_verify(job_id: str) -> None:
+    token = new_token()
+    with get_session_factory()() as session, session.begin():
+        job = lock_job(session, job_id)
+        if job is None or job.kind != JobKind.UNLEARN or job.stage != Stage.VERIFYING:
+            return
+        try:
+            take_lease(job, token)
+        except ClaimRefused as refused:
+            log.info("%s", refused)
+            return
+        except AttemptsExhausted as exhausted:
+            fail_job(session, job, f"worker lost too often: {exhausted}")
+            return
+        attempt = current_attempt(session, job)
+        assert attempt is not None, f"job {job_id} verifies without an attempt"
+        attempt_id = attempt.id
+    try:
+        _verify(job_id, token, attempt_id)
+    except LeaseLost:
+        log.warning("job %s: lost its lease during verification; the new holder carries on", job_id)
+
+
+def gate_policy(model: Model) -> Any:
+    from workers.verification.gate import Policy
+
+    return Policy.from_dict((model.policy or {}).get("gate") or {})
+
+
+def planted_probes(model: Model, forget: list[Any]) -> Any:
+    """The planted signal of the reference workload named by the model's policy, keyed like the service's
+    samples (subjects as HMACs); None without such a policy."""
+    spec = (model.policy or {}).get("probes")
+    if not spec:
+        return None
+    from workers.verification.probes import probes_for_workload
+    from workers.workloads import load_workload
+
+    workload = load_workload(spec["workload"], spec.get("size", "small"), int(spec.get("seed", 0)))
+    names = {subject_hmac(name): name for name in [*workload.subjects, *workload.heldout_subjects]}
+    forget_names = {names[s.subject] for s in forget if s.subject in names}
+    planted = set(workload.reference_backdoors) | set(workload.reference_phrases)
+    clean = [s for s in workload.heldout if s.subject not in planted and "backdoor" not in s.meta]
+    probes = probes_for_workload(workload, forget_names, clean)
+    probes.canaries = [dataclasses.replace(c, subject=subject_hmac(c.subject)) for c in probes.canaries]
+    return probes
+
+
+def _report_directory(job: Job, attempt: JobAttempt) -> tuple[Path, str]:
+    relative = f"{job.id}/attempt-{attempt.attempt}"
+    return Path(get_settings().report_root) / relative, relative
+
+
+def _verify(job_id: str, token: str, attempt_id: int) -> None:
+    from workers.unlearning.base import UnlearningResult
+    from workers.verification.references import trainer_from_record
+    from workers.verification.report import verify
+
+    with get_session_factory()() as session:
+        job = session.get(Job, job_id)
+        attempt = session.get(JobAttempt, attempt_id)
+        assert job is not None and attempt is not None
+        base = session.get(ModelVersion, job.params["base_version_id"])
+        candidate = session.get(ModelVersion, job.candidate_version_id)
+        model = session.get(Model, job.model_id)
+        assert base is not None and candidate is not None and model is not None
+        sets = data.build_sets(session, base, job_sample_ids(session, job))
+        lineage = store.lineage_record(session, base)
+        out_dir, relative = _report_directory(job, attempt)
+        details = dict(attempt.details or {})
+    started = time.perf_counter()
+    with Heartbeat(job_id, token) as heartbeat:
+        low, high = VERIFY_PROGRESS
+        heartbeat.progress(low, force=True)
+        try:
+            policy = gate_policy(model)
+            probes = planted_probes(model, sets.forget)
+            served = store.load_adapter_of(base)
+            adapter = store.load_adapter_of(candidate)
+            result = UnlearningResult(
+                adapter=adapter,
+                method=candidate.method or "",
+                exact=candidate.exact,
+                seconds=float(details.get("unlearning_seconds") or 0.0),
+                steps=list(details.get("steps") or []),
+                details=dict(details.get("method_details") or {}),
+            )
+            # Approximate candidates are compared with LiRA references cached per served version; an
+            # exact candidate is its own retrain reference.
+            trainer = trainer_from_record(lineage[1]) if lineage is not None and not candidate.exact else None
+            report = verify(
+                served,
+                result,
+                adapter if candidate.exact else None,
+                sets.forget,
+                sets.retain,
+                sets.heldout,
+                probes,
+                policy,
+                Path(get_settings().artifact_root) / LIRA_CACHE_DIR if trainer is not None else None,
+                out_dir,
+                reference_trainer=trainer,
+                progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
+            )
+        except LeaseLost:
+            raise
+        except Exception as exc:  # verification that cannot run rejects the candidate, it never passes it
+            log.exception("job %s: verification failed to run", job_id)
+            _record_verdict(job_id, token, attempt_id, None, relative, f"{type(exc).__name__}: {exc}", 0.0)
+            return
+    _record_verdict(job_id, token, attempt_id, report, relative, None, time.perf_counter() - started)
+
+
+def _summary(job: Job, attempt: JobAttempt, report: Any | None, error: str | None) -> dict[str, Any]:
+    if report is None:
+        return {"verdict": None, "error": error, "job_id": job.id, "attempt": attempt.attempt}
+    return {
+        "verdict": report.verdict.verdict,
+        "label": report.verdict.label,
+        "reasons": report.verdict.reasons[:5],
+        "exact": report.exact,
+        "job_id": job.id,
+        "attempt": attempt.attempt,
+        "report_url": report_url(job.id),
+    }
+
+
+def _record_verdict(
+    job_id: str,
+    token: str,
+    attempt_id: int,
+    report: Any | None,
+    relative_dir: str,
+    error: str | None,
+    seconds: float,
+) -> None:
+    with get_session_factory()() as session, session.begin():
+        job = lock_job(session, job_id)
+        assert job is not None
+        check_holder(job, token)
+        job_requests(session, job, lock=True)  # lock order: job, requests, then the audit head
+        attempt = session.get(JobAttempt, attempt_id)
+        candidate = session.get(ModelVersion, job.candidate_version_id)
+        assert attempt is not None and candidate is not None
+        summary = _summary(job, attempt, report, error)
+        if report is not None:
+            job.report_dir = relative_dir
+        extra = {"report_dir": relative_dir if report is not None else None, "verification_seconds": round(seconds, 3)}
+        if report is not None and report.passed:
+            finish_attempt(session, job, attempt, PASSED, report.verdict.verdict, extra)
+            set_version_status(session, candidate, VersionStatus.VERIFIED, ACTOR, verification=summary)
+            job.stage = Stage.PROMOTING
+            job.progress = VERIFY_PROGRESS[1]
+            release_lease(job, token)
+            enqueue_stage(session, job)
+            return
+        verdict = report.verdict.verdict if report is not None else None
+        reason = error or "; ".join(report.verdict.reasons[:2])
+        outcome = REJECTED if verdict else ERROR
+        finish_attempt(session, job, attempt, outcome, verdict, {**extra, "reason": reason[:2000]})
+        set_version_status(session, candidate, VersionStatus.REJECTED, ACTOR, verification=summary)
+        taint_version(session, candidate, "rejected by the gate: it may still hold the forgotten samples", ACTOR)
+        escalate(session, job, token, f"{attempt.method}: {verdict or 'verification error'}: {reason[:300]}")

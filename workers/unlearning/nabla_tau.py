@@ -1,0 +1,154 @@
+"""`nabla_tau`: gradient ascent on the forget set that stops itself at the validation loss level.
+
+Trippa, Campagnano, Bucarelli, Tolomei, Silvestri, "∇τ: Gradient-based and Task-Agnostic machine
+Unlearning" (arXiv 2403.14339).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from workers.modeling.base import ModelAdapter, Sample, seed_everything
+from workers.unlearning.base import UnlearningContext, UnlearningMethod, UnlearningResult, register
+from workers.unlearning.common import (
+    RetainMonitor,
+    endless_batches,
+    is_text_model,
+    linear_decay_optimizer,
+    loss_level,
+    mean_loss,
+    n_batches,
+)
+
+
+@register
+class NablaTau(UnlearningMethod):
+    """Each step pairs one forget batch with one retain batch and minimises
+
+        L = alpha * ReLU(mu_val - mean forget loss)^2 + (1 - alpha) * mean retain loss,
+
+    mu_val being the mean validation loss, so ascent on the forget set ends by itself at the held-out
+    level. All parameters train with AdamW and a per-step LinearLR 1.0 -> 0.1; alpha decays linearly from
+    alpha0 to 0 over the forget epochs; forget epochs = floor(|retain batches| / (2 |forget batches|) * 6),
+    capped at 80 (the paper's schedule).
+
+    Choices where the paper is open or does not fit:
+    - Text models (causal LMs, text classifiers) use the paper's NLP variant: lr 3e-4, alpha0 0.5.
+      Others use lr 1e-3 and alpha0 = forget fraction * 5/3, floored at `alpha_floor` (0.05, the paper's
+      value at 3 %): by the letter one subject in a thousand gives alpha0 0.002, a plain fine-tune.
+    - Batches of 64 rather than 256: the retain batch only keeps utility, and on a CPU its size sets the
+      cost of every step; forget batches hold min(64, |forget|) samples.
+    - mu_val is measured on at most 512 validation samples and refreshed every 10 forget epochs.
+    - Early stop (`early_stop`, on by default): after each forget epoch the forget set's eval-mode loss is
+      measured (a forward pass over a few samples); once it has reached mu_val and the loss on a fixed
+      retain subset is back within `retain_tolerance` (nats) of the served model's, the rest of the
+      schedule is only fine-tuning on retain data and is skipped. Stopping at the first such epoch also
+      stops Adam's momentum from carrying the ascent past the level (measured on bios: perplexity 1.8x the
+      level when the run continued five more steps).
+    """
+
+    name = "nabla_tau"
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        return {
+            "batch_size": 64,
+            "lr": None,  # None: 3e-4 for text models, 1e-3 otherwise
+            "alpha0": None,  # None: 0.5 for text models, max(alpha_floor, forget fraction * 5/3) otherwise
+            "alpha_floor": 0.05,
+            "max_forget_epochs": 80,
+            "lr_end_factor": 0.1,
+            "weight_decay": 0.01,
+            "val_refresh_epochs": 10,
+            "early_stop": True,
+            "retain_tolerance": 0.02,
+        }
+
+    def _schedule(self, adapter: ModelAdapter, n_forget: int, n_retain: int) -> tuple[float, float, int]:
+        cfg = self.config
+        text = is_text_model(adapter)
+        lr = cfg["lr"] if cfg["lr"] is not None else (3e-4 if text else 1e-3)
+        fraction = n_forget / max(1, n_forget + n_retain)
+        if cfg["alpha0"] is not None:
+            alpha0 = cfg["alpha0"]
+        else:
+            alpha0 = 0.5 if text else max(cfg["alpha_floor"], fraction * 5 / 3)
+        forget_batches = n_batches(n_forget, cfg["batch_size"])
+        retain_batches = n_batches(n_retain, cfg["batch_size"])
+        epochs = min(cfg["max_forget_epochs"], max(1, int(retain_batches / (2 * forget_batches) * 6)))
+        return lr, alpha0, epochs
+
+    def run(
+        self,
+        adapter: ModelAdapter,
+        forget: Sequence[Sample],
+        retain: Sequence[Sample],
+        validation: Sequence[Sample],
+        context: UnlearningContext,
+    ) -> UnlearningResult:
+        cfg = self.config
+        seed_everything(context.seed)
+        model = adapter.clone()
+        lr, alpha0, epochs = self._schedule(model, len(forget), len(retain))
+        forget_per_epoch = n_batches(len(forget), cfg["batch_size"])
+        total_steps = epochs * forget_per_epoch
+        optimizer, scheduler = linear_decay_optimizer(
+            list(model.model.parameters()), lr, total_steps, cfg["lr_end_factor"], cfg["weight_decay"]
+        )
+        retain_stream = endless_batches(model, retain, cfg["batch_size"], context.seed)
+        monitor = RetainMonitor(model, retain, context.seed)
+        mu_val = loss_level(model, validation, context.seed)
+        steps: list[dict[str, float]] = []
+        stopped_early = False
+        for epoch in range(epochs):
+            if epoch and epoch % cfg["val_refresh_epochs"] == 0:
+                mu_val = loss_level(model, validation, context.seed)
+            alpha = alpha0 * (1 - epoch / epochs)
+            forget_batches = model.batches(forget, cfg["batch_size"], shuffle=True, seed=context.seed + epoch)
+            for forget_batch in forget_batches:
+                model.model.train()
+                optimizer.zero_grad(set_to_none=True)
+                forget_loss = model.loss(forget_batch)
+                retain_loss = model.loss(next(retain_stream))
+                gap = torch.relu(mu_val - forget_loss)
+                loss = alpha * gap**2 + (1 - alpha) * retain_loss
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                steps.append(
+                    {
+                        "step": len(steps),
+                        "forget_loss": float(forget_loss.detach()),
+                        "retain_loss": float(retain_loss.detach()),
+                        "mu_val": mu_val,
+                        "alpha": alpha,
+                        "lr": scheduler.get_last_lr()[0],
+                    }
+                )
+            context.progress((epoch + 1) / epochs, f"nabla_tau epoch {epoch + 1}/{epochs}")
+            if cfg["early_stop"] and self._recovered(model, forget, mu_val, monitor):
+                stopped_early = True
+                break
+        model.model.eval()
+        details = {
+            "lr": lr,
+            "alpha0": alpha0,
+            "forget_epochs_planned": epochs,
+            "forget_epochs_run": epoch + 1,
+            "stopped_early": stopped_early,
+            "mu_val": mu_val,
+        }
+        return UnlearningResult(
+            adapter=model, method=self.name, exact=False, seconds=0.0, steps=steps, details=details
+        )
+
+    def _recovered(
+        self, model: ModelAdapter, forget: Sequence[Sample], mu_val: float, monitor: RetainMonitor
+    ) -> bool:
+        """Forget loss at the validation level and retain utility back (the retain check only then)."""
+        if mean_loss(model, forget) < mu_val:
+            return False
+        return monitor.recovered(model, self.config["retain_tolerance"])

@@ -1,0 +1,47 @@
+"""Relearning probe: fine-tune the candidate briefly on retain data only; the forgotten must stay forgotten.
+
+If a short fine-tune on data that does not contain the forget set brings its memorization back, the data was
+hidden, not removed (measured on a tiny GPT-2: after embedding-only ascent one retain epoch restored the
+canaries to 5.6-10 bits). The fine-tune is the `finetune` baseline method with the policy's steps and
+learning rate. The relearned model is scored by the same checks as the candidate (role "relearned") and
+compared with the reference after the same fine-tune (role "reference_relearned"): retain data can teach
+back a little of what resembles the forget set (another subject's similar trigger) even to an exact
+retrain, and only what goes beyond that was hidden rather than removed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from workers.modeling.base import ModelAdapter, Sample
+from workers.unlearning.base import UnlearningContext, get_method
+from workers.verification.checks import CheckResult
+from workers.verification.gate import Policy
+
+
+def relearn(
+    candidate: ModelAdapter,
+    forget: Sequence[Sample],
+    retain: Sequence[Sample],
+    heldout: Sequence[Sample],
+    policy: Policy,
+) -> tuple[ModelAdapter, CheckResult]:
+    """The candidate after `policy.relearn_steps` retain-only steps, and the probe's record."""
+    started = time.perf_counter()
+    method = get_method(
+        "finetune", steps=policy.relearn_steps, lr=policy.relearn_lr, batch_size=policy.relearn_batch_size
+    )
+    relearned = method.unlearn(
+        candidate, forget, retain, heldout, UnlearningContext(seed=policy.seed)
+    ).adapter
+    result = CheckResult("relearning")
+    result.values.update(
+        {
+            "relearning.steps": policy.relearn_steps,
+            "relearning.lr": policy.relearn_lr,
+            "relearning.batch_size": policy.relearn_batch_size,
+        }
+    )
+    result.seconds = time.perf_counter() - started
+    return relearned, result

@@ -1,0 +1,269 @@
+"""`verify(...)`: run every check on a candidate, apply the gate, write report.json and the plots.
+
+The report is what the service stores with the job and serves (GET /v1/jobs/{id}/report and
+/report/{plot}.png): every metric with its sample count and 95 % interval, the policy's thresholds, the
+verdict with the rules that decided it, what was not checked, and timings, with the one-off training of the
+LiRA reference models reported apart from the verification proper.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.modeling.base import ModelAdapter, Sample
+from workers.unlearning.base import ProgressCallback, UnlearningResult, no_progress
+from workers.unlearning.common import is_language_model
+from workers.verification import plots
+from workers.verification.backdoor import check_backdoor
+from workers.verification.checks import CheckResult, EvalSets, split_signals, stable_subsample
+from workers.verification.gate import Policy, Verdict, gate
+from workers.verification.memorization import check_canaries, check_memorization
+from workers.verification.mia import LiraStatistics, check_mia, lira_statistics
+from workers.verification.probes import Probes
+from workers.verification.references import (
+    ReferenceTrainer,
+    ensure_references,
+    record_fingerprint,
+    trainer_from_record,
+)
+from workers.verification.relearning import relearn
+from workers.verification.residual import check_residual
+from workers.verification.signals import model_signals
+from workers.verification.utility import check_utility
+
+REPORT_FILE = "report.json"
+NOT_RUN_EVER = (
+    "such checks are necessary, not sufficient: a model can pass every attack here and still carry "
+    "information about the forget set that a stronger or adaptive attack would find"
+)
+
+
+@dataclass
+class Report:
+    method: str
+    exact: bool
+    verdict: Verdict
+    results: dict[str, CheckResult]
+    policy: Policy
+    counts: dict[str, int]
+    timings: dict[str, Any]
+    not_checked: list[str]
+    plots: list[str] = field(default_factory=list)
+    directory: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    def metric(self, name: str) -> Any:
+        """An estimate by its full name, e.g. "lira.forget_auc.candidate" (None when not measured)."""
+        for r in self.results.values():
+            if name in r.metrics:
+                return r.metrics[name]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "exact": self.exact,
+            **self.verdict.to_dict(),
+            "samples": self.counts,
+            "thresholds": self.policy.to_dict(),
+            "checks": {name: r.to_dict() for name, r in self.results.items()},
+            "not_checked": self.not_checked,
+            "timings": self.timings,
+            "plots": [f"{name}.png" for name in self.plots],
+        }
+
+    def write(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.plots = write_plots(self.results, directory)
+        self.directory = directory
+        path = directory / REPORT_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
+        return path
+
+
+def write_plots(results: dict[str, CheckResult], directory: Path) -> list[str]:
+    written = []
+    mia = results.get("mia")
+    if mia is not None and mia.plot_data:
+        plots.plot_roc(directory / "roc.png", mia.plot_data["attack"], mia.plot_data["scores"])
+        plots.plot_loss_hist(directory / "loss_hist.png", mia.plot_data["loss"])
+        written += ["roc", "loss_hist"]
+    canary, backdoor = results.get("canary"), results.get("backdoor")
+    if canary is not None and canary.plot_data:
+        plots.plot_canaries(
+            directory / "canary_ranks.png", canary.plot_data["table"], canary.plot_data["roles"]
+        )
+        written.append("canary_ranks")
+    elif backdoor is not None and "backdoor.baseline_rate" in backdoor.values:
+        # backdoor triggers are the classifiers' canaries: same plot slot
+        rates = {
+            k.rsplit(".", 1)[1]: v
+            for k, v in backdoor.values.items()
+            if k.startswith("backdoor.success_rate.")
+        }
+        plots.plot_backdoor(
+            directory / "canary_ranks.png",
+            rates,
+            backdoor.values["backdoor.baseline_rate"],
+            backdoor.values["backdoor.n"],
+        )
+        written.append("canary_ranks")
+    return written
+
+
+def verify(
+    served: ModelAdapter,
+    candidate: UnlearningResult,
+    reference: ModelAdapter | None,
+    forget: Sequence[Sample],
+    retain: Sequence[Sample],
+    heldout: Sequence[Sample],
+    probes: Probes | None = None,
+    policy: Policy | None = None,
+    cache_dir: Path | None = None,
+    out_dir: Path | None = None,
+    *,
+    training: Any | None = None,
+    training_samples: Sequence[Sample] | None = None,
+    reference_trainer: ReferenceTrainer | None = None,
+    progress: ProgressCallback = no_progress,
+) -> Report:
+    """Verify `candidate` (made from `served` by deleting `forget`) against `reference` (exact retrain).
+
+    `heldout`: never-trained data of the same distribution (not the method's validation data).
+    `training`: the served version's TrainingRecord; with `cache_dir` it lets LiRA train (once, cached)
+    reference models like the served version; `reference_trainer` replaces that recipe, and
+    `training_samples` is the served training set (default forget + retain).
+    """
+    started = time.perf_counter()
+    policy = policy or Policy()
+    probes = probes or Probes()
+    is_lm = is_language_model(served)
+    sets = EvalSets(
+        list(forget),
+        stable_subsample(retain, policy.retain_cap),
+        stable_subsample(heldout, policy.heldout_cap),
+    )
+    timings: dict[str, Any] = {}
+    not_checked: list[str] = []
+    exact_trusted = candidate.exact and policy.trust_exact
+
+    progress(0.02, "LiRA reference models")
+    lira, ref_timings = _lira(
+        served, sets, is_lm, policy, cache_dir, training, training_samples, reference_trainer, forget, retain
+    )
+    timings.update(ref_timings)
+
+    models = {"served": served, "candidate": candidate.adapter}
+    if reference is not None:
+        models["reference"] = reference
+    else:
+        not_checked.append("comparison with an exact-retrain reference (none given)")
+    results: dict[str, CheckResult] = {}
+    if policy.relearn and not exact_trusted:
+        progress(0.2, "relearning probe")
+        models["relearned"], results["relearning"] = relearn(
+            candidate.adapter, forget, retain, heldout, policy
+        )
+        if reference is not None:  # the same fine-tune on the reference: what relearning alone brings back
+            models["reference_relearned"], _ = relearn(reference, forget, retain, heldout, policy)
+    elif exact_trusted:
+        not_checked.append("relearning probe (exact method: nothing hidden to relearn)")
+
+    progress(0.35, "scoring samples")
+    t = time.perf_counter()
+    signals = {
+        role: split_signals(sets, model_signals(m, sets.all, policy.batch_size)) for role, m in models.items()
+    }
+    timings["signals_seconds"] = time.perf_counter() - t
+
+    progress(0.6, "checks")
+    unrelearned = {r: s for r, s in signals.items() if "relearned" not in r}
+    results["utility"] = check_utility(unrelearned, is_lm, policy)
+    results["mia"] = check_mia(sets, signals, lira, is_lm, policy)
+    forget_subjects = {s.subject for s in forget}
+    if is_lm:
+        results["memorization"] = check_memorization(signals, policy)
+        results["canary"] = check_canaries(
+            models, probes.canaries, probes.control_canaries, forget_subjects, policy
+        )
+    else:
+        results["backdoor"] = check_backdoor(models, probes.backdoor, policy)
+    results["residual"] = check_residual(candidate)
+    for r in results.values():
+        not_checked += r.not_checked
+    if is_lm:
+        not_checked.append("backdoor triggers (language model: canaries play that part)")
+    else:
+        not_checked.append("memorization and canaries (classifier: backdoor triggers play that part)")
+    not_checked.append(NOT_RUN_EVER)
+
+    verdict = gate(results, candidate.exact, policy)
+    timings["checks_seconds"] = {name: round(r.seconds, 3) for name, r in results.items()}
+    timings["unlearning_seconds"] = candidate.seconds
+    timings["verification_seconds"] = (
+        time.perf_counter() - started - timings.get("reference_training_seconds", 0.0)
+    )
+    report = Report(
+        method=candidate.method,
+        exact=candidate.exact,
+        verdict=verdict,
+        results=results,
+        policy=policy,
+        counts={**sets.counts(), "forget_subjects": len(forget_subjects), "retain_total": len(retain)},
+        timings=timings,
+        not_checked=not_checked,
+    )
+    if out_dir is not None:
+        progress(0.95, "writing the report")
+        report.write(out_dir)
+    progress(1.0, f"verdict: {verdict.verdict}")
+    return report
+
+
+def _lira(
+    served: ModelAdapter,
+    sets: EvalSets,
+    is_lm: bool,
+    policy: Policy,
+    cache_dir: Path | None,
+    training: Any | None,
+    training_samples: Sequence[Sample] | None,
+    trainer: ReferenceTrainer | None,
+    forget: Sequence[Sample],
+    retain: Sequence[Sample],
+) -> tuple[LiraStatistics | None, dict[str, Any]]:
+    if trainer is None and training is not None:
+        trainer = trainer_from_record(training)
+    if trainer is None or cache_dir is None:
+        return None, {}
+    t = time.perf_counter()
+    refs = ensure_references(
+        Path(cache_dir),
+        served,
+        training_samples if training_samples is not None else [*forget, *retain],
+        trainer,
+        policy.references_for(served.task),
+        policy.seed,
+        fingerprint=record_fingerprint(training) if training is not None else None,
+    )
+    spent = time.perf_counter() - t
+    timings = {
+        "reference_models": refs.k,
+        "reference_training_seconds": spent if refs.trained_now else 0.0,
+        "reference_training_seconds_when_built": round(sum(refs.training_seconds), 3),
+        "references_cached": not refs.trained_now,
+    }
+    t = time.perf_counter()
+    lira = lira_statistics(refs, sets, is_lm, policy.batch_size)
+    timings["reference_scoring_seconds"] = time.perf_counter() - t
+    return lira, timings

