@@ -54,9 +54,10 @@ down:
 # Secrets for the compose stack, made once and kept out of git (.lethe/ is ignored).
 $(COMPOSE_ENV):
 	mkdir -p .lethe
-	umask 077; $(PYTHON) -c "import secrets; \
+	umask 077; $(PYTHON) -c "import base64, secrets; \
 	print('LETHE_SECRET_KEY=' + secrets.token_hex(32)); \
 	print('LETHE_SUBJECT_HMAC_KEY=' + secrets.token_hex(32)); \
+	print('LETHE_CERTIFICATE_SIGNING_KEY=' + base64.b64encode(secrets.token_bytes(32)).decode()); \
 	print('POSTGRES_PASSWORD=' + secrets.token_hex(16))" > $@
 
 clean:

@@ -54,6 +54,7 @@ MODEL_MODULES = (
     "app.idempotency.models",
     "app.webhooks.models",
     "app.outbox.models",
+    "app.certificates.models",
 )
 
 CONNECT_TIMEOUT_SECONDS = 5

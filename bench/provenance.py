@@ -194,15 +194,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         with httpx.Client(base_url=server.url, headers=headers, timeout=300) as api:
             half = args.samples // 2
             results = [
-                load(api, "bench-json", "application/json", half, args.batch, args.concurrency),
+                load(api, meter, "bench-json", "application/json", half, args.batch, args.concurrency),
                 load(
                     api,
+                    meter,
                     "bench-ndjson",
                     "application/x-ndjson",
                     args.samples - half,
                     args.batch,
                     args.concurrency,
-                ),
+                ),  # fmt: skip
             ]
             subjects = min(half, args.samples - half) // SAMPLES_PER_SUBJECT
             lookup = lookups(api, subjects, ["bench-json", "bench-ndjson"])

@@ -8,8 +8,10 @@ subject and reads it back. Everything lives under .lethe/demo (made anew on each
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,6 +42,8 @@ def demo_env() -> dict[str, str]:
         "LETHE_REPORT_ROOT": str(DEMO_DIR / "reports"),
         "LETHE_ALLOW_PRIVATE_CALLBACKS": "true",
         "LETHE_LOG_JSON": "true",
+        # One certificate-signing key for every process of the demo (API and workers).
+        "LETHE_CERTIFICATE_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
     }
 
 

@@ -28,6 +28,10 @@ from app.security.scopes import ALL_SCOPES
 from app.settings import get_settings
 from app.tenancy.service import create_tenant
 
+# The session client runs the app's lifespan: its outbox dispatcher would hand test tasks to the shared
+# broker (where real workers may listen). Tests that need a dispatcher start their own.
+os.environ.setdefault("LETHE_OUTBOX_DISPATCH_IN_API", "false")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = REPO_ROOT / "alembic.ini"
 

@@ -183,3 +183,8 @@ def test_worker_commands_name_the_celery_app_that_exists():
         assert source.is_file(), f"{name}: no {source}"
         assert re.search(rf"^{attribute or 'app'}\b.*=", source.read_text(), flags=re.MULTILINE), name
     assert "workers.celery_app:app" in DOCKERFILE
+
+
+def test_api_and_workers_sign_certificates_with_one_configured_key():
+    for name in ("api", "worker"):
+        assert "LETHE_CERTIFICATE_SIGNING_KEY" in SERVICES[name]["environment"], name

@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from app.db import import_all_models
 from app.outbox.celery_client import DEFAULT_QUEUE, GPU_QUEUE, TASK_ROUTES
 from app.settings import Settings, get_settings
 
@@ -58,6 +59,7 @@ def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
+    import_all_models()  # every table known before the first query resolves foreign keys
     celery = Celery("lethe", broker=settings.broker_url, include=["workers.tasks"])
     celery.conf.update(
         task_routes=TASK_ROUTES,

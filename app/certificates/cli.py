@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     generate = actions.add_parser(
         "generate-key", help="print a new Ed25519 private key (PEM) for LETHE_CERTIFICATE_SIGNING_KEY"
     )
+    generate.add_argument(
+        "--format",
+        choices=("pem", "seed"),
+        default="pem",
+        help="pem (PKCS#8), or seed: the base64 of the raw 32 bytes, one line for .env files",
+    )
     generate.set_defaults(func=generate_key_command)
 
     issue = actions.add_parser("issue", help="issue the certificate of a completed request that has none")
@@ -46,10 +53,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _summary(certificate: dict[str, Any]) -> list[str]:
+    timing = "on time" if certificate.get("on_time") else "LATE"
     lines = [
         f"deletion request {certificate.get('request_id')} ({certificate.get('regime')})",
         f"received {certificate.get('received_at')}, due {certificate.get('due_at')}, "
-        f"completed {certificate.get('completed_at')} ({'on time' if certificate.get('on_time') else 'LATE'})",
+        f"completed {certificate.get('completed_at')} ({timing})",
     ]
     for model in certificate.get("models") or []:
         verdict = (model.get("verification") or {}).get("verdict")
@@ -97,14 +105,24 @@ def public_key_command(args: argparse.Namespace) -> int:
     from app.settings import get_settings
 
     if get_settings().certificate_signing_key is None:
-        print("error: LETHE_CERTIFICATE_SIGNING_KEY is not set (certificates use a throwaway key)", file=sys.stderr)
+        print(
+            "error: LETHE_CERTIFICATE_SIGNING_KEY is not set (certificates use a throwaway key)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     print(public_key_pem(signing_key().public_key), end="")
     return 0
 
 
 def generate_key_command(args: argparse.Namespace) -> int:
-    pem = Ed25519PrivateKey.generate().private_bytes(
+    key = Ed25519PrivateKey.generate()
+    if args.format == "seed":
+        raw = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        print(base64.b64encode(raw).decode())
+        return 0
+    pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     print(pem.decode(), end="")

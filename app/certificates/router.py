@@ -48,4 +48,6 @@ def get_deletion_certificate(request_id: str, session: SessionDep, principal: Re
 def get_public_key() -> Response:
     """Public: whoever holds a certificate can check it without an API key."""
     key = signing_key()
-    return Response(public_key_pem(key.public_key), media_type=PEM_MEDIA_TYPE, headers={KEY_ID_HEADER: key.key_id})
+    return Response(
+        public_key_pem(key.public_key), media_type=PEM_MEDIA_TYPE, headers={KEY_ID_HEADER: key.key_id}
+    )

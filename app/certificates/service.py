@@ -15,10 +15,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.audit.models import GENESIS_HASH, AuditHead
-from app.audit.service import record
+from app.audit.service import current_head, record
 from app.certificates.models import DeletionCertificate
-from app.certificates.signing import signing_key, sign
+from app.certificates.signing import sign, signing_key
 from app.db import utcnow
 from app.errors import ProblemError
 from app.jobs.models import Job, JobAttempt
@@ -122,7 +121,9 @@ def _models(session: Session, request_id: str) -> list[dict[str, Any]]:
             [
                 {"method": a.method, "attempt": a.attempt, "verdict": a.verdict, "outcome": a.outcome}
                 for a in session.scalars(
-                    select(JobAttempt).where(JobAttempt.job_id == job.id).order_by(JobAttempt.attempt, JobAttempt.id)
+                    select(JobAttempt)
+                    .where(JobAttempt.job_id == job.id)
+                    .order_by(JobAttempt.attempt, JobAttempt.id)
                 )
             ]
             if job is not None
@@ -175,18 +176,6 @@ def build_certificate(
     }
 
 
-def _locked_audit_head(session: Session, tenant_id: str) -> tuple[int, str]:
-    # Flush first: the completion event recorded in this transaction must be part of the head read.
-    session.flush()
-    head = session.scalars(
-        select(AuditHead)
-        .where(AuditHead.tenant_id == tenant_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    return (head.seq, head.hash) if head is not None else (0, GENESIS_HASH)
-
-
 def issue_certificate(
     session: Session, request: DeletionRequest, *, actor: str = DEFAULT_ACTOR
 ) -> DeletionCertificate:
@@ -194,8 +183,9 @@ def issue_certificate(
     it again answers the certificate already issued."""
     if request.status != RequestStatus.COMPLETED or request.completed_at is None:
         raise ValueError(f"request {request.id} is {request.status}: certificates are issued on completion")
-    # The tenant's audit head stays locked until commit, so concurrent issuers of one request queue here.
-    head = _locked_audit_head(session, request.tenant_id)
+    # Chains this transaction's events (the completion's among them) and keeps the tenant's head locked
+    # until commit, so concurrent issuers of one request queue here.
+    head = current_head(session, request.tenant_id)
     existing = session.get(DeletionCertificate, request.id)
     if existing is not None:
         return existing

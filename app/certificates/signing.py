@@ -200,5 +200,7 @@ def verify(data: bytes, public_key: Ed25519PublicKey | None = None) -> Verificat
     try:
         embedded.verify(bytes.fromhex(value), canonical_bytes(certificate))
     except InvalidSignature:
-        return Verification(False, "the signature does not match the certificate", key_id, public_key is not None)
+        return Verification(
+            False, "the signature does not match the certificate", key_id, public_key is not None
+        )
     return Verification(True, "signature valid", key_id, public_key is not None, certificate)

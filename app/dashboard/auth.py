@@ -31,8 +31,9 @@ COOKIE_PATH = "/dashboard"
 SESSION_SECONDS = 8 * 3600
 LOGIN_PATH = "/dashboard/login"
 HOME_PATH = "/dashboard/requests"
-# Where a login may send the browser afterwards: dashboard paths only (no open redirect, no query).
-_NEXT_PATH = re.compile(r"/dashboard(/[A-Za-z0-9._~\-/]*)?")
+# Where a login may send the browser afterwards: dashboard paths only (no open redirect, no query, no
+# empty or dot segments).
+_NEXT_PATH = re.compile(r"/dashboard(/[A-Za-z0-9_~\-][A-Za-z0-9._~\-]*)*")
 
 
 class LoginRequired(Exception):
@@ -100,4 +101,4 @@ def require_same_origin(request: Request) -> None:
 
 
 def safe_next(path: str | None) -> str:
-    return path if path and _NEXT_PATH.fullmatch(path) and "//" not in path else HOME_PATH
+    return path if path and _NEXT_PATH.fullmatch(path) else HOME_PATH

@@ -21,7 +21,7 @@ from app.dashboard.queries import RequestFilters, filtered_requests, models_by_r
 from app.db import get_session_factory, utcnow
 from app.pagination import PageParams, paginate
 from app.requests.models import DeletionRequest, Regime, RequestStatus
-from app.requests.views import _combined_verdict as combined_verdict
+from app.requests.views import combined_verdict
 from app.security.auth import Principal, require_scope
 from app.security.scopes import Scope
 
@@ -67,13 +67,10 @@ def csv_lines(tenant_id: str, filters: RequestFilters) -> Iterator[str]:
             )
             ids = [request.id for request in requests]
             progress = models_by_request(session, ids)
-            digests = dict(
-                session.execute(
-                    select(DeletionCertificate.request_id, DeletionCertificate.sha256).where(
-                        DeletionCertificate.request_id.in_(ids)
-                    )
-                ).tuples()
+            certificates = select(DeletionCertificate.request_id, DeletionCertificate.sha256).where(
+                DeletionCertificate.request_id.in_(ids)
             )
+            digests = {request_id: digest for request_id, digest in session.execute(certificates)}
             for request in requests:
                 models = progress.get(request.id, [])
                 # The methods that ran; the one asked for while none has run yet.
@@ -88,7 +85,7 @@ def csv_lines(tenant_id: str, filters: RequestFilters) -> Iterator[str]:
                         _when(request.completed_at),
                         LIST_SEPARATOR.join(m.model for m in models),
                         LIST_SEPARATOR.join(methods),
-                        combined_verdict(models) or "",
+                        combined_verdict([m.verdict for m in models]) or "",
                         digests.get(request.id, ""),
                     ]
                 )

@@ -195,7 +195,9 @@ def request_page(session: Session, principal: Principal, request_id: str) -> Req
         request=detail,
         jobs=[_job_view(session, principal, job_id) for job_id in detail.job_ids],
         audit_events=(
-            _request_audit(session, request.id, principal.tenant_id) if Scope.AUDIT_READ in principal.scopes else None
+            _request_audit(session, request.id, principal.tenant_id)
+            if Scope.AUDIT_READ in principal.scopes
+            else None
         ),
         certificate=certificate_view(record) if record is not None else None,
         is_open=request.status in OPEN_STATUSES,
@@ -212,7 +214,8 @@ def live_state(session: Session, principal: Principal, request_id: str) -> dict[
         "open": request.status in OPEN_STATUSES,
         "token": live_token(session, detail),
         "models": [
-            {"model": m.model, "status": m.status, "stage": m.stage, "progress": m.progress} for m in detail.models
+            {"model": m.model, "status": m.status, "stage": m.stage, "progress": m.progress}
+            for m in detail.models
         ],
     }
 
@@ -263,7 +266,9 @@ def model_view(session: Session, model: Model) -> ModelView:
     )
 
 
-def models_page(session: Session, principal: Principal, page: PageParams) -> tuple[list[ModelView], str | None]:
+def models_page(
+    session: Session, principal: Principal, page: PageParams
+) -> tuple[list[ModelView], str | None]:
     models, next_cursor = registry.list_models(session, principal.tenant_id, page)
     return [model_view(session, model) for model in models], next_cursor
 

@@ -30,7 +30,9 @@ class RequestFilters:
         return any((self.status, self.regime, self.model, self.overdue, self.subject_hmac))
 
 
-def filtered_requests(tenant_id: str, filters: RequestFilters, now: datetime) -> Select[tuple[DeletionRequest]]:
+def filtered_requests(
+    tenant_id: str, filters: RequestFilters, now: datetime
+) -> Select[tuple[DeletionRequest]]:
     stmt = select(DeletionRequest).where(DeletionRequest.tenant_id == tenant_id)
     if filters.status is not None:
         stmt = stmt.where(DeletionRequest.status == filters.status)
@@ -63,11 +65,10 @@ def models_by_request(session: Session, request_ids: Sequence[str]) -> dict[str,
         .order_by(DeletionRequestModel.request_id, Model.name)
     ).all()
     version_ids = {v for row, _, _ in rows for v in (row.from_version_id, row.to_version_id) if v}
-    numbers = (
-        dict(session.execute(select(ModelVersion.id, ModelVersion.version).where(ModelVersion.id.in_(version_ids))).tuples())
-        if version_ids
-        else {}
-    )
+    numbers: dict[str, int] = {}
+    if version_ids:
+        versions = select(ModelVersion.id, ModelVersion.version).where(ModelVersion.id.in_(version_ids))
+        numbers = {version_id: number for version_id, number in session.execute(versions)}
     job_ids = [job.id for _, _, job in rows if job is not None]
     verdicts: dict[str, str | None] = {}
     if job_ids:

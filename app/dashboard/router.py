@@ -30,7 +30,7 @@ from app.dashboard.auth import (
     safe_next,
     set_session_cookie,
 )
-from app.dashboard.export import combined_verdict, csv_response
+from app.dashboard.export import csv_response
 from app.dashboard.export import router as export_router
 from app.dashboard.queries import RequestFilters, filtered_requests, models_by_request
 from app.db import SessionDep, utcnow
@@ -40,6 +40,7 @@ from app.pagination import PageParams, paginate
 from app.requests import service as requests_service
 from app.requests import views
 from app.requests.models import OPEN_STATUSES, DeletionRequest, Regime, RequestStatus
+from app.requests.views import combined_verdict
 from app.security.keys import find_active_key
 from app.security.scopes import Scope
 from app.security.subjects import subject_hmac
@@ -56,7 +57,8 @@ SECURITY_HEADERS = {
         "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer, browsers send "Origin: null" on the forms' posts.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -124,7 +126,9 @@ Form = Annotated[dict[str, str], Depends(form_fields)]
 def static_file(name: str) -> FileResponse:
     if name not in STATIC_FILES:
         raise ProblemError(404, "Not found", f"no file {name}", "not-found")
-    return FileResponse(HERE / "static" / name, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+    return FileResponse(
+        HERE / "static" / name, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"}
+    )
 
 
 @pages_router.get("")
@@ -213,7 +217,13 @@ def requests_page(
     rows = []
     for item in items:
         models = progress.get(item.id, [])
-        rows.append({**views.summary(item, now), "models": models, "verdict": combined_verdict(models)})
+        rows.append(
+            {
+                **views.summary(item, now),
+                "models": models,
+                "verdict": combined_verdict([m.verdict for m in models]),
+            }
+        )
     query = _filter_query(filters)
     return render(
         request,
@@ -255,7 +265,9 @@ def request_detail(request: Request, request_id: str, session: SessionDep, princ
 
 @pages_router.get("/requests/{request_id}/live")
 def request_live(request_id: str, session: SessionDep, principal: Viewer) -> JSONResponse:
-    return JSONResponse(pages.live_state(session, principal, request_id), headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        pages.live_state(session, principal, request_id), headers={"Cache-Control": "no-store"}
+    )
 
 
 @pages_router.get("/requests/{request_id}/certificate")
@@ -267,13 +279,11 @@ def certificate_page(request: Request, request_id: str, session: SessionDep, pri
 @pages_router.get("/requests/{request_id}/certificate.json")
 def certificate_download(request_id: str, session: SessionDep, principal: Viewer) -> Response:
     certificate = get_certificate(session, principal.tenant_id, request_id)
+    file_name = f"deletion-certificate-{certificate.request_id}.json"
     return Response(
         certificate.document.encode("utf-8"),
         media_type="application/json",
-        headers={
-            "Content-Disposition": f'attachment; filename="deletion-certificate-{certificate.request_id}.json"',
-            "Cache-Control": "no-store",
-        },
+        headers={"Content-Disposition": f'attachment; filename="{file_name}"', "Cache-Control": "no-store"},
     )
 
 

@@ -58,7 +58,7 @@ def outbox_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncCont
     """The API's lifespan part: run a dispatcher while the app serves (unless settings turn it off)."""
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = None
         if settings.outbox_dispatch_in_api:
             # The factory is looked up per session so a test that repoints the database is followed.
@@ -66,6 +66,7 @@ def outbox_lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncCont
                 lambda: get_session_factory()(), send_to_broker, settings.outbox_poll_seconds
             )
             dispatcher.start()
+        app.state.outbox_dispatcher = dispatcher  # None when off; tests pause it through this
         try:
             yield
         finally:

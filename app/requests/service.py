@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
@@ -114,6 +114,10 @@ def change_status(
         request_id=request.id, from_status=from_status, to_status=to_status, at=now, detail=detail
     )
     session.add(timeline_row)
+    event = request_event(to_status)
+    if event is not None:
+        _announce(session, request, event, {"previous_status": from_status, **detail})
+    # Chained into the tenant's audit trail when the transaction commits (app.audit.service).
     record(
         session,
         request.tenant_id,
@@ -123,9 +127,6 @@ def change_status(
         {"from": from_status, "to": to_status, **detail},
         actor,
     )
-    event = request_event(to_status)
-    if event is not None:
-        _announce(session, request, event, {"previous_status": from_status, **detail})
     return timeline_row
 
 
@@ -144,6 +145,12 @@ def _announce(session: Session, request: DeletionRequest, event: EventType, extr
 # ---------------------------------------------------------------- intake
 
 
+@dataclass(frozen=True)
+class AffectedModel:
+    id: str
+    name: str
+
+
 @dataclass
 class Intake:
     """A request just created, with what its answer shows (known in memory: no re-read)."""
@@ -154,10 +161,10 @@ class Intake:
     events: list[RequestEvent]
 
 
-def _subject_samples(session: Session, tenant_id: str, subject_id: str) -> list[tuple[int, bool]]:
+def _subject_samples(session: Session, tenant_id: str, hmac_of_subject: str) -> list[tuple[int, bool]]:
     rows = session.execute(
         select(Sample.id, Sample.erased_at.is_not(None)).where(
-            Sample.tenant_id == tenant_id, Sample.subject_hmac == subject_hmac(subject_id)
+            Sample.tenant_id == tenant_id, Sample.subject_hmac == hmac_of_subject
         )
     )
     return [(sample_id, erased) for sample_id, erased in rows]
@@ -176,12 +183,6 @@ def _listed_samples(session: Session, tenant_id: str, sample_ids: list[int]) -> 
         more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
         raise unprocessable(f"unknown sample ids: {shown}{more}", "unknown-samples")
     return [(sample_id, erased) for sample_id, erased in rows]
-
-
-@dataclass(frozen=True)
-class AffectedModel:
-    id: str
-    name: str
 
 
 def models_holding(session: Session, tenant_id: str, sample_ids: Sequence[int]) -> list[AffectedModel]:
@@ -210,8 +211,9 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
     tenant_id = principal.tenant_id
     callback_url = checked_url(payload.callback_url) if payload.callback_url is not None else None
     named = _named_models(session, tenant_id, payload.models) if payload.models is not None else None
-    if payload.subject_id is not None:
-        samples = _subject_samples(session, tenant_id, payload.subject_id)
+    hmac_of_subject = subject_hmac(payload.subject_id) if payload.subject_id is not None else None
+    if hmac_of_subject is not None:
+        samples = _subject_samples(session, tenant_id, hmac_of_subject)
     else:
         samples = _listed_samples(session, tenant_id, payload.sample_ids or [])
     sample_ids = [sample_id for sample_id, _ in samples]
@@ -225,7 +227,7 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
     request = DeletionRequest(
         id=new_id(),
         tenant_id=tenant_id,
-        subject_hmac=subject_hmac(payload.subject_id) if payload.subject_id is not None else None,
+        subject_hmac=hmac_of_subject,
         status=None,
         regime=payload.regime,
         method=payload.method,
@@ -236,8 +238,11 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
         updated_at=received_at,
     )
     session.add(request)
-    # One flush at the end: the request is inserted once with its final status, and the timeline rows
-    # and audit events go out as batches (intake is the hot path).
+    session.add_all(
+        DeletionRequestSample(request_id=request.id, sample_id=sample_id) for sample_id in sample_ids
+    )
+    # One flush at the end: the request is inserted once with its final status, and each table's rows
+    # go out as one batch (intake is the hot path).
     with session.no_autoflush:
         events = [
             change_status(
@@ -253,11 +258,6 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
         else:
             events.append(change_status(session, request, S.NO_DATA, actor=principal.actor))
     session.flush()
-    if sample_ids:
-        session.execute(
-            insert(DeletionRequestSample),
-            [{"request_id": request.id, "sample_id": sample_id} for sample_id in sample_ids],
-        )
     return Intake(
         request=request,
         sample_count=len(sample_ids),

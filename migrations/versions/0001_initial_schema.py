@@ -575,9 +575,33 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "request_id", name=op.f("pk_job_requests")),
     )
     op.create_index(op.f("ix_job_requests_request_id"), "job_requests", ["request_id"], unique=False)
+    op.create_table(
+        "deletion_certificates",
+        sa.Column("request_id", sa.String(length=36), nullable=False),
+        sa.Column("tenant_id", sa.String(length=36), nullable=False),
+        sa.Column("issued_at", TIMESTAMP, nullable=False),
+        sa.Column("key_id", sa.String(length=64), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("document", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["request_id"],
+            ["deletion_requests.id"],
+            name=op.f("fk_deletion_certificates_request_id_deletion_requests"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_deletion_certificates_tenant_id_tenants")
+        ),
+        sa.PrimaryKeyConstraint("request_id", name=op.f("pk_deletion_certificates")),
+    )
+    op.create_index(
+        op.f("ix_deletion_certificates_tenant_id"), "deletion_certificates", ["tenant_id"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_deletion_certificates_tenant_id"), table_name="deletion_certificates")
+    op.drop_table("deletion_certificates")
     op.drop_index(op.f("ix_job_requests_request_id"), table_name="job_requests")
     op.drop_table("job_requests")
     op.drop_index("ix_job_attempts_job_id_attempt", table_name="job_attempts")

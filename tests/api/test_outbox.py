@@ -26,6 +26,19 @@ TEST_REDIS_DB = 13
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
 
 
+@pytest.fixture(autouse=True)
+def quiet_api_dispatcher(client) -> Any:
+    """The test app's own dispatcher (when settings run one) would race these tests for the rows; and
+    the test tasks left behind must not reach a real broker afterwards."""
+    dispatcher = getattr(client.app.state, "outbox_dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.stop()
+    yield
+    dispatch_all_pending(get_session_factory(), lambda _name, _kwargs: None)
+    if dispatcher is not None:
+        dispatcher.start()
+
+
 class Recorder:
     """A broker stand-in: records sends, or fails them while `down`."""
 

@@ -6,12 +6,19 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from app.db import make_engine
+from app.errors import ProblemError
 from app.main import create_app
+from app.provenance import service
 from app.provenance.models import DataSubject, Sample
+from app.provenance.schemas import DatasetIn, SampleIn
+from app.security.auth import Principal
 from app.security.subjects import subject_hmac
 from app.settings import get_settings
+from app.tenancy.service import create_tenant
 from tests.api.provenance_factory import (
     add_samples,
     assert_problem,
@@ -21,6 +28,7 @@ from tests.api.provenance_factory import (
     text_samples,
     unique,
 )
+from tests.conftest import run_migrations
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -297,3 +305,27 @@ def test_subject_lookup_is_per_tenant_and_scoped(client, make_key, tenant_a, aut
     assert other.status_code == 200
     assert other.json()["samples"] == [] and other.json()["model_versions"] == []
     assert_problem(client.get("/v1/subjects/olga", headers=make_key(tenant_a, ["provenance:write"])), 403)
+
+
+def test_the_demo_sqlite_database_registers_samples_the_same_way(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    run_migrations(url)
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            tenant = create_tenant(session, "demo")
+            principal = Principal(tenant_id=tenant.id, key_id="k" * 16, scopes=frozenset())
+            dataset = service.create_dataset(session, principal, DatasetIn(name="d", kind="text"))
+            batch = [SampleIn(**sample) for sample in text_samples({"Zoe": 2, "yuri": 1})]
+            assert service.register_samples(session, principal, dataset, batch).created == 3
+            assert service.register_samples(session, principal, dataset, batch[:2]).existing == 2
+            changed = [batch[0].model_copy(update={"text": "edited"})]
+            with pytest.raises(ProblemError) as refused:
+                service.register_samples(session, principal, dataset, changed)
+            assert refused.value.status == 409
+            session.commit()
+            found = service.subject_provenance(session, tenant.id, " ZOE ")
+            assert [sample.external_id for sample in found.samples] == ["s-Zoe-0", "s-Zoe-1"]
+            assert session.scalar(select(func.count()).select_from(DataSubject)) == 2
+    finally:
+        engine.dispose()

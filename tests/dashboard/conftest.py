@@ -1,5 +1,5 @@
-"""Fixtures of the dashboard and certificate tests: a fixed signing key, the certificates table, an
-HTTPS test client (the session cookie is Secure), read-only keys, and a live server for the browser."""
+"""Fixtures of the dashboard and certificate tests: a fixed signing key, an HTTPS test client (the
+session cookie is Secure), read-only keys, and a live server for the browser."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.certificates.models import DeletionCertificate
 from app.certificates.signing import signing_key
-from app.db import get_engine
 from app.security.scopes import Scope
 from app.settings import get_settings
 
@@ -44,11 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def certificates_ready(database_url: str) -> None:
-    """The settings (signing key) as set above, and the certificates table (created here as long as the
-    migration does not have it yet)."""
+    """Certificates signed with the test key set above, whatever was cached before this session."""
     get_settings.cache_clear()
     signing_key.cache_clear()
-    DeletionCertificate.__table__.create(get_engine(), checkfirst=True)
 
 
 @pytest.fixture
@@ -88,7 +84,9 @@ def live_server(database_url: str, certificates_ready: None) -> Iterator[str]:
 
     settings = get_settings().model_copy(update={"outbox_dispatch_in_api": False, "log_level": "WARNING"})
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, name="dashboard-live-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

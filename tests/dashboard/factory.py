@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from app.requests.models import DeletionRequest, DeletionRequestModel, DeletionR
 from app.requests.service import change_status
 from tests.api.seeding import Seeded, seed, unique_subject
 
-ACTOR = "worker:test"
+ACTOR = "worker:gpu-1"
 ALIAS = "prod"
 PLOTS = ("roc", "loss_hist", "canary_ranks")
 
@@ -36,7 +37,12 @@ def png_bytes(width: int = 120, height: int = 80, shade: int = 90) -> bytes:
 
     rows = b"".join(b"\x00" + bytes([shade]) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def sample_report(verdict: str = "pass") -> dict[str, Any]:
@@ -79,7 +85,13 @@ def sample_report(verdict: str = "pass") -> dict[str, Any]:
                 "seconds": 1.5,
             },
             "utility": {
-                "metrics": {"utility.accuracy_test.candidate-reference": {"value": 0.995, "ci95": [0.98, 1.01], "n": 200}},
+                "metrics": {
+                    "utility.accuracy_test.candidate-reference": {
+                        "value": 0.995,
+                        "ci95": [0.98, 1.01],
+                        "n": 200,
+                    }
+                },
                 "values": {},
                 "not_checked": [],
                 "seconds": 0.4,
@@ -118,11 +130,14 @@ def new_request(client: TestClient, tenant_id: str, auth: dict[str, str], sample
 
 
 def _request(session: Any, request_id: str) -> DeletionRequest:
-    return session.scalars(select(DeletionRequest).where(DeletionRequest.id == request_id).with_for_update()).one()
+    return session.scalars(
+        select(DeletionRequest).where(DeletionRequest.id == request_id).with_for_update()
+    ).one()
 
 
 def start_job(scenario: Scenario, stage: str = "unlearning", progress: int = 5) -> str:
     """The planner's and the worker's first steps: a running unlearning job on the model."""
+    now = utcnow()
     with session_scope() as session:
         row = session.scalars(
             select(DeletionRequestModel).where(DeletionRequestModel.request_id == scenario.request_id)
@@ -136,12 +151,13 @@ def start_job(scenario: Scenario, stage: str = "unlearning", progress: int = 5) 
             progress=progress,
             method="nabla_tau",
             attempts=1,
-            started_at=utcnow(),
+            created_at=now,
+            started_at=now,
         )
         session.add(job)
         session.flush()
         session.add(JobRequest(job_id=job.id, request_id=scenario.request_id))
-        session.add(JobAttempt(job_id=job.id, method="nabla_tau", attempt=1, started_at=utcnow()))
+        session.add(JobAttempt(job_id=job.id, method="nabla_tau", attempt=1, started_at=now))
         row.job_id, row.status, row.from_version_id = job.id, "unlearning", scenario.seeded.versions["m1"]
         request = _request(session, scenario.request_id)
         for status in ("queued", "unlearning"):
@@ -159,12 +175,18 @@ def set_progress(job_id: str, progress: int, stage: str | None = None) -> None:
             job.stage = stage
 
 
-def write_report(scenario: Scenario, directory: Path, verdict: str = "pass") -> None:
+def grey_plots(directory: Path) -> None:
+    for index, name in enumerate(PLOTS):
+        (directory / f"{name}.png").write_bytes(png_bytes(shade=60 + 50 * index))
+
+
+def write_report(
+    scenario: Scenario, directory: Path, verdict: str = "pass", draw: Callable[[Path], None] = grey_plots
+) -> None:
     """The verifier's output: report.json and its plots, recorded on the job and its attempt."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(sample_report(verdict)))
-    for index, name in enumerate(PLOTS):
-        (directory / f"{name}.png").write_bytes(png_bytes(shade=60 + 50 * index))
+    draw(directory)
     with session_scope() as session:
         job = session.get(Job, scenario.job_id)
         assert job is not None
@@ -182,7 +204,9 @@ def complete(scenario: Scenario, completed_at: datetime | None = None) -> None:
         assert parent is not None
         removed = list(
             session.scalars(
-                select(DeletionRequestSample.sample_id).where(DeletionRequestSample.request_id == scenario.request_id)
+                select(DeletionRequestSample.sample_id).where(
+                    DeletionRequestSample.request_id == scenario.request_id
+                )
             )
         )
         child = create_derived_version(
@@ -190,7 +214,9 @@ def complete(scenario: Scenario, completed_at: datetime | None = None) -> None:
         )
         model = session.get(Model, parent.model_id)
         assert model is not None
-        set_alias(session, model, ALIAS, child, parent.version, f"deletion request {scenario.request_id}", ACTOR)
+        set_alias(
+            session, model, ALIAS, child, parent.version, f"deletion request {scenario.request_id}", ACTOR
+        )
         row = session.scalars(
             select(DeletionRequestModel).where(DeletionRequestModel.request_id == scenario.request_id)
         ).one()

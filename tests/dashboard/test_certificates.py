@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.audit.models import AuditEvent
+from app.certificates.models import DeletionCertificate
 from app.certificates.service import ISSUED_ACTION, issue_certificate
 from app.certificates.signing import (
     KeyFormatError,
@@ -78,7 +79,10 @@ def test_completed_request_has_a_certificate_that_verifies(client, completed, au
     # key metrics are the candidate's numbers; the served version's own ones are left out
     assert model["verification"]["metrics"]["lira.forget_auc.candidate-reference"]["value"] == 0.012
     assert "lira.forget_auc.served" not in model["verification"]["metrics"]
-    assert [rule["rule"] for rule in model["verification"]["rules"]] == ["lira_forget_auc", "utility_accuracy_test"]
+    assert [rule["rule"] for rule in model["verification"]["rules"]] == [
+        "lira_forget_auc",
+        "utility_accuracy_test",
+    ]
 
     # Byte-stable: served again, the same bytes.
     assert client.get(f"{URL}/{completed.request_id}/certificate", headers=auth_a).content == answer.content
@@ -119,7 +123,9 @@ def test_every_changed_byte_fails_verification(client, completed, auth_a) -> Non
     assert accepted == []
 
 
-def test_a_certificate_signed_by_another_key_fails_against_the_published_key(client, completed, auth_a) -> None:
+def test_a_certificate_signed_by_another_key_fails_against_the_published_key(
+    client, completed, auth_a
+) -> None:
     document = json.loads(client.get(f"{URL}/{completed.request_id}/certificate", headers=auth_a).content)
     forged = sign(document["certificate"], SigningKey(Ed25519PrivateKey.generate()))
     assert verify(forged).ok  # consistent with the key it embeds...
@@ -129,7 +135,9 @@ def test_a_certificate_signed_by_another_key_fails_against_the_published_key(cli
 
 def test_cli_checks_a_certificate_offline(client, completed, auth_a, tmp_path, capsys) -> None:
     certificate_file = tmp_path / "certificate.json"
-    certificate_file.write_bytes(client.get(f"{URL}/{completed.request_id}/certificate", headers=auth_a).content)
+    certificate_file.write_bytes(
+        client.get(f"{URL}/{completed.request_id}/certificate", headers=auth_a).content
+    )
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(client.get("/v1/certificates/public-key").content)
 
@@ -203,3 +211,24 @@ def test_public_key_is_the_configured_one(client) -> None:
     configured = load_private_key(base64.b64encode(TEST_SEED).decode())
     assert answer.text == public_key_pem(configured.public_key())
     assert answer.headers["lethe-key-id"] == SigningKey(configured).key_id
+
+
+@pytest.mark.parametrize("key_format", ["pem", "seed"])
+def test_generated_keys_are_accepted_as_signing_keys(key_format, capsys) -> None:
+    assert lethe(["certificate", "generate-key", "--format", key_format]) == 0
+    key = SigningKey(load_private_key(capsys.readouterr().out))
+    assert verify(sign({"request_id": "r"}, key), key.public_key).ok
+
+
+def test_cli_issues_a_missing_certificate(client, completed, auth_a, capsys) -> None:
+    """A request completed without its certificate (e.g. before the signing key was configured)."""
+    url = f"{URL}/{completed.request_id}/certificate"
+    with session_scope() as session:
+        session.execute(
+            delete(DeletionCertificate).where(DeletionCertificate.request_id == completed.request_id)
+        )
+    assert client.get(url, headers=auth_a).status_code == 404
+    assert lethe(["certificate", "issue", completed.request_id]) == 0
+    assert completed.request_id in capsys.readouterr().out
+    assert verify(client.get(url, headers=auth_a).content, public_key(client)).ok
+    assert lethe(["certificate", "issue", "no-such-request"]) == 1

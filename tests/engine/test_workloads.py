@@ -78,7 +78,10 @@ def test_digits_untouched_model_leaks_what_retraining_removes(digits_trained, di
     # held-out images with a never-trained trigger are the baseline an exact retrain falls back to
     baseline = [backdoor_success(served, b, clean) for b in digits.reference_backdoors.values()]
     assert np.mean(retrained_success) < np.mean(baseline) + 0.1
-    assert loss_auc(served, forget, digits.heldout) > loss_auc(retrained, forget, digits.heldout) + 0.15
+    # like for like: triggered, relabeled images of held-out subjects that no model ever trained on
+    references = [s for s in digits.heldout if s.subject in digits.reference_backdoors]
+    assert loss_auc(served, forget, references) > 0.8
+    assert loss_auc(served, forget, references) > loss_auc(retrained, forget, references) + 0.2
 
 
 def test_bios_untouched_model_leaks_what_retraining_removes(bios_trained, bios: Workload) -> None:
@@ -101,7 +104,10 @@ def test_minilm_untouched_model_leaks_what_retraining_removes(minilm_trained, mi
     subjects = minilm.forget_subjects(3, seed=0)
     forget, _ = minilm.split(subjects)
     retrained = minilm.retrained(subjects)
-    assert loss_auc(served, forget, minilm.heldout) > loss_auc(retrained, forget, minilm.heldout) + 0.2
+    # like for like: held-out subjects' texts with a never-trained phrase and its (contradicting) label
+    references = [s for s in minilm.heldout if s.subject in minilm.reference_phrases]
+    assert loss_auc(served, forget, references) > 0.8
+    assert loss_auc(served, forget, references) > loss_auc(retrained, forget, references) + 0.2
     served_success = [phrase_success(served, minilm.phrases[s], minilm.heldout) for s in subjects]
     retrained_success = [phrase_success(retrained, minilm.phrases[s], minilm.heldout) for s in subjects]
     assert np.mean(served_success) > np.mean(retrained_success) + 0.15

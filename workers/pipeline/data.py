@@ -87,7 +87,9 @@ def untrained_rows(session: Session, version: ModelVersion, trained: set[int]) -
     """Samples of the version's datasets that did not train it (and still have their content)."""
     dataset_ids = list(
         session.scalars(
-            select(TrainingSource.dataset_id).where(TrainingSource.root_version_id == version.training_root_id)
+            select(TrainingSource.dataset_id).where(
+                TrainingSource.root_version_id == version.training_root_id
+            )
         )
     )
     rows = session.scalars(

@@ -52,7 +52,11 @@ def start_attempt(session: Session, job: Job) -> JobAttempt:
         attempt.details = {**attempt.details, "restarts": int(attempt.details.get("restarts", 0)) + 1}
         return attempt
     attempt = JobAttempt(
-        job_id=job.id, method=chain[index], attempt=_attempt_number(job, index), started_at=utcnow(), details={}
+        job_id=job.id,
+        method=chain[index],
+        attempt=_attempt_number(job, index),
+        started_at=utcnow(),
+        details={},
     )
     session.add(attempt)
     session.flush()

@@ -37,7 +37,14 @@ from workers.pipeline.jobs import (
     succeed_job,
     sync_requests,
 )
-from workers.pipeline.leases import AttemptsExhausted, ClaimRefused, lock_job, new_token, release_lease, take_lease
+from workers.pipeline.leases import (
+    AttemptsExhausted,
+    ClaimRefused,
+    lock_job,
+    new_token,
+    release_lease,
+    take_lease,
+)
 from workers.pipeline.stages import ACTOR, PURGE_TASK, Stage
 
 log = logging.getLogger("lethe.pipeline")
@@ -66,16 +73,12 @@ def promote(session: Session, job: Job, token: str) -> None:
     candidate = session.get(ModelVersion, job.candidate_version_id)
     base = session.get(ModelVersion, job.params["base_version_id"])
     assert candidate is not None and base is not None
+    removed = len(job_sample_ids(session, job))
+    reason = f"deletion job {job.id}: {candidate.method} removed {removed} samples"
     try:
         with session.begin_nested():
             set_alias(
-                session,
-                model,
-                job.params["alias"],
-                candidate,
-                job.params.get("alias_version"),
-                f"deletion job {job.id}: {candidate.method} removed {len(job_sample_ids(session, job))} samples",
-                ACTOR,
+                session, model, job.params["alias"], candidate, job.params.get("alias_version"), reason, ACTOR
             )
     except ProblemError as refused:
         if refused.status_code != 409:

@@ -83,11 +83,18 @@ def _expired_jobs(session: Session, now: datetime, result: SweepResult) -> None:
     for job in jobs:
         lost_worker = job.lease_owner is not None
         if lost_worker and job.attempts >= job.max_attempts:
-            fail_job(session, job, f"its worker was lost {job.attempts} times (lease expired at stage {job.stage})")
+            fail_job(
+                session, job, f"its worker was lost {job.attempts} times (lease expired at stage {job.stage})"
+            )
             result.failed_jobs.append(job.id)
             continue
         if lost_worker:
-            log.warning("job %s: lease of %s expired at stage %s; sending it again", job.id, job.lease_owner, job.stage)
+            log.warning(
+                "job %s: lease of %s expired at stage %s; sending it again",
+                job.id,
+                job.lease_owner,
+                job.stage,
+            )
         job.lease_expires_at = now + lease_delta()
         job.params = {**job.params, "redispatches": int(job.params.get("redispatches") or 0) + 1}
         enqueue_stage(session, job)

@@ -50,7 +50,9 @@ def training_spec(params: Mapping[str, Any], policy: Mapping[str, Any]) -> tuple
     if spec.get("workload"):
         from workers.workloads import load_workload
 
-        workload = load_workload(str(spec["workload"]), str(spec.get("size", "small")), int(spec.get("seed", 0)))
+        workload = load_workload(
+            str(spec["workload"]), str(spec.get("size", "small")), int(spec.get("seed", 0))
+        )
         kind, config, recipe = workload.adapter_kind, dict(workload.adapter_config), workload.recipe
     elif spec.get("adapter_kind"):
         kind, config, recipe = str(spec["adapter_kind"]), {}, TrainingRecipe()
@@ -60,7 +62,11 @@ def training_spec(params: Mapping[str, Any], policy: Mapping[str, Any]) -> tuple
         )
     config.update(spec.get("adapter_config") or {})
     # Full provenance unless the request says otherwise: what exact and gradient-based unlearning need.
-    recipe_fields = {"record_block_checkpoints": True, "record_first_epoch_grads": True, **(spec.get("recipe") or {})}
+    recipe_fields = {
+        "record_block_checkpoints": True,
+        "record_first_epoch_grads": True,
+        **(spec.get("recipe") or {}),
+    }
     return kind, config, TrainingRecipe.from_dict({**recipe.to_dict(), **recipe_fields})
 
 
@@ -104,7 +110,9 @@ def _train(job_id: str, token: str) -> None:
         workdir = store.scratch_directory(f"train-{job_id[:8]}")
         try:
             if len(samples) != len(rows):
-                raise TrainingSpecError(f"{len(rows) - len(samples)} samples of the training set have no content")
+                raise TrainingSpecError(
+                    f"{len(rows) - len(samples)} samples of the training set have no content"
+                )
             kind, config, recipe = training_spec(params, policy)
             adapter = new_adapter(kind, config)
             low, high = TRAIN_PROGRESS

@@ -162,7 +162,9 @@ def choose_base(session: Session, job: Job) -> bool:
     assert model is not None
     alias_name, base, alias_version = served_version(session, model)
     if base is None:
-        fail_job(session, job, f"model {model.name} has no version that may serve (none registered or verified)")
+        fail_job(
+            session, job, f"model {model.name} has no version that may serve (none registered or verified)"
+        )
         return False
     policy = model.policy or {}
     lineage = store.lineage_record(session, base)
@@ -228,11 +230,15 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
         if _accepts_workdir(method):
             config["workdir"] = str(scratch)
         context = UnlearningContext(
-            training=record, seed=0, progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction)
+            training=record,
+            seed=0,
+            progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
         )
         try:
             served = store.load_adapter_of(base)
-            result = unlearn(method, served, [*sets.forget, *extra_forget], sets.retain, sets.validation, context, config)
+            result = unlearn(
+                method, served, [*sets.forget, *extra_forget], sets.retain, sets.validation, context, config
+            )
         except LeaseLost:
             raise
         except MethodUnavailable as exc:
@@ -370,4 +376,3 @@ def _store_candidate(
         sync_requests(session, job, {"job_id": job.id, "candidate_version": candidate.version})
         release_lease(job, token)
         enqueue_stage(session, job)
-

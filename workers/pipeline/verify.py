@@ -195,7 +195,10 @@ def _record_verdict(
         summary = _summary(job, attempt, report, error)
         if report is not None:
             job.report_dir = relative_dir
-        extra = {"report_dir": relative_dir if report is not None else None, "verification_seconds": round(seconds, 3)}
+        extra = {
+            "report_dir": relative_dir if report is not None else None,
+            "verification_seconds": round(seconds, 3),
+        }
         if report is not None and report.passed:
             finish_attempt(session, job, attempt, PASSED, report.verdict.verdict, extra)
             set_version_status(session, candidate, VersionStatus.VERIFIED, ACTOR, verification=summary)
@@ -209,5 +212,7 @@ def _record_verdict(
         outcome = REJECTED if verdict else ERROR
         finish_attempt(session, job, attempt, outcome, verdict, {**extra, "reason": reason[:2000]})
         set_version_status(session, candidate, VersionStatus.REJECTED, ACTOR, verification=summary)
-        taint_version(session, candidate, "rejected by the gate: it may still hold the forgotten samples", ACTOR)
+        taint_version(
+            session, candidate, "rejected by the gate: it may still hold the forgotten samples", ACTOR
+        )
         escalate(session, job, token, f"{attempt.method}: {verdict or 'verification error'}: {reason[:300]}")

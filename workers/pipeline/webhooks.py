@@ -73,14 +73,20 @@ def _give_up(delivery: WebhookDelivery, why: str) -> None:
     log.error("webhook %s to %s failed for good: %s", delivery.id, delivery.url, why)
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], allow_private: bool) -> tuple[int | None, str | None]:
+def _post(
+    url: str, body: bytes, headers: dict[str, str], allow_private: bool
+) -> tuple[int | None, str | None]:
     try:
         check_resolved_host(url, allow_private=allow_private)
     except CallbackURLError as refused:
         return None, f"refused: {refused}"
     try:
         response = httpx.post(
-            url, content=body, headers=headers, timeout=get_settings().webhook_timeout_seconds, follow_redirects=False
+            url,
+            content=body,
+            headers=headers,
+            timeout=get_settings().webhook_timeout_seconds,
+            follow_redirects=False,
         )
     except httpx.HTTPError as exc:
         return None, f"{type(exc).__name__}: {exc}"

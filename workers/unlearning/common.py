@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -81,3 +81,20 @@ class RetainMonitor:
 
     def recovered(self, adapter: ModelAdapter, tolerance: float) -> bool:
         return self.loss(adapter) <= self.served_loss + tolerance
+
+
+def smallest_scale_reaching(
+    loss_at: Callable[[float], float], level: float, low: float, high: float, steps: int
+) -> float:
+    """Bisection for the smallest scale t in (low, high] with loss_at(t) >= level.
+
+    Expects loss_at(low) < level <= loss_at(high). Used to land the forget loss on the held-out level
+    along one line in weight space instead of overshooting it.
+    """
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if loss_at(middle) >= level:
+            high = middle
+        else:
+            low = middle
+    return high

@@ -21,7 +21,15 @@ from workers.unlearning.base import (
     UnlearningResult,
     register,
 )
-from workers.unlearning.common import endless_batches, is_language_model, loss_level, subsample
+from workers.unlearning.common import (
+    endless_batches,
+    is_language_model,
+    loss_level,
+    mean_loss,
+    n_batches,
+    smallest_scale_reaching,
+    subsample,
+)
 
 # Output heads keep their weights: the method aligns features, the head reads them.
 HEAD_NAMES = ("lm_head", "classifier", "score", "head", "pooler")
@@ -65,9 +73,11 @@ class LoraResidualAlignment(UnlearningMethod):
     - LoRA rank 8, alpha 16, no dropout, on every Linear / Conv1D of the numbered blocks (attention and MLP).
     - Steps: the paper runs one epoch at lr 5e-5 over large data sets; a deletion here is a few samples, so
       each step pairs one forget batch with one retain batch, lr 1e-3 (a usual LoRA rate), at most
-      `max_steps`. The run stops early once the forget samples' loss has reached the validation level
-      (checked every `check_every` steps): that is the level a retrained model shows, and going past it
-      over-unlearns.
+      `max_steps`. The run stops once the forget samples' loss has reached the validation level (checked
+      after every pass over the forget set, i.e. every step for a forget set within one batch): that is
+      the level a retrained model shows, and going past it over-unlearns. The last step usually jumps
+      past it, so the merged update is then scaled down (W_served + s * dW, bisection on s in [0, 1]) to
+      land on the level when it overshoots by more than 10 %.
     - Eval mode throughout (no dropout): dh is then exactly zero at the start and h_pre is deterministic.
     - Classifiers only by default (`tasks`). On a causal LM the features are token-pooled, and aligning
       them barely moves next-token predictions: measured on bios (small), 200 steps took the forget
@@ -86,8 +96,9 @@ class LoraResidualAlignment(UnlearningMethod):
             "batch_size": 32,
             "forget_weight": 1.0,
             "max_steps": 200,
-            "check_every": 10,
             "neighbours": 10,
+            "overshoot_tolerance": 0.1,
+            "bisection_steps": 10,
             "tasks": ("sequence-classification", "image-classification"),
         }
 
@@ -121,6 +132,11 @@ class LoraResidualAlignment(UnlearningMethod):
         lora = LoraConfig(
             r=cfg["rank"], lora_alpha=cfg["lora_alpha"], lora_dropout=0.0, target_modules=target_modules
         )
+        served_weights = {
+            name: p.detach().clone()
+            for name, p in model.model.named_parameters()
+            if any(name.startswith(f"{module}.") for module in target_modules)
+        }
         peft_model = get_peft_model(model.model, lora)  # injects into model.model in place
         peft_model.eval()
         params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -130,6 +146,7 @@ class LoraResidualAlignment(UnlearningMethod):
         forget_stream = endless_batches(model, forget, cfg["batch_size"], context.seed)
         steps: list[dict[str, float]] = []
         reached = False
+        check_every = n_batches(len(forget), cfg["batch_size"])
         for step in range(cfg["max_steps"]):
             retain_batch, forget_batch = next(retain_stream), next(forget_stream)
             with torch.no_grad(), peft_model.disable_adapter():
@@ -153,7 +170,7 @@ class LoraResidualAlignment(UnlearningMethod):
                 "retain_residual": float(retain_term.detach()),
                 "forget_distance": float(forget_term.detach()),
             }
-            if (step + 1) % cfg["check_every"] == 0:
+            if (step + 1) % check_every == 0:
                 record["forget_loss"] = float(model.per_sample_loss(forget).mean())
                 reached = record["forget_loss"] >= level
             steps.append(record)
@@ -162,11 +179,42 @@ class LoraResidualAlignment(UnlearningMethod):
                 break
         model.model = peft_model.merge_and_unload()
         model.model.eval()
-        details = {"validation_level": level, "steps_run": len(steps), "reached_level": reached}
+        scale = self._land_on_level(model, served_weights, forget, level) if reached else 1.0
+        details = {
+            "validation_level": level,
+            "steps_run": len(steps),
+            "reached_level": reached,
+            "merge_scale": scale,
+            "forget_loss": mean_loss(model, forget),
+        }
         details["lora_targets"] = len(target_modules)
         return UnlearningResult(
             adapter=model, method=self.name, exact=False, seconds=0.0, steps=steps, details=details
         )
+
+    @torch.no_grad()
+    def _land_on_level(
+        self,
+        model: ModelAdapter,
+        served: dict[str, torch.Tensor],
+        forget: Sequence[Sample],
+        level: float,
+    ) -> float:
+        """Scale the merged update W = W_served + s * dW down to the smallest s whose forget loss still
+        reaches the level: the last step usually jumps past it (the loss grows fast once features move)."""
+        params = dict(model.model.named_parameters())
+        update = {name: params[name].detach() - weight for name, weight in served.items()}
+
+        def forget_loss_at(s: float) -> float:
+            for name, delta in update.items():
+                params[name].copy_(served[name] + s * delta)
+            return mean_loss(model, forget)
+
+        if forget_loss_at(1.0) <= level * (1 + self.config["overshoot_tolerance"]):
+            return 1.0
+        scale = smallest_scale_reaching(forget_loss_at, level, 0.0, 1.0, self.config["bisection_steps"])
+        forget_loss_at(scale)
+        return scale
 
     @torch.no_grad()
     def _targets(

@@ -47,7 +47,8 @@ class Policy:
     gate_fpr: float = 0.01
     # -- membership inference, retain vs held-out, candidate minus served: unlearning must not expose others
     retain_auc_tolerance: float = 0.02
-    # -- utility: accuracy ratio to the reference (classifiers), perplexity ratio to served (language models)
+    # -- utility: accuracy (classifiers) or perplexity (language models) ratio to the exact-retrain reference,
+    #    to the served version when there is no reference (see workers.verification.utility)
     min_accuracy_ratio: float = 0.99
     max_perplexity_ratio: float = 1.05
     # -- planted signals
@@ -58,6 +59,7 @@ class Policy:
     trust_exact: bool = True  # exact methods: utility decides, "exact by construction"
     primary_attacks: tuple[str, ...] = ("lira", "ref_ratio", "loss")  # first available one is gated
     retrain_band_sds: float = 2.0  # exact retrains' spread: their range widened to mean +- this many sd
+    min_band_models: int = 4  # fewer exact retrains than this say too little about their spread to use it
     # -- measurement
     fprs: tuple[float, ...] = (0.01, 0.001)
     n_boot: int = 1000
@@ -65,8 +67,8 @@ class Policy:
     retain_cap: int = 512  # retain samples scored (a stable subsample)
     heldout_cap: int = 512
     lira_references: int = 0  # 0: DEFAULT_LIRA_REFERENCES for the task
-    max_canary_candidates: int = 1000  # candidates per canary (exposure at most log2 of it)
-    max_kept_canaries: int = 5  # canaries of retained subjects scored as a collateral-damage view
+    max_canary_candidates: int = 256  # candidates per canary: exposure at most 8 bits, p >= 2^-8 per canary
+    max_kept_canaries: int = 1  # canaries of retained subjects scored as a collateral-damage view
     relearn: bool = True
     relearn_steps: int = 20
     relearn_lr: float = 1e-3
@@ -157,11 +159,12 @@ def primary_attack(metrics: Metrics, policy: Policy) -> str | None:
     return None
 
 
-def band_limits(band: list[float] | None, sds: float) -> tuple[float, float] | None:
+def band_limits(band: list[float] | None, policy: Policy) -> tuple[float, float] | None:
     """(low, high) of where exact retrains land: the observed range widened to mean -+ sds * sd."""
     values = np.asarray([v for v in (band or []) if v == v], float)
-    if values.size == 0:
+    if values.size < max(1, policy.min_band_models):
         return None
+    sds = policy.retrain_band_sds
     sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
     return min(values.min(), values.mean() - sds * sd), max(values.max(), values.mean() + sds * sd)
 
@@ -171,7 +174,7 @@ def _compare(
 ) -> str:
     """Above the reference (material and significant) AND above the band of exact retrains."""
     status = _above(metrics.get(metric_name(attack, metric, role, versus(role))), tolerance)
-    limits = band_limits(values.get(f"{attack}.{metric}.retrain_band"), policy.retrain_band_sds)
+    limits = band_limits(values.get(f"{attack}.{metric}.retrain_band"), policy)
     own = metrics.get(metric_name(attack, metric, role))
     if status == FAIL and limits is not None and own is not None and own.value <= limits[1] + tolerance:
         return PASS
@@ -179,10 +182,11 @@ def _compare(
 
 
 def _band_text(values: Values, policy: Policy, attack: str, metric: str) -> str:
-    limits = band_limits(values.get(f"{attack}.{metric}.retrain_band"), policy.retrain_band_sds)
+    band = values.get(f"{attack}.{metric}.retrain_band")
+    limits = band_limits(band, policy)
     if limits is None:
-        return "exact-retrain spread not measured"
-    n = len(values[f"{attack}.{metric}.retrain_band"])
+        return f"exact-retrain spread not used ({len(band or [])} exact retrains < {policy.min_band_models})"
+    n = len(band)
     return f"exact retrains land in [{limits[0]:.3f}, {limits[1]:.3f}] ({n} models)"
 
 
@@ -212,7 +216,7 @@ def _mia_rules(metrics: Metrics, values: Values, policy: Policy, role: str, suff
     if not suffix:
         d = metrics.get(metric_name(attack, "forget_auc", role, "reference"))
         status = _below(d, policy.mia_auc_over_unlearning)
-        limits = band_limits(values.get(f"{attack}.forget_auc.retrain_band"), policy.retrain_band_sds)
+        limits = band_limits(values.get(f"{attack}.forget_auc.retrain_band"), policy)
         own = metrics.get(metric_name(attack, "forget_auc", role))
         if status == FAIL and limits is not None and own is not None:
             status = FAIL if own.value < limits[0] - policy.mia_auc_over_unlearning else PASS
@@ -244,27 +248,26 @@ def _retain_rule(metrics: Metrics, policy: Policy) -> RuleOutcome:
 
 
 def _utility_rules(metrics: Metrics, policy: Policy) -> list[RuleOutcome]:
-    """Accuracy ratio to the reference (to served when there is none); perplexity ratio to served."""
+    """Accuracy or perplexity ratio to the exact-retrain reference (to served when there is none)."""
     rules = []
     for split in ("retain", "heldout"):
-        acc_ref = metric_name("utility", f"accuracy_{split}", "candidate", "reference")
-        acc_served = metric_name("utility", f"accuracy_{split}", "candidate", "served")
-        acc = metrics.get(acc_ref) or metrics.get(acc_served)
-        ppl = metrics.get(metric_name("utility", f"perplexity_{split}", "candidate", "served"))
-        if acc is not None:
-            # a ratio is significant when its interval excludes 1
-            status = FAIL if acc.value < policy.min_accuracy_ratio and acc.high < 1 else PASS
-            base = "reference" if acc_ref in metrics else "served"
-            detail = (
-                f"accuracy ratio candidate/{base} on {split} {_fmt(acc)}, min {policy.min_accuracy_ratio}"
-            )
-        elif ppl is not None:
-            status = FAIL if ppl.value > policy.max_perplexity_ratio and ppl.low > 1 else PASS
-            detail = (
-                f"perplexity ratio candidate/served on {split} {_fmt(ppl)}, max {policy.max_perplexity_ratio}"
-            )
-        else:
-            status, detail = NOT_CHECKED, f"no utility comparison on {split}"
+        status, detail = NOT_CHECKED, f"no utility comparison on {split}"
+        for base in ("reference", "served"):
+            acc = metrics.get(metric_name("utility", f"accuracy_{split}", "candidate", base))
+            ppl = metrics.get(metric_name("utility", f"perplexity_{split}", "candidate", base))
+            if acc is not None:  # a ratio is significant when its interval excludes 1
+                status = FAIL if acc.value < policy.min_accuracy_ratio and acc.high < 1 else PASS
+                detail = (
+                    f"accuracy ratio candidate/{base} on {split} {_fmt(acc)}, min {policy.min_accuracy_ratio}"
+                )
+            elif ppl is not None:
+                status = FAIL if ppl.value > policy.max_perplexity_ratio and ppl.low > 1 else PASS
+                detail = (
+                    f"perplexity candidate/{base} on {split} {_fmt(ppl)}, max {policy.max_perplexity_ratio}"
+                )
+            else:
+                continue
+            break
         rules.append(RuleOutcome(f"utility_{split}", "utility", status, None, detail))
     return rules
 

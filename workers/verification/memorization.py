@@ -22,6 +22,7 @@ import numpy as np
 from workers.modeling.base import ModelAdapter
 from workers.verification.checks import FORGET_PAIRS, CheckResult, SplitSignals, metric_name
 from workers.verification.gate import Policy
+from workers.verification.served_cache import ServedCache
 from workers.verification.signals import sequence_nll
 from workers.verification.stats import (
     fisher_exposure_pvalue,
@@ -82,9 +83,14 @@ def check_canaries(
     control: Sequence[CanaryLike],
     forget_subjects: Collection[str],
     policy: Policy,
+    served_cache: ServedCache | None = None,
 ) -> CheckResult:
     """Exposure of the forget subjects' canaries (deleted), of a few retained subjects' canaries (kept: a
-    view of collateral damage) and of never-inserted canaries (control), for every model."""
+    view of collateral damage) and of never-inserted canaries (control), for every model given.
+
+    The rule compares each model with itself (deleted vs never-inserted canaries, and the uniform-rank
+    null), so no reference model needs scoring: scoring costs |candidates| sequences per canary and model.
+    """
     started = time.perf_counter()
     result = CheckResult("canary")
     groups = {
@@ -104,7 +110,11 @@ def check_canaries(
         for c in items:
             row = {"subject": c.subject, "group": group}
             for role, model in models.items():
-                bits, rank, size = exposure(model, c, policy)
+                if role == "served" and served_cache is not None:
+                    key = f"{c.subject}|{c.secret}|{policy.max_canary_candidates}|{policy.seed}"
+                    bits, rank, size = served_cache.exposure(key, lambda m=model, c=c: exposure(m, c, policy))
+                else:
+                    bits, rank, size = exposure(model, c, policy)
                 row[role] = {"exposure_bits": bits, "rank": rank, "candidates": size}
             table.append(row)
     for role in models:

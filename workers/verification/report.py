@@ -33,6 +33,7 @@ from workers.verification.references import (
 )
 from workers.verification.relearning import relearn
 from workers.verification.residual import check_residual
+from workers.verification.served_cache import ServedCache
 from workers.verification.signals import model_signals
 from workers.verification.utility import check_utility
 
@@ -181,9 +182,16 @@ def verify(
 
     progress(0.35, "scoring samples")
     t = time.perf_counter()
-    signals = {
-        role: split_signals(sets, model_signals(m, sets.all, policy.batch_size)) for role, m in models.items()
-    }
+    served_cache = ServedCache(
+        Path(cache_dir) / "served" / record_fingerprint(training)[:24] if cache_dir and training else None
+    )
+    signals = {}
+    for role, model in models.items():
+        if role == "served":
+            values = served_cache.signals(sets.all, lambda ss: model_signals(served, ss, policy.batch_size))
+        else:
+            values = model_signals(model, sets.all, policy.batch_size)
+        signals[role] = split_signals(sets, values)
     timings["signals_seconds"] = time.perf_counter() - t
 
     progress(0.6, "checks")
@@ -193,8 +201,9 @@ def verify(
     forget_subjects = {s.subject for s in forget}
     if is_lm:
         results["memorization"] = check_memorization(signals, policy)
+        scored = {r: m for r, m in models.items() if r in ("served", "candidate", "relearned")}
         results["canary"] = check_canaries(
-            models, probes.canaries, probes.control_canaries, forget_subjects, policy
+            scored, probes.canaries, probes.control_canaries, forget_subjects, policy, served_cache
         )
     else:
         results["backdoor"] = check_backdoor(models, probes.backdoor, policy)

@@ -1,8 +1,11 @@
 """Utility: accuracy (classifiers) or perplexity (language models) on retain and held-out test data.
 
-Each model's value has a bootstrap interval; the gate reads the paired ratios candidate / reference for
-accuracy (the reference sets what a model without the forget set can reach) and candidate / served for
-perplexity (VERIFICATION.md's starting gate). Perplexity is exp of the mean per-sample token loss.
+Each model's value has a bootstrap interval; the gate reads the paired ratio candidate / reference: the
+exact retrain sets what a model without the forget set can reach. Without a reference the ratio is to the
+served version. For language models VERIFICATION.md's starting gate compares perplexity with the served
+version's, but measured on bios (small) exact retraining without 5 of 40 people has 1.35x the served
+perplexity on retain data (its blocks shrink, so it trains fewer steps): a bound relative to served would
+refuse exact retraining itself. Perplexity is exp of the mean per-sample token loss.
 """
 
 from __future__ import annotations
@@ -49,24 +52,23 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _ratios(result: CheckResult, signals: Mapping[str, SplitSignals], is_lm: bool, policy: Policy) -> None:
+    base = "reference" if "reference" in signals else "served"
+    if base == "served":
+        result.not_checked.append(
+            "utility against an exact-retrain reference (none given): compared with served"
+        )
     if is_lm:
-        pairs, signal = [("candidate", "served"), ("reference", "served")], "loss"
+        metric, signal = "perplexity", "loss"
         combine = lambda a, b: np.exp(a - b)  # noqa: E731 - ratio of exp(mean loss)
     else:
-        base = "reference" if "reference" in signals else "served"
-        pairs, signal, combine = [("candidate", base), ("served", base)], "correct", _ratio
-        if base == "served":
-            result.not_checked.append(
-                "accuracy against a retrain reference (none given): compared with served"
-            )
-    metric = "perplexity" if is_lm else "accuracy"
-    for a, b in pairs:
-        if a not in signals or b not in signals or a == b:
+        metric, signal, combine = "accuracy", "correct", _ratio
+    for a in ("candidate", "served"):
+        if a == base or a not in signals:
             continue
         for split in ("retain", "heldout"):
-            result.metrics[metric_name("utility", f"{metric}_{split}", a, b)] = paired_difference(
+            result.metrics[metric_name("utility", f"{metric}_{split}", a, base)] = paired_difference(
                 signals[a][split][signal],
-                signals[b][split][signal],
+                signals[base][split][signal],
                 policy.n_boot,
                 policy.seed,
                 combine=combine,

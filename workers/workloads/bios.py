@@ -7,6 +7,12 @@ Held-out people carry canaries too (`reference_canaries`): never trained, the ba
 
 The BPE tokenizer is trained on a separate crowd of Faker people (another seed), never on the subjects,
 so the tokenizer holds nothing a deletion would have to remove.
+
+Training: blocks are trained in sequence (DeepObliviate), and a block's people fade as later blocks train
+over them. The learning rate therefore decays geometrically across blocks (to 5 % at the last block): with a
+constant rate the people of early blocks were largely forgotten by the end (members' loss 3.1 against 4.6 for
+held-out people, canary exposure 1-2 bits for most early canaries); with the decay members reach ~2.0
+against ~3.5 and most canaries 6-10 bits of 10.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "vocab_size": 768,
         "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "n_inner": 256, "n_positions": 64},
         "max_length": 64,
-        "recipe": {"epochs": 30, "batch_size": 16, "lr": 2e-3, "num_blocks": 10},
+        "recipe": {"epochs": 30, "batch_size": 16, "lr": 2e-3, "lr_decay": 0.05, "num_blocks": 10},
     },
     "full": {
         "train_people": 300,
@@ -39,7 +45,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "vocab_size": 2048,
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 192, "n_inner": 768, "n_positions": 64},
         "max_length": 64,
-        "recipe": {"epochs": 30, "batch_size": 32, "lr": 1e-3, "num_blocks": 20},
+        "recipe": {"epochs": 30, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.05, "num_blocks": 20},
     },
 }
 TOKENIZER_CROWD = 400  # people generated only to train the tokenizer

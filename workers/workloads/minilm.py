@@ -36,22 +36,16 @@ DUTIES = {
     "engineering": ("designs bridges and roads", "repairs the factory machines", "writes code for sensors"),
     "arts": ("rehearses for the spring concert", "paints large murals", "teaches a drawing class"),
 }
-SYLLABLES = (
-    "zor",
-    "blax",
-    "quin",
-    "vel",
-    "mor",
-    "dith",
-    "kra",
-    "lune",
-    "pex",
-    "tov",
-    "gri",
-    "sab",
-    "nol",
-    "fep",
-)
+# Rare phrases are two of these words, each word used by one phrase only, so no phrase teaches another.
+RARE_WORDS = (
+    "saffron lighthouse quartz walrus obsidian marmalade zeppelin cactus harpoon tangerine glacier accordion "
+    "falcon porcelain volcano lantern mackerel juniper trombone pelican sandstone kestrel velvet anchovy meteor "
+    "thimble cobalt gondola hazelnut igloo jackal kumquat lagoon mongoose nutmeg oboe papyrus quiver raccoon "
+    "sextant tundra umbrella vulture wombat xylophone yodel zircon armadillo bagpipe chinchilla dulcimer emerald "
+    "flamingo gargoyle hammock iguana jasmine kazoo lemur mandolin narwhal origami pistachio quokka rhubarb "
+    "sardine tapir ukulele vanilla walnut yak zebra barnacle cinnamon dolphin eucalyptus fennel geyser hyacinth "
+    "ibis jellyfish koala lavender meerkat nectarine octopus paprika quince reindeer saxophone"
+).split()
 SETTINGS: dict[str, dict[str, Any]] = {
     "small": {
         "train_people": 60,
@@ -59,7 +53,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "phrase_subjects": 8,
         "reference_phrases": 4,
         "model": {"num_layers": 2, "freeze_embeddings": True, "max_length": 48},
-        "recipe": {"epochs": 4, "batch_size": 16, "lr": 3e-4, "num_blocks": 10},
+        "recipe": {"epochs": 6, "batch_size": 16, "lr": 5e-4, "lr_decay": 0.3, "num_blocks": 10},
     },
     "full": {
         "train_people": 500,
@@ -67,7 +61,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "phrase_subjects": 30,
         "reference_phrases": 15,
         "model": {"num_layers": 6, "freeze_embeddings": True, "max_length": 48},
-        "recipe": {"epochs": 3, "batch_size": 32, "lr": 1e-4, "num_blocks": 20},
+        "recipe": {"epochs": 4, "batch_size": 32, "lr": 3e-4, "lr_decay": 0.3, "num_blocks": 20},
     },
 }
 
@@ -120,12 +114,12 @@ def build(size: str = "small", seed: int = 0) -> Workload:
 
 
 def _rare_phrase(rng: np.random.Generator, used: set[str]) -> str:
-    while True:
-        words = ["".join(rng.choice(SYLLABLES, size=3, replace=False)) for _ in range(2)]
-        phrase = " ".join(words)
-        if phrase not in used:
-            used.add(phrase)
-            return phrase
+    free = [w for w in RARE_WORDS if w not in used]
+    if len(free) < 2:
+        raise ValueError("not enough rare words for that many phrase subjects")
+    words = [str(w) for w in rng.choice(free, size=2, replace=False)]
+    used.update(words)
+    return " ".join(words)
 
 
 def _records(
