@@ -22,14 +22,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e '.[worker,dev]'
 	touch $@
 
-test: $(VENV)/.installed
+# The dashboard's browser tests drive Debian's Chromium (a browser download of its own is not possible here).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends chromium
+
+test: $(VENV)/.installed $(CHROMIUM)
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(TEST_ENV) $(PY) scripts/demo.py
 
+# Regenerates docs/benchmarks.md, its plots and bench/results/<mode>.json (BENCH_ARGS=--full: full settings).
+BENCH_ARGS ?= --quick
 bench: $(VENV)/.installed
-	$(PY) -m bench.intake
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

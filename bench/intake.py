@@ -99,9 +99,13 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     mean_ms: float
+    # CPU seconds the server's processes spent, per request: unlike req/s, barely moved by other load.
+    server_cpu_ms_per_request: float = 0.0
 
 
-def run_wrk(name: str, url: str, script: str, duration: int, connections: int, threads: int) -> LoadResult:
+def run_wrk(
+    name: str, server: Server, script: str, duration: int, connections: int, threads: int
+) -> LoadResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(script + _WRK_REPORT)
     try:
@@ -114,11 +118,13 @@ def run_wrk(name: str, url: str, script: str, duration: int, connections: int, t
             "5s",
             "-s",
             lua.name,
-            url,
+            server.url,
         ]
+        cpu_before = server.cpu_seconds()
         output = subprocess.run(
             command, capture_output=True, text=True, check=True, timeout=duration + 30
         ).stdout
+        cpu_spent = server.cpu_seconds() - cpu_before
     finally:
         os.unlink(lua.name)
     line = next(line for line in output.splitlines() if line.startswith("WRK_RESULT"))
@@ -135,6 +141,7 @@ def run_wrk(name: str, url: str, script: str, duration: int, connections: int, t
         p50_ms=round(p50_us / 1000, 2),
         p99_ms=round(p99_us / 1000, 2),
         mean_ms=round(mean_us / 1000, 2),
+        server_cpu_ms_per_request=round(cpu_spent * 1000 / max(requests, 1), 3),
     )
 
 
@@ -173,6 +180,18 @@ class Server:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"{self.url} not ready")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every process in the server's process group (uvicorn and its workers)."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if int(fields[2]) == self.process.pid:  # fields[2] = process group id
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -288,14 +307,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             post_script = _WRK_POST_SUBJECTS.format(token=token, subjects=args.subjects)
             load = {"duration": args.duration, "connections": args.connections, "threads": args.threads}
             # Warm-ups: connection pools, caches and the kernel's loopback path settle first.
-            run_wrk("warm-up", bare.url, post_script, WARMUP_SECONDS, args.connections, args.threads)
-            run_wrk("warm-up", lethe.url, post_script, WARMUP_SECONDS, args.connections, args.threads)
+            run_wrk("warm-up", bare, post_script, WARMUP_SECONDS, args.connections, args.threads)
+            run_wrk("warm-up", lethe, post_script, WARMUP_SECONDS, args.connections, args.threads)
             before = count_requests(database_url)
-            ceiling = run_wrk("bare FastAPI POST", bare.url, post_script, **load)
-            intake = run_wrk("POST /v1/deletion-requests", lethe.url, post_script, **load)
+            ceiling = run_wrk("bare FastAPI POST", bare, post_script, **load)
+            intake = run_wrk("POST /v1/deletion-requests", lethe, post_script, **load)
             ids = request_ids(api, 500)
             get_script = _WRK_GET_IDS.format(token=token, ids=",".join(f'"{i}"' for i in ids))
-            polling = run_wrk("GET /v1/deletion-requests/{id}", lethe.url, get_script, **load)
+            polling = run_wrk("GET /v1/deletion-requests/{id}", lethe, get_script, **load)
             stored = count_requests(database_url) - before
     finally:
         for server in servers:
@@ -313,11 +332,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def print_report(report: dict[str, object]) -> None:
-    print(f"{'load':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'requests':>9}")
+    print(f"{'load':34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'n':>8} {'cpu ms/req':>10}")
     for result in report["results"]:
         print(
-            f"{result['name']:36} {result['requests_per_second']:>9.1f} {result['p50_ms']:>8.2f} "
-            f"{result['p99_ms']:>8.2f} {result['errors']:>7} {result['requests']:>9}"
+            f"{result['name']:34} {result['requests_per_second']:>8.1f} {result['p50_ms']:>8.2f} "
+            f"{result['p99_ms']:>8.2f} {result['errors']:>6} {result['requests']:>8} "
+            f"{result['server_cpu_ms_per_request']:>10.3f}"
         )
     print(f"intake / ceiling: {report['intake_vs_ceiling']:.1%}")
     print(f"intake requests stored: {report['intake_requests_stored']}")

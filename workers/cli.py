@@ -19,7 +19,9 @@ COMMAND_GROUPS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lethe", description="Lethe: the right to be forgotten for ML models.")
+    parser = argparse.ArgumentParser(
+        prog="lethe", description="Lethe: the right to be forgotten for ML models."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMAND_GROUPS:
         try:

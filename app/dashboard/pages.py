@@ -177,13 +177,13 @@ def live_token(session: Session, request: DeletionRequestOut) -> str:
     for m in request.models:
         parts += [m.model, m.status, m.verdict, m.to_version, m.job_id]
     if request.job_ids:
-        for job_id, status, report_dir, attempts in session.execute(
-            select(Job.id, Job.status, Job.report_dir, JobAttempt.id)
+        rows = session.execute(
+            select(Job.id, Job.status, Job.report_dir, JobAttempt.id, JobAttempt.verdict, JobAttempt.outcome)
             .outerjoin(JobAttempt, JobAttempt.job_id == Job.id)
             .where(Job.id.in_(request.job_ids))
             .order_by(Job.id, JobAttempt.id)
-        ):
-            parts += [job_id, status, report_dir, attempts]
+        )
+        parts += [tuple(row) for row in rows]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

@@ -322,11 +322,14 @@ def models(
 ) -> Response:
     if Scope.MODELS_READ not in principal.scopes:
         return _missing_scope(request, Scope.MODELS_READ)
-    views_, next_cursor = pages.models_page(session, principal, PageParams(20, cursor))
+    model_views, next_cursor = pages.models_page(session, principal, PageParams(20, cursor))
     return render(
         request,
         "models.html",
-        {"models": views_, "next_url": f"?{urlencode({'cursor': next_cursor})}" if next_cursor else None},
+        {
+            "models": model_views,
+            "next_url": f"?{urlencode({'cursor': next_cursor})}" if next_cursor else None,
+        },
     )
 
 

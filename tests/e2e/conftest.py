@@ -10,12 +10,12 @@ POST /v1/models/{model}/versions:train; each test then registers a model of its 
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,7 +24,8 @@ from app.db import session_scope
 from app.security.keys import create_api_key
 from app.security.scopes import ALL_SCOPES
 from app.tenancy.service import create_tenant
-from tests.e2e.stack import Api, RedisServer, Worker, free_port, wait_for
+from tests.e2e.client import DigitsSource, register_digits
+from tests.e2e.stack import Api, RedisServer, Worker, free_port
 
 STACK_SETTINGS = {
     "LETHE_BATCHING_WINDOW_SECONDS": "1",
@@ -41,10 +42,6 @@ STACK_SETTINGS = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
-# Gate settings that keep verification quick on two cores: two LiRA references, fewer bootstrap draws.
-FAST_GATE = {"lira_references": 2, "n_boot": 200}
-DIGITS_POLICY: dict[str, Any] = {"probes": {"workload": "digits", "size": "small"}, "gate": FAST_GATE}
-JOB_TIMEOUT = 240
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +66,8 @@ def stack_env(database_url: str, redis_server: RedisServer, e2e_dir: Path) -> di
         "LETHE_BROKER_URL": redis_server.url,
         "LETHE_ARTIFACT_ROOT": str(e2e_dir / "artifacts"),
         "LETHE_REPORT_ROOT": str(e2e_dir / "reports"),
+        # API and workers sign deletion certificates with one key
+        "LETHE_CERTIFICATE_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode(),
     }
 
 
@@ -110,12 +109,17 @@ def gpu_worker(workers: Workers) -> Iterator[Worker]:
         workers.gpu.start()
 
 
-@pytest.fixture(scope="session")
-def tenant_auth(database_url: str) -> dict[str, str]:
+def new_tenant_auth() -> dict[str, str]:
+    """A tenant of its own with an API key of every scope."""
     with session_scope() as session:
         tenant = create_tenant(session, f"e2e-{uuid.uuid4().hex[:8]}")
         _, key = create_api_key(session, tenant.id, ALL_SCOPES, name="e2e")
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="session")
+def tenant_auth(database_url: str) -> dict[str, str]:
+    return new_tenant_auth()
 
 
 @pytest.fixture(scope="session")
@@ -124,98 +128,6 @@ def http(api: Api, workers: Workers, tenant_auth: dict[str, str]) -> Iterator[ht
         yield client
 
 
-def ok(response: httpx.Response, status: int | tuple[int, ...] = (200, 201, 202)) -> Any:
-    expected = (status,) if isinstance(status, int) else status
-    assert response.status_code in expected, (
-        f"{response.request.method} {response.request.url}: {response.text}"
-    )
-    return response.json()
-
-
-def wait_job(http: httpx.Client, job_id: str, statuses: tuple[str, ...] = ("succeeded",)) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        job = ok(http.get(f"/v1/jobs/{job_id}"))
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            assert job["status"] in statuses, f"job ended {job['status']}: {job.get('error')}"
-            return job
-        return None
-
-    return wait_for(f"job {job_id}", done, JOB_TIMEOUT, 0.5)
-
-
-def wait_request(
-    http: httpx.Client, request_id: str, statuses: tuple[str, ...] = ("completed",)
-) -> dict[str, Any]:
-    def closed() -> dict[str, Any] | None:
-        request = ok(http.get(f"/v1/deletion-requests/{request_id}"))
-        if request["status"] in ("completed", "failed", "canceled", "no_data"):
-            assert request["status"] in statuses, f"request ended {request['status']}: {request}"
-            return request
-        return None
-
-    return wait_for(f"deletion request {request_id}", closed, JOB_TIMEOUT, 0.5)
-
-
-@dataclass
-class DigitsSource:
-    """The digits workload registered through the API and a version trained on it by the workers."""
-
-    workload: Any
-    dataset: str
-    train_ids: list[str]
-    artifact_uri: str
-
-
 @pytest.fixture(scope="session")
 def digits_source(http: httpx.Client) -> DigitsSource:
-    from workers.workloads import load_workload
-
-    workload = load_workload("digits", "small")
-    ok(http.post("/v1/datasets", json={"name": "digits", "kind": "classification"}))
-    rows = [
-        {
-            "external_id": s.sample_id,
-            "subject_id": s.subject,
-            "features": s.features.tolist(),
-            "label": s.label,
-        }
-        for s in [*workload.train, *workload.heldout]
-    ]
-    ok(http.post("/v1/datasets/digits/samples", json=rows))
-    ok(http.post("/v1/models", json={"name": "digits-source", "task": "image-classification"}))
-    train_ids = [s.sample_id for s in workload.train]
-    job = ok(
-        http.post(
-            "/v1/models/digits-source/versions:train",
-            json={
-                "training_set": {"dataset": "digits", "external_ids": train_ids},
-                "params": {"workload": "digits", "size": "small"},
-            },
-        )
-    )
-    wait_job(http, job["id"])
-    version = ok(http.get("/v1/models/digits-source/versions/1"))
-    assert version["status"] == "registered" and version["artifact_uri"].startswith("artifact://")
-    return DigitsSource(workload, "digits", train_ids, version["artifact_uri"])
-
-
-def new_model(http: httpx.Client, source: DigitsSource, policy: dict[str, Any] | None = None) -> str:
-    """A model of its own whose version 1 (served by alias production) is the source's trained artifact."""
-    name = f"digits-{uuid.uuid4().hex[:8]}"
-    ok(
-        http.post(
-            "/v1/models",
-            json={"name": name, "task": "image-classification", "policy": policy or DIGITS_POLICY},
-        )
-    )
-    ok(
-        http.post(
-            f"/v1/models/{name}/versions",
-            json={
-                "artifact_uri": source.artifact_uri,
-                "training_set": {"dataset": source.dataset, "external_ids": source.train_ids},
-            },
-        )
-    )
-    ok(http.put(f"/v1/models/{name}/aliases/production", json={"version": 1, "expected_version": None}))
-    return name
+    return register_digits(http)

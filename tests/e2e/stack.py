@@ -159,7 +159,9 @@ class Api(Process):
 class Worker(Process):
     """`celery --app workers.celery_app:app worker` on some queues, one process at a time (as deployed)."""
 
-    def __init__(self, name: str, queues: str, env: dict[str, str], log_dir: Path, concurrency: int = 1) -> None:
+    def __init__(
+        self, name: str, queues: str, env: dict[str, str], log_dir: Path, concurrency: int = 1
+    ) -> None:
         command = [
             sys.executable, "-m", "celery", "--app", "workers.celery_app:app", "worker",
             "--queues", queues, "--concurrency", str(concurrency), "--prefetch-multiplier", "1",
@@ -178,9 +180,10 @@ class Worker(Process):
 
 
 class WebhookReceiver:
-    """An HTTP endpoint on a free loopback port that records every POST (headers, body)."""
+    """An HTTP endpoint on a free loopback port that records every POST (headers, body); it answers 500 to
+    the first `failures` POSTs, 204 afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 0) -> None:
         import http.server
         import threading
 
@@ -191,7 +194,7 @@ class WebhookReceiver:
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
+                self.send_response(500 if len(received) <= failures else 204)
                 self.end_headers()
 
             def log_message(self, *_: Any) -> None:

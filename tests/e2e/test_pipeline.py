@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,12 +20,14 @@ from app.db import session_scope
 from app.jobs.models import Job, JobKind
 from app.outbox.models import OutboxMessage
 from app.provenance.models import Sample
-from app.registry.models import Model, ModelVersion
-from app.requests.models import DeletionRequest
+from app.registry.models import Model
+from app.requests.models import DeletionRequest, DeletionRequestSample
 from app.security.subjects import subject_hmac
+from app.webhooks.models import WebhookDelivery
 from app.webhooks.signing import verify as verify_signature
-from tests.e2e.conftest import DIGITS_POLICY, DigitsSource, new_model, ok, wait_job, wait_request
-from tests.e2e.stack import RedisServer, WebhookReceiver, Worker, wait_for
+from tests.e2e.client import DIGITS_POLICY, FAST_GATE, DigitsSource, new_model, ok, wait_job, wait_request
+from tests.e2e.conftest import Workers, new_tenant_auth
+from tests.e2e.stack import Api, RedisServer, WebhookReceiver, Worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +81,8 @@ def test_request_reaches_completed_with_a_promoted_verified_version(
     http: httpx.Client, digits_source: DigitsSource
 ) -> None:
     model = new_model(http, digits_source)
+    flaky = WebhookReceiver(failures=1)  # the ops subscriber's first delivery fails: it must be retried
+    subscription = ok(http.post("/v1/webhooks", json={"url": flaky.url, "events": ["model.promoted"]}), 201)
     subject = backdoor_subject(digits_source, 0)
     created = delete_subject(http, model, subject)
 
@@ -100,34 +105,90 @@ def test_request_reaches_completed_with_a_promoted_verified_version(
     # what the subject is held in now: the tainted version 1 only, never the promoted one
     held_in = ok(http.get(f"/v1/subjects/{subject}"))["model_versions"]
     assert {"model": model, "version": 2} not in [{k: v[k] for k in ("model", "version")} for v in held_in]
+    certificate = ok(http.get(f"/v1/deletion-requests/{created['id']}/certificate"))
+    assert certificate
     assert ok(http.get("/v1/audit/verify"))["ok"]
+    # model.promoted reached the subscriber on the second attempt, signed, and both attempts are logged
+    wait_for("the model.promoted delivery", lambda: len(flaky.received) >= 2, 60)
+    headers, body = flaky.received[1]
+    verify_signature(subscription["secret"], headers, body)
+    event = flaky.events()[1]
+    assert event["type"] == "model.promoted" and event["data"]["to_version"] == 2
+    with session_scope() as session:
+        delivery = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.id == headers["webhook-id"])
+        ).one()
+        assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 2, 204)
+    flaky.close()
+    assert http.delete(f"/v1/webhooks/{subscription['id']}").status_code == 204
 
 
 def test_after_promotion_content_is_erased_and_tainted_artifacts_purged(
-    http: httpx.Client, digits_source: DigitsSource
+    api: Api, workers: Workers, digits_source: DigitsSource, e2e_dir: Path
 ) -> None:
-    model = new_model(http, digits_source)
-    subject = plain_subject(digits_source, 0)
-    done = wait_request(http, delete_subject(http, model, subject)["id"])
-    assert done["status"] == "completed"
+    # A tenant of its own: only its model holds the subject, so nothing else keeps the content alive.
+    workload = digits_source.workload
+    with httpx.Client(base_url=api.url, headers=new_tenant_auth(), timeout=30) as http:
+        trained = [s for s in workload.train if s.subject in set(workload.subjects[:30])]
+        heldout = [s for s in workload.heldout if s.subject in set(workload.heldout_subjects[:20])]
+        ok(http.post("/v1/datasets", json={"name": "digits", "kind": "classification"}))
+        rows = [
+            {
+                "external_id": s.sample_id,
+                "subject_id": s.subject,
+                "features": s.features.tolist(),
+                "label": s.label,
+            }
+            for s in [*trained, *heldout]
+        ]
+        ok(http.post("/v1/datasets/digits/samples", json=rows))
+        ok(
+            http.post(
+                "/v1/models",
+                json={"name": "small", "task": "image-classification", "policy": {"gate": FAST_GATE}},
+            )
+        )
+        recipe = {"num_blocks": 5, "epochs": 4, "record_first_epoch_grads": False}
+        job = ok(
+            http.post(
+                "/v1/models/small/versions:train",
+                json={
+                    "training_set": {"dataset": "digits", "external_ids": [s.sample_id for s in trained]},
+                    "params": {"workload": "digits", "recipe": recipe},
+                },
+            )
+        )
+        wait_job(http, job["id"])
+        ok(http.put("/v1/models/small/aliases/production", json={"version": 1}))
+        first = ok(http.get("/v1/models/small/versions/1"))
+        subject = workload.subjects[0]
+        created = ok(http.post("/v1/deletion-requests", json={"subject_id": subject}), 202)
+        assert wait_request(http, created["id"])["promoted_versions"] == {"small": 2}
 
-    def erased() -> bool:
-        with session_scope() as session:
-            rows = session.scalars(select(Sample).where(Sample.subject_hmac == subject_hmac(subject))).all()
-            return bool(rows) and all(r.erased_at is not None and r.features is None for r in rows)
+        def forgotten_rows() -> list[Sample]:
+            with session_scope() as session:
+                return list(
+                    session.scalars(
+                        select(Sample)
+                        .join(DeletionRequestSample, DeletionRequestSample.sample_id == Sample.id)
+                        .where(DeletionRequestSample.request_id == created["id"])
+                    )
+                )
 
-    wait_for("the subject's samples to be erased", erased, 60)
-    with session_scope() as session:
-        rows = session.scalars(select(Sample).where(Sample.subject_hmac == subject_hmac(subject))).all()
-        assert all(len(r.content_hash) == 64 and r.label is None for r in rows)
-    # version 1 of this model is tainted but its artifact is shared with the untainted source version
-    with session_scope() as session:
-        first = session.scalars(
-            select(ModelVersion)
-            .join(Model, Model.id == ModelVersion.model_id)
-            .where(Model.name == model, ModelVersion.version == 1)
-        ).one()
-        assert first.tainted and first.purged_at is not None
+        wait_for("the subject's samples to be erased", lambda: all(r.erased_at for r in forgotten_rows()), 60)
+        rows = forgotten_rows()
+        assert len(rows) == sum(1 for s in trained if s.subject == subject)
+        assert all(r.features is None and r.label is None and len(r.content_hash) == 64 for r in rows)
+        purged = wait_for(
+            "version 1 to be purged",
+            lambda: (v := ok(http.get("/v1/models/small/versions/1")))["purged_at"] and v,
+            60,
+        )
+        assert purged["tainted"]
+        artifact = first["artifact_uri"].removeprefix("artifact://")
+        assert not (e2e_dir / "artifacts" / "versions" / artifact).exists()
+        record = e2e_dir / "artifacts" / "records" / artifact
+        assert (record / "record.json").is_file() and not (record / "checkpoints").exists()
 
 
 def test_worker_killed_mid_unlearning_completes_with_exactly_one_promotion(

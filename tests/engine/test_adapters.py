@@ -68,6 +68,21 @@ def test_vectorised_sample_gradients_match_one_backward_per_sample(digits: Workl
     assert_same_weights(adapter, twin)  # both took the same optimizer step afterwards
 
 
+def test_classifier_records_only_the_chosen_parameters(digits: Workload) -> None:
+    adapter = new_adapter(
+        "torch-classifier", {**digits.adapter_config, "recorded_gradients": ["head.weight"]}
+    )
+    full = adapter.clone()
+    batch = adapter.collate(digits.train[:4])
+    _, chosen = adapter.training_step_recording(batch, torch.optim.SGD(adapter.model.parameters(), lr=0.0))
+    _, everything = ModelAdapter.training_step_recording(
+        full, batch, torch.optim.SGD(full.model.parameters(), lr=0.0)
+    )
+    for subset, complete in zip(chosen, everything, strict=True):
+        assert list(subset) == ["head.weight"]
+        torch.testing.assert_close(subset["head.weight"], complete["head.weight"], rtol=1e-4, atol=1e-6)
+
+
 def test_classifier_save_load_is_bit_identical(digits_trained, digits: Workload, tmp_path: Path) -> None:
     adapter, _ = digits_trained
     adapter.save(tmp_path)

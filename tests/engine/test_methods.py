@@ -40,13 +40,14 @@ APPROXIMATE = {
     "bios": ["nabla_tau", "first_epoch_ascent"],
     "minilm": ["nabla_tau", "first_epoch_ascent", "lora_residual_alignment"],
 }
-# nabla_tau's ascent vanishes on a classifier's confidently fit samples (documented in its docstring):
-# there it must keep utility and not over-unlearn, but is not expected to reach the level.
+# Where the forget subject is memorised (loss below the held-out level), these must bring it to the level.
+# Not expected: nabla_tau on a classifier (its ascent vanishes on confidently fit samples, as its docstring
+# says), and any approximate method on digits, whose signal subjects already sit above the level.
 REACHES_LEVEL = [
-    (w, m)
-    for w, ms in APPROXIMATE.items()
-    for m in ms
-    if (w, m) not in {("digits", "nabla_tau"), ("minilm", "nabla_tau")}
+    ("bios", "nabla_tau"),
+    ("bios", "first_epoch_ascent"),
+    ("minilm", "first_epoch_ascent"),
+    ("minilm", "lora_residual_alignment"),
 ]
 # Bounds a candidate must keep.
 RISE_FRACTION = 0.8  # forget loss covers at least this share of the way from served to held-out level
@@ -77,16 +78,9 @@ class Case:
         return utility(adapter, self.split.evaluation_sets())
 
 
-def forget_subject(workload: Workload, served: ModelAdapter, level: float, record: TrainingRecord) -> str:
-    """The signal carrier (canary, trigger, phrase) the served model fits best, when it fits it better than
-    held-out data; else the best-fit subject of the last block. Either way a subject the model clearly
-    knows, so forgetting it has a visible way to go."""
-
-    def loss_of(subject: str) -> float:
-        return mean_loss(served, workload.samples_of([subject]))
-
-    carrier = min(workload.signal_subjects, key=loss_of)
-    return carrier if loss_of(carrier) < level else min(record.block_subjects[-1], key=loss_of)
+def forget_subject(workload: Workload, served: ModelAdapter) -> str:
+    """The signal carrier (canary, trigger or phrase) the served model fits best: forgetting it matters."""
+    return min(workload.signal_subjects, key=lambda s: mean_loss(served, workload.samples_of([s])))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +92,7 @@ def case(request: pytest.FixtureRequest) -> Callable[[str], Case]:
             workload = request.getfixturevalue(name)
             served, record = request.getfixturevalue(f"{name}_trained")
             level = mean_loss(served, scenario(workload, subjects=workload.subjects[:1]).validation)
-            split = scenario(workload, subjects=[forget_subject(workload, served, level, record)])
+            split = scenario(workload, subjects=[forget_subject(workload, served)])
             built[name] = Case(workload, served, record, split, level)
         return built[name]
 
@@ -155,29 +149,39 @@ def test_forget_loss_rises_to_heldout_level_within_utility_bounds(
     assert_utility_kept(c, result.adapter)
 
 
-@pytest.mark.parametrize("workload", ["digits", "minilm"])
-def test_nabla_tau_on_a_classifier_keeps_utility_and_does_not_over_unlearn(
-    case: Callable[[str], Case], first_run: Callable[[str, str], UnlearningResult], workload: str
+@pytest.mark.parametrize(
+    ("workload", "method"), [("digits", m) for m in APPROXIMATE["digits"]] + [("minilm", "nabla_tau")]
+)
+def test_other_runs_keep_utility_and_do_not_over_unlearn(
+    case: Callable[[str], Case], first_run: Callable[[str, str], UnlearningResult], workload: str, method: str
 ) -> None:
     c = case(workload)
-    result = first_run(workload, "nabla_tau")
-    assert mean_loss(result.adapter, c.split.forget) <= OVER_UNLEARNING * c.level
+    result = first_run(workload, method)
+    start = max(c.level, mean_loss(c.served, c.split.forget))
+    assert mean_loss(result.adapter, c.split.forget) <= OVER_UNLEARNING * start
     assert_utility_kept(c, result.adapter)
+
+
+@pytest.mark.parametrize("method", ["first_epoch_ascent", "lora_residual_alignment"])
+def test_a_forget_set_already_at_the_heldout_level_is_left_alone(
+    case: Callable[[str], Case], first_run: Callable[[str, str], UnlearningResult], method: str
+) -> None:
+    c = case("digits")  # its backdoor carriers' loss is above the held-out level
+    assert mean_loss(c.served, c.split.forget) >= c.level
+    assert same_weights(first_run("digits", method).adapter, c.served)
 
 
 @pytest.mark.parametrize(
     ("workload", "method"),
-    [("digits", m) for m in APPROXIMATE["digits"]]
-    + [
-        ("bios", "first_epoch_ascent"),
-        ("minilm", "nabla_tau"),
-    ],
+    [("digits", "nabla_tau"), ("bios", "first_epoch_ascent"), ("minilm", "lora_residual_alignment")],
 )
 def test_a_seed_makes_a_run_repeat_exactly(
     case: Callable[[str], Case], first_run: Callable[[str, str], UnlearningResult], workload: str, method: str
 ) -> None:
+    first = first_run(workload, method)
     again = case(workload).run(method, seed=0)
-    assert same_weights(first_run(workload, method).adapter, again.adapter)
+    assert not same_weights(first.adapter, case(workload).served)  # the run did change the model
+    assert same_weights(first.adapter, again.adapter)
 
 
 def test_another_seed_gives_another_run(
@@ -215,6 +219,9 @@ def test_lora_merges_into_the_served_architecture(
     assert merged.keys() == served.keys()
     assert all(merged[k].shape == served[k].shape for k in served)
     assert not same_weights(first_run("minilm", "lora_residual_alignment").adapter, c.served)
+    # the same parameters stay trainable, so the next deletion can fine-tune the artifact again
+    merged_adapter = first_run("minilm", "lora_residual_alignment").adapter
+    assert merged_adapter.trainable_parameters().keys() == c.served.trainable_parameters().keys()
 
 
 # -- DeepObliviate -------------------------------------------------------------------------------------
@@ -290,10 +297,10 @@ def test_methods_needing_provenance_say_why_on_a_model_trained_elsewhere(case: C
 def test_first_epoch_ascent_falls_back_to_current_gradients_for_an_external_model(
     case: Callable[[str], Case],
 ) -> None:
-    c = case("digits")
+    c = case("bios")
     result = c.run("first_epoch_ascent", training=None)
     assert result.details["gradients"] == {"first_epoch": 0, "current_model": len(c.split.forget)}
-    assert mean_loss(result.adapter, c.split.forget) >= c.level * 0.9
+    assert mean_loss(result.adapter, c.split.forget) >= c.level * (1 - 0.1)
 
 
 def test_deepobliviate_refuses_a_partial_retain_set(middle_case: Case) -> None:

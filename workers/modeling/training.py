@@ -187,7 +187,8 @@ def train_blocks(
         optimizer.load_state_dict(optimizer_state)
     run = BlockRun(optimizer=optimizer)
     total = max(1, len(blocks) - start_block)
-    with deterministic():
+    # every block reseeds torch; forking leaves the caller's random state as it was
+    with deterministic(), torch.random.fork_rng():
         for k in range(start_block, len(blocks)):
             started = time.perf_counter()
             loss = _train_one_block(
@@ -394,6 +395,13 @@ class TrainingRecord:
         data = json.loads((directory / RECORD_FILE).read_text())
         data["recipe"] = TrainingRecipe.from_dict(data["recipe"])
         return cls(directory=directory, **data)
+
+    @property
+    def key(self) -> str:
+        """sha256 of what determines the trained weights (data fingerprint, recipe, architecture): a stable
+        cache key for anything derived from this version (e.g. membership-inference reference models)."""
+        spec = [self.fingerprint, self.recipe.to_dict(), self.adapter_kind, self.adapter_config]
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
     # samples and blocks
     @property

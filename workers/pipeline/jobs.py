@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
+from app.certificates.service import issue_certificate
 from app.db import utcnow
 from app.jobs.models import Job, JobKind, JobRequest, JobStatus
 from app.outbox.service import enqueue
@@ -102,10 +103,10 @@ def set_model_rows(session: Session, job: Job, status: str, **columns: Any) -> N
             setattr(row, name, value)
 
 
-def _target_status(statuses: Iterable[str]) -> str | None:
+def _target_status(statuses: Iterable[str]) -> str:
     statuses = list(statuses)
-    if not statuses:
-        return None
+    if not statuses:  # no model holds the samples: only Lethe's store does, and the purge erases them
+        return S.COMPLETED
     if S.FAILED in statuses:
         return S.FAILED
     if all(status in MODEL_DONE for status in statuses):
@@ -127,7 +128,7 @@ def sync_request(session: Session, request: DeletionRequest, detail: dict[str, A
         select(DeletionRequestModel.status).where(DeletionRequestModel.request_id == request.id)
     )
     target = _target_status(statuses)
-    if target is None or target == request.status or target == S.CANCELED:
+    if target == request.status or target == S.CANCELED:
         return
     try:
         change_status(session, request, target, actor=ACTOR, detail=detail)
@@ -135,6 +136,8 @@ def sync_request(session: Session, request: DeletionRequest, detail: dict[str, A
         # e.g. queued -> verifying for a request whose other model was faster: pass through unlearning
         change_status(session, request, S.UNLEARNING, actor=ACTOR)
         change_status(session, request, target, actor=ACTOR, detail=detail)
+    if target == S.COMPLETED:
+        issue_certificate(session, request, actor=ACTOR)
 
 
 def sync_requests(session: Session, job: Job, detail: dict[str, Any] | None = None) -> None:

@@ -17,12 +17,13 @@ from sqlalchemy.orm import Session
 
 from app.db import get_session_factory, utcnow
 from app.jobs.models import Job, JobKind, JobRequest, JobStatus
+from app.outbox.service import enqueue
 from app.registry.models import Model
 from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
 from app.settings import get_settings
 from workers.pipeline.jobs import MODEL_PENDING, audit_job, enqueue_stage, sync_request
 from workers.pipeline.leases import lease_delta
-from workers.pipeline.stages import Stage
+from workers.pipeline.stages import PURGE_TASK, Stage
 
 log = logging.getLogger("lethe.pipeline")
 
@@ -51,7 +52,26 @@ def plan_request(request_id: str) -> list[str]:
             job_id = _plan_one(session, request_id, model_id)
         if job_id is not None:
             joined.append(job_id)
+    if not model_ids:
+        with factory() as session, session.begin():
+            _complete_without_models(session, request_id)
     return joined
+
+
+def _complete_without_models(session: Session, request_id: str) -> None:
+    """Samples held only in Lethe's store (no model trained on them): the request completes at once and
+    the purge erases their content."""
+    request = session.scalars(
+        select(DeletionRequest).where(DeletionRequest.id == request_id).with_for_update()
+    ).one_or_none()
+    if request is None or request.status != RequestStatus.RESOLVED:
+        return
+    if session.scalar(
+        select(DeletionRequestModel.model_id).where(DeletionRequestModel.request_id == request_id).limit(1)
+    ):
+        return
+    sync_request(session, request, {"reason": "no model was trained on the samples"})
+    enqueue(session, PURGE_TASK, {})
 
 
 def _plan_one(session: Session, request_id: str, model_id: str) -> str | None:

@@ -10,11 +10,15 @@ from __future__ import annotations
 from enum import StrEnum
 
 from app.jobs.models import Job, JobKind
-from app.outbox.celery_client import DELIVER_WEBHOOK_TASK, PLAN_TASK
-from app.registry.service import TRAIN_TASK
+from app.outbox.celery_client import (
+    DELIVER_WEBHOOK_TASK,
+    PLAN_TASK,
+    TRAIN_TASK,
+    UNLEARN_TASK,
+    VERIFY_TASK,
+)
 
-UNLEARN_TASK = "lethe.unlearn"
-VERIFY_TASK = "lethe.verify"
+# Tasks only the workers send (the API sends the ones above); all routed to the default queue.
 PROMOTE_TASK = "lethe.promote"
 PURGE_TASK = "lethe.purge"
 SWEEP_TASK = "lethe.sweep"

@@ -56,11 +56,11 @@ def sweep(now: datetime | None = None) -> SweepResult:
     result = SweepResult()
     factory = get_session_factory()
     with factory() as session, session.begin():
-        _expired_jobs(session, now, result)
+        resend_expired_jobs(session, now, result)
     with factory() as session, session.begin():
-        _unplanned_requests(session, now, result)
+        replan_lost_requests(session, now, result)
     with factory() as session, session.begin():
-        _due_webhooks(session, now, result)
+        resend_due_webhooks(session, now, result)
     purged = run_purge(None, now)
     result.purged_versions, result.erased_samples = len(purged.purged_versions), purged.erased_samples
     if result:
@@ -68,7 +68,7 @@ def sweep(now: datetime | None = None) -> SweepResult:
     return result
 
 
-def _expired_jobs(session: Session, now: datetime, result: SweepResult) -> None:
+def resend_expired_jobs(session: Session, now: datetime, result: SweepResult) -> None:
     jobs = session.scalars(
         select(Job)
         .where(
@@ -88,20 +88,29 @@ def _expired_jobs(session: Session, now: datetime, result: SweepResult) -> None:
             )
             result.failed_jobs.append(job.id)
             continue
+        last_sent = job.params.get("redispatched_at")
+        if last_sent and now - datetime.fromisoformat(last_sent) < lease_delta():
+            continue  # sent again recently: give that message a lease period to be claimed
         if lost_worker:
+            # the dead worker's lease stays expired, so that the next claim takes over (and counts a run)
             log.warning(
                 "job %s: lease of %s expired at stage %s; sending it again",
                 job.id,
                 job.lease_owner,
                 job.stage,
             )
-        job.lease_expires_at = now + lease_delta()
-        job.params = {**job.params, "redispatches": int(job.params.get("redispatches") or 0) + 1}
+        else:
+            job.lease_expires_at = now + lease_delta()
+        job.params = {
+            **job.params,
+            "redispatches": int(job.params.get("redispatches") or 0) + 1,
+            "redispatched_at": now.isoformat(),
+        }
         enqueue_stage(session, job)
         result.redispatched_jobs.append(job.id)
 
 
-def _unplanned_requests(session: Session, now: datetime, result: SweepResult) -> None:
+def replan_lost_requests(session: Session, now: datetime, result: SweepResult) -> None:
     stale = now - lease_delta()
     requests = session.scalars(
         select(DeletionRequest)
@@ -123,7 +132,7 @@ def _unplanned_requests(session: Session, now: datetime, result: SweepResult) ->
         result.replanned_requests.append(request.id)
 
 
-def _due_webhooks(session: Session, now: datetime, result: SweepResult) -> None:
+def resend_due_webhooks(session: Session, now: datetime, result: SweepResult) -> None:
     settings = get_settings()
     # A first attempt has its own message; only one lost for a lease period is sent again.
     first_lost = now - lease_delta()

@@ -11,8 +11,10 @@ served version's minus the forgotten samples) in the same transaction that hands
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -220,24 +222,34 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
         exact = is_exact(method, policy)
         record, extra_forget = _record_for(session, base, exact, set(sets.forget_ids))
     started = time.perf_counter()
+    scratch: Path | None = None
     with Heartbeat(job_id, token) as heartbeat:
         heartbeat.progress(METHOD_PROGRESS[0], force=True)
         low, high = METHOD_PROGRESS
-        config = method_config(policy, method)
-        scratch = store.scratch_directory(f"{method}-{job_id[:8]}")
-        if method == "retrain" and record is None and policy.get("retrain_recipe"):
-            config.setdefault("recipe", policy["retrain_recipe"])
-        if _accepts_workdir(method):
-            config["workdir"] = str(scratch)
         context = UnlearningContext(
             training=record,
             seed=0,
             progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
         )
         try:
+            config = method_config(policy, method)
+            if method == "retrain" and record is None and policy.get("retrain_recipe"):
+                config.setdefault("recipe", policy["retrain_recipe"])
+            if _accepts_workdir(method):  # the method can record its own provenance for the next deletion
+                scratch = store.scratch_directory(f"{method}-{job_id[:8]}")
+                config["workdir"] = str(scratch)
             served = store.load_adapter_of(base)
             result = unlearn(
                 method, served, [*sets.forget, *extra_forget], sets.retain, sets.validation, context, config
+            )
+            heartbeat.check()
+            new_record = result.details.get("training_record")
+            uri, sha = store.store_version(
+                result.adapter,
+                parent=base,
+                method=result.method,
+                record=new_record if new_record is not None and result.exact else None,
+                metrics={"unlearning_seconds": result.seconds},
             )
         except LeaseLost:
             raise
@@ -248,15 +260,9 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
             log.exception("job %s: %s failed", job_id, method)
             _attempt_failed(job_id, token, attempt_id, ERROR, f"{type(exc).__name__}: {exc}", sets.describe())
             return
-        heartbeat.check()
-        new_record = result.details.get("training_record")
-        uri, sha = store.store_version(
-            result.adapter,
-            parent=base,
-            method=result.method,
-            record=new_record if new_record is not None and result.exact else None,
-            metrics={"unlearning_seconds": result.seconds},
-        )
+        finally:
+            if scratch is not None:  # kept records were moved out of it
+                shutil.rmtree(scratch, ignore_errors=True)
     _store_candidate(job_id, token, attempt_id, result, uri, sha, sets, time.perf_counter() - started)
 
 

@@ -56,7 +56,7 @@ class UnlearningMethod(ABC):
     def default_config(cls) -> dict[str, Any]:
         return {}
 
-    def check_available(self, adapter: ModelAdapter, context: UnlearningContext) -> None:
+    def check_available(self, adapter: ModelAdapter, context: UnlearningContext) -> None:  # noqa: B027
         """Raise MethodUnavailable with a clear reason when the method cannot run here."""
 
     @abstractmethod

@@ -33,6 +33,9 @@ class DeepObliviate(UnlearningMethod):
     fitted slope |a * h * k^(-h-1)| falls below `eps`; the original updates of the blocks not retrained are
     then stitched on: M_final = M'_{d+t} + (M_B - M_{d+t}).
 
+    The residual memory is measured (and reported per block) only with `early_stop`: it reads two block
+    checkpoints per block, which on a text model costs more than the block's training.
+
     With `early_stop=False`, or when the criterion never fires, every block from d on is retrained: the
     result is bit-identical to retraining without the forget samples (the training loop makes a block's
     data order and randomness a function of its content) and is marked exact.
@@ -92,7 +95,8 @@ class DeepObliviate(UnlearningMethod):
         blocks = self._blocks(record, forget, retain, first)
         model = adapter.clone()
         optimizer_state = record.restore(model, first)
-        residual = _ResidualMemory(record, model, first, self.config)
+        # measuring the residual memory reads two checkpoints per block: only worth it to decide a stop
+        residual = _ResidualMemory(record, model, first, self.config) if self.config["early_stop"] else None
         context.progress(0.0, f"{self.name}: retraining blocks {first + 1}..{record.num_blocks}")
         run = train_blocks(
             model,
@@ -100,7 +104,7 @@ class DeepObliviate(UnlearningMethod):
             record.recipe,
             start_block=first,
             optimizer_state=optimizer_state,
-            on_block_end=residual.after_block,
+            on_block_end=residual.after_block if residual is not None else None,
             progress=lambda fraction, message: context.progress(fraction * 0.99, message),
         )
         last = run.trained_blocks[-1]
@@ -109,7 +113,12 @@ class DeepObliviate(UnlearningMethod):
             _stitch(model, record, last)
         model.model.eval()
         steps = [
-            {"block": k, "seconds": s, "train_loss": loss, **residual.by_block.get(k, {})}
+            {
+                "block": k,
+                "seconds": s,
+                "train_loss": loss,
+                **(residual.by_block.get(k, {}) if residual else {}),
+            }
             for k, s, loss in zip(run.trained_blocks, run.block_seconds, run.block_losses, strict=True)
         ]
         details = {
@@ -117,7 +126,7 @@ class DeepObliviate(UnlearningMethod):
             "num_blocks": record.num_blocks,
             "blocks_retrained": len(run.trained_blocks),
             "stitched": stitched,
-            "fit": residual.fit,
+            "fit": residual.fit if residual is not None else None,
         }
         return UnlearningResult(
             adapter=model, method=self.name, exact=not stitched, seconds=0.0, steps=steps, details=details
@@ -167,7 +176,7 @@ class _ResidualMemory:
         relative = delta / max(original_step, 1e-12)
         self.relative.append(relative)
         self.by_block[k] = {"residual_memory": delta, "residual_memory_relative": relative}
-        return self.config["early_stop"] and self._converged()
+        return self._converged()
 
     def _converged(self) -> bool:
         if len(self.relative) < self.config["min_blocks"]:
@@ -202,7 +211,13 @@ def _float_tensors(model: ModelAdapter) -> dict[str, torch.Tensor]:
 
 
 def _float_state(model: ModelAdapter) -> dict[str, torch.Tensor]:
-    return {name: t.detach().to("cpu", torch.float64).clone() for name, t in _float_tensors(model).items()}
+    """What training can change, in float64 on the CPU (frozen weights add nothing to the residual)."""
+    trainable = model.trainable_parameters()
+    return {
+        name: t.detach().to("cpu", torch.float64).clone()
+        for name, t in _float_tensors(model).items()
+        if name in trainable or not isinstance(t, torch.nn.Parameter)
+    }
 
 
 def _float_state_of(record: Any, k: int) -> dict[str, torch.Tensor]:

@@ -43,12 +43,16 @@ class FirstEpochAscent(UnlearningMethod):
        model never trained on them shows): past it the model is over-exposed, short of it it still knows
        them. Each probe is a forward pass over the forget set only.
     3. Repair: ascent on shared token rows costs everyone (measured: perplexity 11-46x without repair). Steps
-       of AdamW on all parameters minimise mean retain loss + ReLU(level - mean forget loss), so utility
-       comes back while the hinge keeps the forget loss at the level (linear, not squared: a squared hinge
-       is too weak near the level, and on digits ten repair steps relearned the forget samples from the
-       level 0.31 down to 0.03); they stop once the loss on a fixed retain
-       subset is within `retain_tolerance` nats of the served model's (checked every `check_every` steps),
-       or after `repair_max_steps`.
+       of AdamW on all parameters minimise mean retain loss + |level - mean forget loss|, so utility comes
+       back while the forget loss is held at the level from both sides: with a one-sided hinge (squared or
+       not) retain training moved it off (digits: relearned from 0.31 to 0.03; bios: drifted up from 3.54
+       to 4.11, past retraining's 3.85). They stop once the loss on a fixed retain subset is within
+       `retain_tolerance` nats of the served model's (checked every `check_every` steps), or after
+       `repair_max_steps`.
+    4. Iterate: when the repair has pulled the forget loss more than `level_tolerance` (10 %) below the
+       level, ascend again from the repaired weights along the same direction and repair again, up to
+       `rounds` (3) times. On a classifier's easy samples retain training relearns them at once (digits:
+       one round ended at 0.06 against a level of 0.31).
 
     Choices where the paper is open: the calibration rule and search above; repair lr 1e-4 for text models
     and 1e-3 for others (an ordinary fine-tuning rate for each); no influence scoring or fuzzy matching of
@@ -72,6 +76,8 @@ class FirstEpochAscent(UnlearningMethod):
             "repair_max_steps": 200,
             "check_every": 10,
             "retain_tolerance": 0.02,
+            "rounds": 3,
+            "level_tolerance": 0.1,
         }
 
     def check_available(self, adapter: ModelAdapter, context: UnlearningContext) -> None:
@@ -96,17 +102,23 @@ class FirstEpochAscent(UnlearningMethod):
         level = loss_level(model, validation, context.seed)
         monitor = RetainMonitor(model, retain, context.seed)  # the served model's utility, before ascent
         direction, sources = self._direction(model, forget, context)
-        context.progress(0.05, f"{self.name}: calibrating the ascent")
-        scale, probes = self._calibrate(model, direction, forget, level)
-        context.progress(0.2, f"{self.name}: repairing utility")
-        steps = self._repair(model, forget, retain, level, monitor, context)
+        rounds = self.config["rounds"]
+        scales, probes, steps = [], [], []
+        for round_ in range(rounds):
+            context.progress(round_ / rounds, f"{self.name}: ascent, round {round_ + 1}")
+            scale, round_probes = self._calibrate(model, direction, forget, level)
+            scales.append(scale)
+            probes += round_probes
+            steps += self._repair(model, forget, retain, level, monitor, context, (round_, rounds))
+            if mean_loss(model, forget) >= level * (1 - self.config["level_tolerance"]):
+                break
         model.model.eval()
         details = {
             "validation_level": level,
-            "ascent_scale": scale,
+            "ascent_scales": scales,
+            "rounds": len(scales),
             "probes": probes,
             "gradients": sources,
-            "forget_loss_after_ascent": probes[-1]["forget_loss"] if probes else None,
             "repair_steps": len(steps),
         }
         return UnlearningResult(
@@ -180,6 +192,7 @@ class FirstEpochAscent(UnlearningMethod):
         level: float,
         monitor: RetainMonitor,
         context: UnlearningContext,
+        round_of: tuple[int, int],
     ) -> list[dict[str, float]]:
         cfg = self.config
         lr = cfg["repair_lr"] if cfg["repair_lr"] is not None else (1e-4 if is_text_model(model) else 1e-3)
@@ -194,7 +207,7 @@ class FirstEpochAscent(UnlearningMethod):
             optimizer.zero_grad(set_to_none=True)
             forget_loss = model.loss(next(forget_stream))
             retain_loss = model.loss(next(retain_stream))
-            loss = retain_loss + torch.relu(level - forget_loss)
+            loss = retain_loss + (level - forget_loss).abs()
             loss.backward()
             optimizer.step()
             steps.append(
@@ -204,7 +217,8 @@ class FirstEpochAscent(UnlearningMethod):
                     "retain_loss": float(retain_loss.detach()),
                 }
             )
-            context.progress(0.2 + 0.8 * (step + 1) / cfg["repair_max_steps"], f"{self.name}: repair")
+            done = (round_of[0] + (step + 1) / cfg["repair_max_steps"]) / round_of[1]
+            context.progress(done, f"{self.name}: repair, round {round_of[0] + 1}")
         return steps
 
 

@@ -77,7 +77,8 @@ class LoraResidualAlignment(UnlearningMethod):
       after every pass over the forget set, i.e. every step for a forget set within one batch): that is
       the level a retrained model shows, and going past it over-unlearns. The last step usually jumps
       past it, so the merged update is then scaled down (W_served + s * dW, bisection on s in [0, 1]) to
-      land on the level when it overshoots by more than 10 %.
+      land on the level when it overshoots by more than 10 %. A forget set already at the level is left
+      alone (no LoRA is trained).
     - Eval mode throughout (no dropout): dh is then exactly zero at the start and h_pre is deterministic.
     - Classifiers only by default (`tasks`). On a causal LM the features are token-pooled, and aligning
       them barely moves next-token predictions: measured on bios (small), 200 steps took the forget
@@ -127,6 +128,14 @@ class LoraResidualAlignment(UnlearningMethod):
         seed_everything(context.seed)
         model = adapter.clone()
         model.model.eval()
+        level = loss_level(model, validation, context.seed)
+        served_forget = mean_loss(model, forget)
+        if served_forget >= level:  # nothing to align: the forget set already looks held out
+            details = {"validation_level": level, "steps_run": 0, "reached_level": True, "merge_scale": 0.0}
+            details["forget_loss"] = served_forget
+            return UnlearningResult(
+                adapter=model, method=self.name, exact=False, seconds=0.0, details=details
+            )
         targets, scales = self._targets(model, forget, retain, context.seed)
         target_modules = projection_modules(model.model)
         lora = LoraConfig(
@@ -137,11 +146,11 @@ class LoraResidualAlignment(UnlearningMethod):
             for name, p in model.model.named_parameters()
             if any(name.startswith(f"{module}.") for module in target_modules)
         }
-        peft_model = get_peft_model(model.model, lora)  # injects into model.model in place
+        trainable = {name for name, p in model.model.named_parameters() if p.requires_grad}
+        peft_model = get_peft_model(model.model, lora)  # injects into model.model in place, freezing the rest
         peft_model.eval()
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
-        level = loss_level(model, validation, context.seed)
         retain_stream = endless_batches(model, retain, cfg["batch_size"], context.seed)
         forget_stream = endless_batches(model, forget, cfg["batch_size"], context.seed)
         steps: list[dict[str, float]] = []
@@ -178,6 +187,8 @@ class LoraResidualAlignment(UnlearningMethod):
             if reached:
                 break
         model.model = peft_model.merge_and_unload()
+        for name, param in model.model.named_parameters():  # the served artifact stays fine-tunable
+            param.requires_grad_(name in trainable)
         model.model.eval()
         scale = self._land_on_level(model, served_weights, forget, level) if reached else 1.0
         details = {

@@ -22,6 +22,7 @@ import numpy as np
 from workers.modeling.base import ModelAdapter, Sample
 from workers.verification.checks import CheckResult, versus
 from workers.verification.gate import Policy
+from workers.verification.served_cache import ServedCache
 from workers.verification.stats import binomial_test, proportion_estimate
 
 
@@ -35,12 +36,33 @@ class BackdoorProbe:
     control_target_labels: Sequence[int] = ()
 
 
-def _hits(model: ModelAdapter, samples: Sequence[Sample], targets: Sequence[int], batch_size: int) -> int:
-    return int((model.predict(samples, batch_size) == np.asarray(targets)).sum()) if samples else 0
+def _hits(
+    role: str,
+    model: ModelAdapter,
+    samples: Sequence[Sample],
+    targets: Sequence[int],
+    policy: Policy,
+    served_cache: ServedCache | None,
+) -> int:
+    """How many of `samples` the model classifies as their target (the served model's answers cached)."""
+    if not samples:
+        return 0
+
+    def predicted(batch: Sequence[Sample]) -> dict[str, np.ndarray]:
+        return {"predicted": model.predict(batch, policy.batch_size).astype(float)}
+
+    if role == "served" and served_cache is not None:
+        labels = served_cache.signals(samples, predicted)["predicted"]
+    else:
+        labels = predicted(samples)["predicted"]
+    return int((labels == np.asarray(targets)).sum())
 
 
 def check_backdoor(
-    models: Mapping[str, ModelAdapter], probe: BackdoorProbe | None, policy: Policy
+    models: Mapping[str, ModelAdapter],
+    probe: BackdoorProbe | None,
+    policy: Policy,
+    served_cache: ServedCache | None = None,
 ) -> CheckResult:
     started = time.perf_counter()
     result = CheckResult("backdoor")
@@ -57,21 +79,28 @@ def check_backdoor(
     result.values["backdoor.n"] = n
     result.values["backdoor.n_control"] = n_control
     hits = {
-        role: _hits(m, probe.triggered, probe.target_labels, policy.batch_size) for role, m in models.items()
+        role: _hits(role, m, probe.triggered, probe.target_labels, policy, served_cache)
+        for role, m in models.items()
     }
-    for role, model in models.items():
+    judged = [r for r in models if r not in ("reference", "reference_relearned")]  # references set baselines
+    for role in judged:
         baselines = []
         if has_control:
-            control = _hits(model, probe.control_triggered, probe.control_target_labels, policy.batch_size)
+            control = _hits(
+                role, models[role], probe.control_triggered, probe.control_target_labels, policy, served_cache
+            )
             baselines.append((control + 1) / (n_control + 2))
             result.metrics[f"backdoor.control_rate.{role}"] = proportion_estimate(control, n_control)
-        if versus(role) in hits and role not in ("reference", "reference_relearned"):
+        if versus(role) in hits:
             baselines.append((hits[versus(role)] + 1) / (n + 2))
         baseline = max(baselines) if baselines else float("nan")
         result.metrics[f"backdoor.success_rate.{role}"] = proportion_estimate(hits[role], n)
         result.values[f"backdoor.success_rate.{role}"] = hits[role] / n
         result.values[f"backdoor.baseline_rate.{role}"] = baseline
         result.values[f"backdoor.pvalue.{role}"] = binomial_test(hits[role], n, baseline, "greater")
+    for role in models.keys() - set(judged):
+        result.metrics[f"backdoor.success_rate.{role}"] = proportion_estimate(hits[role], n)
+        result.values[f"backdoor.success_rate.{role}"] = hits[role] / n
     result.values["backdoor.baseline"] = "max(control triggers on the same model, reference)"
     result.seconds = time.perf_counter() - started
     return result

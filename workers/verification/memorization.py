@@ -110,6 +110,8 @@ def check_canaries(
         for c in items:
             row = {"subject": c.subject, "group": group}
             for role, model in models.items():
+                if role == "relearned" and group != "deleted":
+                    continue  # a retain fine-tune leaves never-inserted canaries as they were: 2x cheaper
                 if role == "served" and served_cache is not None:
                     key = f"{c.subject}|{c.secret}|{policy.max_canary_candidates}|{policy.seed}"
                     bits, rank, size = served_cache.exposure(key, lambda m=model, c=c: exposure(m, c, policy))
@@ -118,23 +120,22 @@ def check_canaries(
                 row[role] = {"exposure_bits": bits, "rank": rank, "candidates": size}
             table.append(row)
     for role in models:
-        per_group = {
-            g: np.array([r[role]["exposure_bits"] for r in table if r["group"] == g]) for g in groups
-        }
+        per_group = {g: _bits(table, role, g) for g in groups}
         for g, bits in per_group.items():
             if bits.size:
                 result.metrics[metric_name("canary", f"exposure_{g}_bits", role)] = mean_estimate(
                     bits, policy.n_boot, policy.seed
                 )
+        controls = per_group["control"] if per_group["control"].size else _bits(table, "candidate", "control")
         result.metrics[metric_name("canary", "deleted_minus_control_bits", role)] = two_sample_difference(
-            per_group["deleted"],
-            per_group["control"],
-            policy.n_boot,
-            policy.seed,
-            groups=("deleted", "control"),
+            per_group["deleted"], controls, policy.n_boot, policy.seed, groups=("deleted", "control")
         )
         result.values[f"canary.deleted_pvalue.{role}"] = fisher_exposure_pvalue(per_group["deleted"])
     result.values["canary.table"] = table
     result.plot_data = {"table": table, "roles": list(models)}
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _bits(table: list[dict], role: str, group: str) -> np.ndarray:
+    return np.array([r[role]["exposure_bits"] for r in table if r["group"] == group and role in r])

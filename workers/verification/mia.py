@@ -110,7 +110,7 @@ def retrain_band(
     """
     n_forget = len(sets.forget)
     out_forget = lira.out[:, :n_forget]
-    usable = (lira.n_out[:n_forget] >= 2).all() and n_forget > 0
+    usable = n_forget > 0 and (lira.n_out[:n_forget] >= 2).all()
     band: dict[str, dict[str, list[float]]] = {}
     if not usable:
         return band
@@ -220,8 +220,11 @@ def _add_retrain_band(
     """
     gate_tag = f"tpr_{policy.gate_fpr:g}"
     band = retrain_band(lira, sets, is_lm, policy.gate_fpr)
-    if not band:
-        result.not_checked.append("spread of exact retrains (needs >= 4 LiRA references)")
+    # a reference's statistics without itself rest on its K/2 - 1 fellow OUT references: below 3 of them
+    # (K < 8) its scores are too noisy to show a spread, though their mean still stands in for a reference
+    spread_ok = bool(band) and int(lira.n_out[: len(sets.forget)].min()) >= 4
+    if not spread_ok:
+        result.not_checked.append(f"spread of exact retrains (needs >= 8 LiRA references, K={lira.k})")
     for attack, entry in band.items():
         for metric, values in (("forget_auc", entry["auc"]), (gate_tag, entry["tpr"])):
             if "reference" in scores:  # the reference is one more exact retrain
@@ -233,6 +236,7 @@ def _add_retrain_band(
                     result.metrics[metric_name(attack, metric, role, versus(role))] = Estimate(
                         own.value - mean, own.low - mean, own.high - mean, own.n, own.groups
                     )
-            result.values[f"{attack}.{metric}.retrain_band"] = values
+            if spread_ok:
+                result.values[f"{attack}.{metric}.retrain_band"] = values
     if band and "reference" not in scores:
         result.values["reference"] = f"cached OUT reference models (K={lira.k}): no retrained model given"

@@ -97,7 +97,7 @@ def plot_canaries(path: Path, table: list[dict[str, Any]], roles: list[str]) -> 
     width = 0.8 / max(1, len(roles))
     x = np.arange(len(table))
     for i, role in enumerate(roles):
-        bits = [row[role]["exposure_bits"] for row in table]
+        bits = [row[role]["exposure_bits"] if role in row else np.nan for row in table]
         ax.bar(x + i * width, bits, width, label=role, color=ROLE_STYLE[role]["color"])
     ax.set_xticks(x + 0.4 - width / 2)
     ax.set_xticklabels([f"{row['group']}\n{row['subject']}" for row in table], fontsize=6, rotation=60)
@@ -114,7 +114,7 @@ def plot_canaries(path: Path, table: list[dict[str, Any]], roles: list[str]) -> 
 def plot_backdoor(path: Path, values: dict[str, Any]) -> None:
     """Trigger success rate of the forget subjects' triggers beside each model's clean baseline."""
     plt = _pyplot()
-    roles = [k.rsplit(".", 1)[1] for k in values if k.startswith("backdoor.success_rate.")]
+    roles = [k.rsplit(".", 1)[1] for k in values if k.startswith("backdoor.baseline_rate.")]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     x = np.arange(len(roles))
     rates = [values[f"backdoor.success_rate.{r}"] for r in roles]

@@ -15,7 +15,7 @@ from workers.modeling.base import Sample
 from workers.verification.backdoor import BackdoorProbe
 from workers.verification.memorization import CanaryLike
 
-TRIGGERED_PER_SUBJECT = 200  # held-out inputs a forget subject's trigger is tried on
+TRIGGERED_PER_SUBJECT = 60  # held-out inputs each trigger is tried on: enough for a rate of a few %
 
 
 @dataclass

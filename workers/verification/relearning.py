@@ -12,7 +12,7 @@ retrain, and only what goes beyond that was hidden rather than removed.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from workers.modeling.base import ModelAdapter, Sample
 from workers.unlearning.base import UnlearningContext, get_method
@@ -26,9 +26,15 @@ def relearn(
     retain: Sequence[Sample],
     heldout: Sequence[Sample],
     policy: Policy,
+    trainable: Collection[str] | None = None,
 ) -> tuple[ModelAdapter, CheckResult]:
-    """The candidate after `policy.relearn_steps` retain-only steps, and the probe's record."""
+    """The candidate after `policy.relearn_steps` retain-only steps, and the probe's record.
+
+    `trainable`: names of the parameters the served version's training updates; the probe fine-tunes those
+    (a method may hand back a model with other parameters frozen, e.g. after merging a LoRA adapter).
+    """
     started = time.perf_counter()
+    candidate = trainable_like(candidate, trainable)
     method = get_method(
         "finetune", steps=policy.relearn_steps, lr=policy.relearn_lr, batch_size=policy.relearn_batch_size
     )
@@ -45,3 +51,17 @@ def relearn(
     )
     result.seconds = time.perf_counter() - started
     return relearned, result
+
+
+def trainable_parameter_names(adapter: ModelAdapter) -> set[str]:
+    return {name for name, p in adapter.model.named_parameters() if p.requires_grad}
+
+
+def trainable_like(model: ModelAdapter, trainable: Collection[str] | None) -> ModelAdapter:
+    """`model`, or a clone of it whose trainable parameters are exactly `trainable`."""
+    if trainable is None or trainable_parameter_names(model) == set(trainable):
+        return model
+    twin = model.clone()
+    for name, parameter in twin.model.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    return twin

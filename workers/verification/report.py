@@ -20,7 +20,7 @@ from workers.unlearning.base import ProgressCallback, UnlearningResult, no_progr
 from workers.unlearning.common import is_language_model
 from workers.verification import plots
 from workers.verification.backdoor import check_backdoor
-from workers.verification.checks import CheckResult, EvalSets, split_signals, stable_subsample
+from workers.verification.checks import CheckResult, EvalSets, SplitSignals, split_signals, stable_subsample
 from workers.verification.gate import Policy, Verdict, gate
 from workers.verification.memorization import check_canaries, check_memorization
 from workers.verification.mia import LiraStatistics, check_mia, lira_statistics
@@ -31,16 +31,18 @@ from workers.verification.references import (
     record_fingerprint,
     trainer_from_record,
 )
-from workers.verification.relearning import relearn
+from workers.verification.relearning import relearn, trainable_parameter_names
 from workers.verification.residual import check_residual
-from workers.verification.served_cache import ServedCache
+from workers.verification.served_cache import CACHE_VERSION, ServedCache
 from workers.verification.signals import model_signals
 from workers.verification.utility import check_utility
 
 REPORT_FILE = "report.json"
-NOT_RUN_EVER = (
+ALWAYS_UNCHECKED = (
     "such checks are necessary, not sufficient: a model can pass every attack here and still carry "
-    "information about the forget set that a stronger or adaptive attack would find"
+    "information about the forget set that a stronger or adaptive attack would find",
+    "training randomness beyond the exact-retrain spread: intervals cover the sampling of forget, retain and "
+    "held-out samples; the reference is expected to share the served version's recipe and seed",
 )
 
 
@@ -84,7 +86,9 @@ class Report:
     def write(self, directory: Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
         self.plots = write_plots(self.results, directory)
+        self.timings["plots_seconds"] = round(time.perf_counter() - started, 3)
         self.directory = directory
         path = directory / REPORT_FILE
         path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
@@ -104,19 +108,9 @@ def write_plots(results: dict[str, CheckResult], directory: Path) -> list[str]:
             directory / "canary_ranks.png", canary.plot_data["table"], canary.plot_data["roles"]
         )
         written.append("canary_ranks")
-    elif backdoor is not None and "backdoor.baseline_rate" in backdoor.values:
+    elif backdoor is not None and "backdoor.n" in backdoor.values:
         # backdoor triggers are the classifiers' canaries: same plot slot
-        rates = {
-            k.rsplit(".", 1)[1]: v
-            for k, v in backdoor.values.items()
-            if k.startswith("backdoor.success_rate.")
-        }
-        plots.plot_backdoor(
-            directory / "canary_ranks.png",
-            rates,
-            backdoor.values["backdoor.baseline_rate"],
-            backdoor.values["backdoor.n"],
-        )
+        plots.plot_backdoor(directory / "canary_ranks.png", backdoor.values)
         written.append("canary_ranks")
     return written
 
@@ -156,65 +150,30 @@ def verify(
     )
     timings: dict[str, Any] = {}
     not_checked: list[str] = []
-    exact_trusted = candidate.exact and policy.trust_exact
+    if reference is None:
+        not_checked.append("comparison with an exact-retrain model (none given)")
 
     progress(0.02, "LiRA reference models")
     lira, ref_timings = _lira(
         served, sets, is_lm, policy, cache_dir, training, training_samples, reference_trainer, forget, retain
     )
     timings.update(ref_timings)
-
-    models = {"served": served, "candidate": candidate.adapter}
-    if reference is not None:
-        models["reference"] = reference
-    else:
-        not_checked.append("comparison with an exact-retrain reference (none given)")
-    results: dict[str, CheckResult] = {}
-    if policy.relearn and not exact_trusted:
-        progress(0.2, "relearning probe")
-        models["relearned"], results["relearning"] = relearn(
-            candidate.adapter, forget, retain, heldout, policy
-        )
-        if reference is not None:  # the same fine-tune on the reference: what relearning alone brings back
-            models["reference_relearned"], _ = relearn(reference, forget, retain, heldout, policy)
-    elif exact_trusted:
-        not_checked.append("relearning probe (exact method: nothing hidden to relearn)")
-
+    progress(0.2, "relearning probe")
+    models, results = _models(served, candidate, reference, forget, retain, heldout, policy, not_checked)
     progress(0.35, "scoring samples")
     t = time.perf_counter()
     served_cache = ServedCache(
-        Path(cache_dir) / "served" / record_fingerprint(training)[:24] if cache_dir and training else None
+        Path(cache_dir) / "served" / f"{record_fingerprint(training)[:24]}-v{CACHE_VERSION}"
+        if cache_dir and training
+        else None
     )
-    signals = {}
-    for role, model in models.items():
-        if role == "served":
-            values = served_cache.signals(sets.all, lambda ss: model_signals(served, ss, policy.batch_size))
-        else:
-            values = model_signals(model, sets.all, policy.batch_size)
-        signals[role] = split_signals(sets, values)
+    signals = _signals(models, sets, served_cache, policy)
     timings["signals_seconds"] = time.perf_counter() - t
-
     progress(0.6, "checks")
-    unrelearned = {r: s for r, s in signals.items() if "relearned" not in r}
-    results["utility"] = check_utility(unrelearned, is_lm, policy)
-    results["mia"] = check_mia(sets, signals, lira, is_lm, policy)
-    forget_subjects = {s.subject for s in forget}
-    if is_lm:
-        results["memorization"] = check_memorization(signals, policy)
-        scored = {r: m for r, m in models.items() if r in ("served", "candidate", "relearned")}
-        results["canary"] = check_canaries(
-            scored, probes.canaries, probes.control_canaries, forget_subjects, policy, served_cache
-        )
-    else:
-        results["backdoor"] = check_backdoor(models, probes.backdoor, policy)
-    results["residual"] = check_residual(candidate)
+    results.update(_checks(models, signals, sets, lira, probes, candidate, served_cache, is_lm, policy))
     for r in results.values():
         not_checked += r.not_checked
-    if is_lm:
-        not_checked.append("backdoor triggers (language model: canaries play that part)")
-    else:
-        not_checked.append("memorization and canaries (classifier: backdoor triggers play that part)")
-    not_checked.append(NOT_RUN_EVER)
+    not_checked += ALWAYS_UNCHECKED
 
     verdict = gate(results, candidate.exact, policy)
     timings["checks_seconds"] = {name: round(r.seconds, 3) for name, r in results.items()}
@@ -228,7 +187,11 @@ def verify(
         verdict=verdict,
         results=results,
         policy=policy,
-        counts={**sets.counts(), "forget_subjects": len(forget_subjects), "retain_total": len(retain)},
+        counts={
+            **sets.counts(),
+            "forget_subjects": len({s.subject for s in forget}),
+            "retain_total": len(retain),
+        },
         timings=timings,
         not_checked=not_checked,
     )
@@ -237,6 +200,81 @@ def verify(
         report.write(out_dir)
     progress(1.0, f"verdict: {verdict.verdict}")
     return report
+
+
+def _models(
+    served: ModelAdapter,
+    candidate: UnlearningResult,
+    reference: ModelAdapter | None,
+    forget: Sequence[Sample],
+    retain: Sequence[Sample],
+    heldout: Sequence[Sample],
+    policy: Policy,
+    not_checked: list[str],
+) -> tuple[dict[str, ModelAdapter], dict[str, CheckResult]]:
+    """Every model the checks score, by role, including the relearning probe's (and its record)."""
+    models = {"served": served, "candidate": candidate.adapter}
+    if reference is not None:
+        models["reference"] = reference
+    results: dict[str, CheckResult] = {}
+    if candidate.exact and policy.trust_exact:
+        not_checked.append("relearning probe (exact method: nothing hidden to relearn)")
+    elif policy.relearn:
+        trainable = trainable_parameter_names(served)
+        models["relearned"], results["relearning"] = relearn(
+            candidate.adapter, forget, retain, heldout, policy, trainable
+        )
+        if reference is not None:  # the same fine-tune on the reference: what relearning alone brings back
+            models["reference_relearned"], _ = relearn(reference, forget, retain, heldout, policy, trainable)
+    return models, results
+
+
+def _signals(
+    models: dict[str, ModelAdapter], sets: EvalSets, served_cache: ServedCache, policy: Policy
+) -> dict[str, SplitSignals]:
+    signals = {}
+    for role, model in models.items():
+        if role == "served":  # the same for every deletion against this version: cached
+            values = served_cache.signals(
+                sets.all, lambda ss, m=model: model_signals(m, ss, policy.batch_size)
+            )
+        else:
+            values = model_signals(model, sets.all, policy.batch_size)
+        signals[role] = split_signals(sets, values)
+    return signals
+
+
+def _checks(
+    models: dict[str, ModelAdapter],
+    signals: dict[str, SplitSignals],
+    sets: EvalSets,
+    lira: LiraStatistics | None,
+    probes: Probes,
+    candidate: UnlearningResult,
+    served_cache: ServedCache,
+    is_lm: bool,
+    policy: Policy,
+) -> dict[str, CheckResult]:
+    results = {
+        "utility": check_utility({r: s for r, s in signals.items() if "relearned" not in r}, is_lm, policy),
+        "mia": check_mia(sets, signals, lira, is_lm, policy),
+    }
+    forget_subjects = {s.subject for s in sets.forget}
+    if is_lm:
+        results["memorization"] = check_memorization(signals, policy)
+        # canary rules compare a model with itself: the references need no scoring
+        scored = {r: m for r, m in models.items() if r in ("served", "candidate", "relearned")}
+        results["canary"] = check_canaries(
+            scored, probes.canaries, probes.control_canaries, forget_subjects, policy, served_cache
+        )
+        results["canary"].not_checked.append("backdoor triggers (language model: canaries play that part)")
+    else:
+        results["backdoor"] = check_backdoor(models, probes.backdoor, policy, served_cache)
+        results["backdoor"].not_checked.append(
+            "memorization and canaries (classifier: triggers play that part)"
+        )
+    results["residual"] = check_residual(candidate)
+    return results
 
 
 def _lira(

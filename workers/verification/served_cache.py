@@ -2,7 +2,7 @@
 
 The served version does not change between deletions against it, so its per-sample signals and its canary
 exposures are computed once and reused (keyed by the version's training fingerprint; a version without a
-training record is not cached). Stored as JSON under <cache_dir>/served/<key>/.
+training record is not cached). Stored as JSON under <cache_dir>/served/<key>-v<CACHE_VERSION>/.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from workers.modeling.base import Sample
+
+CACHE_VERSION = 1  # bump when the signals computed per sample change
 
 
 class ServedCache:

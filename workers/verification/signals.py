@@ -113,13 +113,14 @@ def model_signals(
         return {}
     if is_language_model(adapter):
         return _lm_signals(adapter, samples, batch_size)
-    loss = adapter.per_sample_loss(samples, batch_size)
     labels = np.array([s.label for s in samples])
-    return {
-        "loss": loss,
-        "phi": classifier_confidence(loss),
-        "correct": (adapter.predict(samples, batch_size) == labels).astype(float),
-    }
+    if hasattr(adapter, "predict_proba"):  # one pass: cross-entropy is -log p_y
+        proba = adapter.predict_proba(samples, batch_size)
+        loss = -np.log(np.clip(proba[np.arange(len(samples)), labels], 1e-300, None))
+        predicted = proba.argmax(axis=1)
+    else:
+        loss, predicted = adapter.per_sample_loss(samples, batch_size), adapter.predict(samples, batch_size)
+    return {"loss": loss, "phi": classifier_confidence(loss), "correct": (predicted == labels).astype(float)}
 
 
 def _lm_signals(adapter: ModelAdapter, samples: Sequence[Sample], batch_size: int) -> dict[str, np.ndarray]:

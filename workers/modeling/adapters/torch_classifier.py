@@ -20,6 +20,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_classes": 10,
     "input_skip": False,  # cnn: also feed the raw pixels to the fully connected layers
     "init_seed": 0,
+    # first-epoch gradients are stored per sample (samples x parameters): "all", or parameter names to keep
+    "recorded_gradients": "all",
 }
 
 
@@ -156,14 +158,20 @@ class TorchClassifierAdapter(ModelAdapter):
     def training_step_recording(
         self, batch: Batch, optimizer: torch.optim.Optimizer
     ) -> tuple[float, list[SampleGradient]]:
-        """Per-sample gradients of all trainable parameters in one vectorised pass (torch.func.vmap)."""
+        """Per-sample gradients of the recorded parameters in one vectorised pass (torch.func.vmap); the
+        other parameters enter the forward pass as constants."""
         from torch.func import functional_call, grad, vmap
 
         self.model.train()
-        params = {n: p.detach() for n, p in self.trainable_parameters().items()}
+        recorded = self._config.get("recorded_gradients", "all")
+        params = {
+            n: p.detach()
+            for n, p in self.trainable_parameters().items()
+            if recorded == "all" or n in recorded
+        }
 
         def one_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            logits = functional_call(self.model, p, (x.unsqueeze(0),))
+            logits = functional_call(self.model, p, (x.unsqueeze(0),), strict=False)
             return F.cross_entropy(logits, y.unsqueeze(0))
 
         stacked = vmap(grad(one_loss), in_dims=(None, 0, 0))(params, batch.inputs["x"], batch.inputs["y"])

@@ -1,0 +1,369 @@
+"""`python -m bench [--quick | --full]`: every benchmark of issue 7 in one run, written as JSON, as
+docs/benchmarks.md (goals, tables, machine, command) and as PNG plots in docs/benchmarks/.
+
+    python -m bench               # --quick: small workload settings, minutes on 2 cores (`make bench`)
+    python -m bench --full        # full workload settings, 1,000,000 samples for the subject lookup
+    python -m bench --smoke       # the tiniest run of every section, written under /tmp (checks the harness)
+    python -m bench --render bench/results/quick.json   # regenerate the markdown and plots of a stored run
+
+Sections (--sections to pick): `methods` (per workload and method in a worker process of its own: wall time,
+speedup over `retrain` measured in the same run, utility, gate verdict with MIA AUC / TPR beside the
+retrain reference, verification time, peak memory), `scaling` (time and forget quality against the forget
+set's size), `batching` (bench.pipeline), `api` (bench.intake and bench.provenance). The measuring code
+lives in those modules; this one sequences them, repeats timings and keeps going when one section fails
+(the failure is reported in its place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import plots, report
+from bench.report import ratio_spread, spread
+from bench.scaling import add_verification_costs, forget_progress
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("methods", "scaling", "batching", "api")
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    size: str  # the workloads' setting: "small" or "full"
+    workloads: tuple[str, ...] = ("digits", "bios", "minilm")
+    # `none` is the untouched model (the gate must refuse it); retrain always runs first.
+    methods: tuple[str, ...] = (
+        "none",
+        "deepobliviate",
+        "nabla_tau",
+        "first_epoch_ascent",
+        "lora_residual_alignment",
+        "finetune",
+    )
+    repeats: int = 3
+    repeat_budget_seconds: float = 30.0  # repeats of one method stop once they have taken this long
+    verify: bool = True
+    worker_timeout_seconds: float = 1800.0
+    scaling_workloads: tuple[str, ...] = ("digits", "bios", "minilm")
+    scaling_methods: tuple[str, ...] = (
+        "deepobliviate",
+        "nabla_tau",
+        "first_epoch_ascent",
+        "lora_residual_alignment",
+    )
+    scaling_sizes: tuple[int, ...] = (1, 10, 100)
+    scaling_repeats: int = 1
+    intake_runs: int = 3
+    intake_duration: int = 5
+    intake_connections: int = 16
+    intake_subjects: int = 2000
+    provenance_runs: int = 3
+    provenance_samples: int = 100_000
+    provenance_batch: int = 10_000
+    # Torch threads of the workers (None: torch's default, one per core). One by default: on a 2-core machine
+    # shared with other work, two OpenMP threads made a digits retrain 20x slower (74 s against 3.8 s).
+    torch_threads: int | None = 1
+    seed: int = 0
+
+
+MODES = {
+    "quick": Settings(mode="quick", size="small"),
+    "full": Settings(
+        mode="full",
+        size="full",
+        repeat_budget_seconds=900.0,
+        torch_threads=None,
+        worker_timeout_seconds=4 * 3600.0,
+        scaling_repeats=3,
+        intake_duration=10,
+        intake_subjects=5000,
+        provenance_samples=1_000_000,
+    ),
+    "smoke": Settings(
+        mode="smoke",
+        size="small",
+        workloads=("digits",),
+        methods=("none", "deepobliviate", "nabla_tau"),
+        repeats=2,
+        repeat_budget_seconds=5.0,
+        scaling_workloads=("digits",),
+        scaling_methods=("nabla_tau",),
+        scaling_sizes=(1, 10),
+        intake_runs=1,
+        intake_duration=2,
+        intake_connections=8,
+        intake_subjects=300,
+        provenance_runs=1,
+        provenance_samples=20_000,
+        provenance_batch=5_000,
+    ),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- methods: one worker process per (workload, method) --------------------------------------------
+
+
+def methods_section(s: Settings) -> dict[str, Any]:
+    from bench.memory import run_worker
+    from workers.workloads import load_workload
+
+    out: dict[str, Any] = {"n_subjects": 1, "workloads": []}
+    for name in s.workloads:
+        started = time.perf_counter()
+        load_workload(name, s.size, s.seed).trained()  # built once (cached on disk) before any worker runs
+        log(
+            f"{name}: trained model ready ({time.perf_counter() - started:.0f} s, cached after the first run)"
+        )
+        rows: list[dict[str, Any]] = []
+        for method in ("retrain", *s.methods):
+            options: dict[str, Any] = {
+                "workload": name,
+                "method": method,
+                "size": s.size,
+                "subjects": 1,
+                "seed": s.seed,
+                "repeats": s.repeats,
+                "repeat_budget": s.repeat_budget_seconds,
+                "verify": s.verify,
+            }
+            retrain_seconds = rows[0].get("seconds") if rows else None
+            if method == "deepobliviate" and name == "digits" and retrain_seconds:
+                options["sweep_retrain_seconds"] = retrain_seconds["median"]
+            log(f"{name}: {method} (worker process)")
+            row = run_worker(options, timeout=s.worker_timeout_seconds)
+            if isinstance(row.get("seconds"), list):
+                row["seconds"] = spread(row["seconds"])
+            rows.append(row)
+        retrain = rows[0]
+        add_verification_costs(retrain, retrain.get("seconds", {}))
+        for row in rows[1:]:
+            if row.get("seconds", {}).get("n") and retrain.get("seconds", {}).get("n"):
+                row["speedup"] = ratio_spread(retrain["seconds"], row["seconds"])
+            add_verification_costs(row, retrain.get("seconds", {}))
+            if "metrics" in row and "metrics" in retrain:
+                row["forget_progress"] = forget_progress(
+                    row["metrics"], row["served_metrics"], retrain["metrics"]
+                )
+        first = next((r for r in rows if "n_forget" in r), {})
+        out["workloads"].append(
+            {
+                "workload": name,
+                "size": s.size,
+                "n_subjects": 1,
+                "n_forget": first.get("n_forget"),
+                "rows": rows,
+            }
+        )
+    return out
+
+
+# -- scaling -----------------------------------------------------------------------------------------
+
+
+def scaling_section(s: Settings) -> dict[str, Any]:
+    from bench import scaling
+
+    return scaling.run(
+        s.scaling_workloads,
+        s.scaling_methods,
+        s.size,
+        s.scaling_sizes,
+        s.scaling_repeats,
+        s.repeat_budget_seconds,
+        s.verify,
+        s.seed,
+        log=log,
+    )
+
+
+# -- batching: bench.pipeline --------------------------------------------------------------------------
+
+
+def batching_section(s: Settings) -> dict[str, Any]:
+    try:
+        from bench import pipeline
+    except ImportError as exc:
+        return {"unavailable": f"bench/pipeline.py cannot be imported: {exc}"}
+    if not hasattr(pipeline, "run"):
+        return {"unavailable": "bench/pipeline.py has no run(quick=...) function"}
+    return pipeline.run(quick=s.mode != "full")
+
+
+# -- API: bench.intake and bench.provenance ------------------------------------------------------------
+
+
+def api_section(s: Settings) -> dict[str, Any]:
+    from bench import intake, provenance
+
+    out: dict[str, Any] = {}
+    runs = []
+    for k in range(s.intake_runs):
+        log(f"api: intake run {k + 1}/{s.intake_runs}")
+        args = argparse.Namespace(
+            duration=s.intake_duration,
+            connections=s.intake_connections,
+            threads=1,
+            workers=1,
+            subjects=s.intake_subjects,
+            json=None,
+        )
+        runs.append(intake.run(args))
+    out["intake"] = {"runs": runs, "summary": _intake_summary(runs)}
+    runs = []
+    for k in range(s.provenance_runs):
+        log(f"api: provenance run {k + 1}/{s.provenance_runs} ({s.provenance_samples:,} samples)")
+        args = argparse.Namespace(
+            samples=s.provenance_samples, batch=s.provenance_batch, concurrency=2, json=True
+        )
+        runs.append(provenance.run(args))
+    out["provenance"] = {"runs": runs, "summary": _provenance_summary(runs)}
+    return out
+
+
+def _by_name(run: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return next(r for r in run["results"] if r["name"].startswith(prefix))
+
+
+def _intake_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    loads = {"ceiling": "bare FastAPI", "intake": "POST /v1/deletion-requests", "polling": "GET "}
+    summary: dict[str, Any] = {"intake_vs_ceiling": spread(r["intake_vs_ceiling"] for r in runs)}
+    for key, prefix in loads.items():
+        for field in ("requests_per_second", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_request"):
+            if field in runs[0]["results"][0]:
+                summary[f"{key}_{field}"] = spread(_by_name(r, prefix)[field] for r in runs)
+    return summary
+
+
+def _provenance_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "samples_per_second": spread(r["samples_per_second"] for r in runs),
+        "cpu_us_per_sample": spread(r["cpu_us_per_sample"] for r in runs),
+        "cpu_bound_samples_per_second": spread(r["cpu_bound_samples_per_second"] for r in runs),
+        "lookup_p50_ms": spread(r["subject_lookup_at_size"]["p50_ms"] for r in runs),
+        "lookup_p99_ms": spread(r["subject_lookup_at_size"]["p99_ms"] for r in runs),
+        "tenant_samples": runs[0]["subject_lookup_at_size"]["tenant_samples"],
+        "lookups_per_run": runs[0]["subject_lookup_at_size"]["lookups"],
+    }
+
+
+SECTION_RUNNERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
+    "methods": methods_section,
+    "scaling": scaling_section,
+    "batching": batching_section,
+    "api": api_section,
+}
+
+
+# -- the run -------------------------------------------------------------------------------------------
+
+
+def run(s: Settings, sections: list[str], command: str) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "mode": s.mode,
+        "command": command,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": report.describe_machine(),
+        "settings": dataclasses.asdict(s),
+        "sections": {},
+        "section_seconds": {},
+    }
+    started = time.perf_counter()
+    for name in sections:
+        log(f"section {name} (load average {report.load_average()})")
+        t = time.perf_counter()
+        try:
+            results["sections"][name] = SECTION_RUNNERS[name](s)
+        except Exception as exc:  # one broken section must not cost the others' numbers
+            traceback.print_exc()
+            results["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        results["section_seconds"][name] = round(time.perf_counter() - t, 1)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["load_average_at_end"] = report.load_average()
+    return results
+
+
+def write_outputs(results: dict[str, Any], json_path: Path | None, docs_path: Path) -> None:
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=1, default=float, allow_nan=True) + "\n")
+    plot_dir = docs_path.with_suffix("")  # docs/benchmarks.md -> docs/benchmarks/
+    written = plots.write_all(results, plot_dir)
+    docs_path.parent.mkdir(parents=True, exist_ok=True)
+    docs_path.write_text(
+        report.render(results, {name: path.relative_to(docs_path.parent) for name, path in written.items()})
+    )
+    log(f"wrote {docs_path} and {len(written)} plots in {plot_dir}" + (f", {json_path}" if json_path else ""))
+
+
+def command_line(argv: list[str]) -> str:
+    inner = "python -m bench " + shlex.join(argv)
+    return f"make bench ({inner.strip()})" if "MAKELEVEL" in os.environ else inner.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="(default)")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS)
+    )
+    parser.add_argument("--workloads", help="override the mode's workloads (comma-separated)")
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<mode>.json)")
+    parser.add_argument("--docs", type=Path, help="markdown report (default docs/benchmarks.md)")
+    parser.add_argument("--threads", type=int, help="torch threads per worker (0: one per core)")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only regenerate markdown and plots")
+    args = parser.parse_args(argv)
+
+    if args.render:
+        results = json.loads(args.render.read_text())
+        write_outputs(results, None, args.docs or ROOT / "docs" / "benchmarks.md")
+        return 0
+    settings = MODES[args.mode or "quick"]
+    if args.threads is not None:
+        settings = dataclasses.replace(settings, torch_threads=args.threads or None)
+    if settings.torch_threads:  # before torch is imported here or in any worker process
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = str(settings.torch_threads)
+    if args.workloads:
+        chosen = tuple(args.workloads.split(","))
+        settings = dataclasses.replace(settings, workloads=chosen, scaling_workloads=chosen)
+    smoke = settings.mode == "smoke"
+    scratch = Path("/tmp/lethe-bench-smoke")
+    json_path = args.out or (
+        scratch / "smoke.json" if smoke else ROOT / "bench" / "results" / f"{settings.mode}.json"
+    )
+    docs_path = args.docs or (scratch / "benchmarks.md" if smoke else ROOT / "docs" / "benchmarks.md")
+    sections = [name for name in args.sections.split(",") if name]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+
+    results = run(settings, sections, command_line(argv))
+    write_outputs(results, json_path, docs_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
