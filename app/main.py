@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
 from fastapi import FastAPI
 
+from app.asyncdb import close_pools
 from app.audit.router import router as audit_router
 from app.certificates.router import router as certificates_router
 from app.dashboard.router import router as dashboard_router
@@ -49,6 +53,21 @@ def include_domain_routers(app: FastAPI) -> None:
     app.include_router(audit_router)
 
 
+def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The outbox dispatcher while the app serves; the async connections closed when it stops."""
+    outbox = outbox_lifespan(settings)
+
+    @asynccontextmanager
+    async def serving(app: FastAPI) -> AsyncIterator[None]:
+        async with outbox(app):
+            try:
+                yield
+            finally:
+                await close_pools()
+
+    return serving
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. `settings` governs the HTTP layer (limits, logging, broker for /readyz); the
     database engine follows `get_settings()` (see app.db)."""
@@ -56,9 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_json)
     # Every mapped class must be known before the first flush resolves foreign keys between domains.
     import_all_models()
-    app = FastAPI(
-        title="Lethe", version="0.1.0", description=API_DESCRIPTION, lifespan=outbox_lifespan(settings)
-    )
+    app = FastAPI(title="Lethe", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan(settings))
     app.state.settings = settings
     registry, http_metrics = build_registry(get_engine)
     app.state.metrics_registry = registry

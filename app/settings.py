@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     db_pool_size: int = 10
     db_max_overflow: int = 20
-    db_pool_pre_ping: bool = True
+    # Off: a round trip per checkout for a rare event. A connection that died with a database restart
+    # fails its request with a 503 (app.errors) and is replaced; the client's retry then succeeds.
+    db_pool_pre_ping: bool = False
     # The tests create (and drop) a throwaway database `lethe_test_<random>` through this server URL.
     test_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -33,6 +35,9 @@ class Settings(BaseSettings):
     certificate_signing_key: SecretStr | None = None
 
     api_key_prefix: str = "lethe_"
+    # A verified API key is trusted this long per process without another database read: a revoked key
+    # keeps working for at most this many seconds (0 = check the database on every request).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0)
     max_body_bytes: int = 10 * 1024 * 1024
     max_bulk_samples: int = 100_000
     # Token bucket per API key (per client address without a key): refill rate and burst; 0 turns it off.

@@ -32,7 +32,7 @@ from typing import Any
 
 from bench import plots, report
 from bench.report import ratio_spread, spread
-from bench.scaling import add_verification_costs, forget_progress
+from bench.scaling import add_verification_costs, forget_gap_closed
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("methods", "scaling", "batching", "api")
@@ -65,6 +65,9 @@ class Settings:
     )
     scaling_sizes: tuple[int, ...] = (1, 10, 100)
     scaling_repeats: int = 1
+    # bench.pipeline: one request alone, N together (coalesced into jobs), N one at a time
+    batching_requests: int = 20
+    batching_window_seconds: float = 2.0
     intake_runs: int = 3
     intake_duration: int = 5
     intake_connections: int = 16
@@ -87,6 +90,7 @@ MODES = {
         torch_threads=None,
         worker_timeout_seconds=4 * 3600.0,
         scaling_repeats=3,
+        batching_requests=100,
         intake_duration=10,
         intake_subjects=5000,
         provenance_samples=1_000_000,
@@ -101,6 +105,7 @@ MODES = {
         scaling_workloads=("digits",),
         scaling_methods=("nabla_tau",),
         scaling_sizes=(1, 10),
+        batching_requests=3,
         intake_runs=1,
         intake_duration=2,
         intake_connections=8,
@@ -120,7 +125,6 @@ def log(message: str) -> None:
 
 
 def methods_section(s: Settings) -> dict[str, Any]:
-    from bench.memory import run_worker
     from workers.workloads import load_workload
 
     out: dict[str, Any] = {"n_subjects": 1, "workloads": []}
@@ -128,49 +132,53 @@ def methods_section(s: Settings) -> dict[str, Any]:
         started = time.perf_counter()
         load_workload(name, s.size, s.seed).trained()  # built once (cached on disk) before any worker runs
         log(
-            f"{name}: trained model ready ({time.perf_counter() - started:.0f} s, cached after the first run)"
+            f"{name}: trained model ready ({time.perf_counter() - started:.0f} s; cached after the first run)"
         )
-        rows: list[dict[str, Any]] = []
-        for method in ("retrain", *s.methods):
-            options: dict[str, Any] = {
-                "workload": name,
-                "method": method,
-                "size": s.size,
-                "subjects": 1,
-                "seed": s.seed,
-                "repeats": s.repeats,
-                "repeat_budget": s.repeat_budget_seconds,
-                "verify": s.verify,
-            }
-            retrain_seconds = rows[0].get("seconds") if rows else None
-            if method == "deepobliviate" and name == "digits" and retrain_seconds:
-                options["sweep_retrain_seconds"] = retrain_seconds["median"]
-            log(f"{name}: {method} (worker process)")
-            row = run_worker(options, timeout=s.worker_timeout_seconds)
-            if isinstance(row.get("seconds"), list):
-                row["seconds"] = spread(row["seconds"])
-            rows.append(row)
-        retrain = rows[0]
-        add_verification_costs(retrain, retrain.get("seconds", {}))
-        for row in rows[1:]:
-            if row.get("seconds", {}).get("n") and retrain.get("seconds", {}).get("n"):
-                row["speedup"] = ratio_spread(retrain["seconds"], row["seconds"])
-            add_verification_costs(row, retrain.get("seconds", {}))
-            if "metrics" in row and "metrics" in retrain:
-                row["forget_progress"] = forget_progress(
-                    row["metrics"], row["served_metrics"], retrain["metrics"]
-                )
-        first = next((r for r in rows if "n_forget" in r), {})
+        rows = [worker_row(s, name, method) for method in ("retrain", *s.methods)]
+        compare_with_retrain(rows)
+        n_forget = next((r["n_forget"] for r in rows if "n_forget" in r), None)
         out["workloads"].append(
-            {
-                "workload": name,
-                "size": s.size,
-                "n_subjects": 1,
-                "n_forget": first.get("n_forget"),
-                "rows": rows,
-            }
+            {"workload": name, "size": s.size, "n_subjects": 1, "n_forget": n_forget, "rows": rows}
         )
     return out
+
+
+def worker_row(s: Settings, workload: str, method: str) -> dict[str, Any]:
+    """One method on one subject of `workload` in a worker process of its own (bench.memory)."""
+    from bench.memory import run_worker
+
+    options = {
+        "workload": workload,
+        "method": method,
+        "size": s.size,
+        "subjects": 1,
+        "seed": s.seed,
+        "repeats": s.repeats,
+        "repeat_budget": s.repeat_budget_seconds,
+        "verify": s.verify,
+        # DeepObliviate's cost depends on the block holding the subject: on digits, one from every block
+        "sweep": method == "deepobliviate" and workload == "digits",
+    }
+    log(f"{workload}: {method} (worker process)")
+    row = run_worker(options, timeout=s.worker_timeout_seconds)
+    if isinstance(row.get("seconds"), list):
+        row["seconds"] = spread(row["seconds"])
+    return row
+
+
+def compare_with_retrain(rows: list[dict[str, Any]]) -> None:
+    """Speedups, verification costs and forget gap closed, against the first row (`retrain`)."""
+    retrain = rows[0]
+    retrain_seconds = retrain.get("seconds", {})
+    add_verification_costs(retrain, retrain_seconds)
+    for row in rows[1:]:
+        if row.get("seconds", {}).get("n") and retrain_seconds.get("n"):
+            row["speedup"] = ratio_spread(retrain_seconds, row["seconds"])
+        add_verification_costs(row, retrain_seconds)
+        if "metrics" in row and "metrics" in retrain:
+            row["forget_gap_closed"] = forget_gap_closed(
+                row["metrics"], row["served_metrics"], retrain["metrics"]
+            )
 
 
 # -- scaling -----------------------------------------------------------------------------------------
@@ -196,13 +204,10 @@ def scaling_section(s: Settings) -> dict[str, Any]:
 
 
 def batching_section(s: Settings) -> dict[str, Any]:
-    try:
-        from bench import pipeline
-    except ImportError as exc:
-        return {"unavailable": f"bench/pipeline.py cannot be imported: {exc}"}
-    if not hasattr(pipeline, "run"):
-        return {"unavailable": "bench/pipeline.py has no run(quick=...) function"}
-    return pipeline.run(quick=s.mode != "full")
+    from bench import pipeline
+
+    args = argparse.Namespace(requests=s.batching_requests, window=s.batching_window_seconds, json=None)
+    return {"config": vars(args), **pipeline.run(args)}
 
 
 # -- API: bench.intake and bench.provenance ------------------------------------------------------------
@@ -330,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS)
     )
     parser.add_argument("--workloads", help="override the mode's workloads (comma-separated)")
+    parser.add_argument(
+        "--methods", help="override the mode's methods (comma-separated; retrain always runs)"
+    )
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<mode>.json)")
     parser.add_argument("--docs", type=Path, help="markdown report (default docs/benchmarks.md)")
     parser.add_argument("--threads", type=int, help="torch threads per worker (0: one per core)")
@@ -346,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.torch_threads:  # before torch is imported here or in any worker process
         for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[variable] = str(settings.torch_threads)
+    if args.methods:
+        chosen_methods = tuple(m for m in args.methods.split(",") if m != "retrain")
+        scaled = tuple(m for m in chosen_methods if m != "none")
+        settings = dataclasses.replace(settings, methods=chosen_methods, scaling_methods=scaled)
     if args.workloads:
         chosen = tuple(args.workloads.split(","))
         settings = dataclasses.replace(settings, workloads=chosen, scaling_workloads=chosen)

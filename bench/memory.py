@@ -6,8 +6,9 @@ The parent (`run_worker`) starts this module as a child process and reads the ch
 size from the kernel when it ends (os.wait4 -> ru_maxrss of that child alone), so each method's peak is
 its own and not the harness's. The child also notes its peak after loading the workload and model and
 after unlearning (getrusage of itself), which separates the method's share from the model's and from the
-verification that follows. Measuring code is bench.unlearning's (`run_method`) and bench.verification's;
-this module only arranges the process around them.
+verification that follows. The measuring code is bench.unlearning's (`run_method`, `deepobliviate_sweep`)
+and the verification case that bench/verification.py runs (workers.verification.workload_case); this
+module only arranges the process around them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def self_peak_mb() -> float:
 # -- parent side -----------------------------------------------------------------------------------
 
 
-def run_worker(options: dict[str, Any], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_worker(options: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run the child with `options` (the CLI flags below); answer its report plus its peak RSS."""
     with tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
         out = Path(tmp) / "result.json"
@@ -55,9 +56,7 @@ def run_worker(options: dict[str, Any], timeout: float, env: dict[str, str] | No
                 command.append(str(value))
         started = time.perf_counter()
         with open(log, "wb") as stderr:
-            child = subprocess.Popen(
-                command, cwd=ROOT, env=env or os.environ.copy(), stdout=subprocess.DEVNULL, stderr=stderr
-            )
+            child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
             timer = threading.Timer(timeout, child.kill)  # a hung method must not hang the whole run
             timer.start()
             try:
@@ -108,12 +107,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.method == UNTOUCHED:
         report["metrics"] = served_metrics
-    if args.sweep_retrain_seconds and "unavailable" not in runs:
+    if args.sweep and "unavailable" not in runs:
         from bench.unlearning import deepobliviate_sweep
 
-        report["sweep"] = deepobliviate_sweep(served, record, workload, args.sweep_retrain_seconds, args.seed)
-    if args.verify and result is not None:
-        report["verification"] = verification(args, result)
+        report["sweep"] = deepobliviate_sweep(served, record, workload, case, args.seed)
+    if args.verify and "unavailable" not in runs:
+        report["verification"] = verification(
+            args.workload, args.method, args.subjects, args.size, args.seed, result
+        )
     memory["peak_self_mb"] = self_peak_mb()
     return report
 
@@ -126,8 +127,6 @@ def timed_runs(args: argparse.Namespace, served: Any, record: Any, case: Any) ->
     row, result = timed(
         args.method, served, record, case, args.seed, args.repeats, args.repeat_budget, keep=args.verify
     )
-    if result is None and args.verify and "unavailable" not in row:
-        row["note"] = "bench.unlearning.run_method does not hand back the candidate: not verified"
     return {k: v for k, v in row.items() if k != "method"}, result
 
 
@@ -166,12 +165,18 @@ def timed(
     return out, result
 
 
-def verification(args: argparse.Namespace, result: Any) -> dict[str, Any]:
-    """The gate on the first run's candidate (bench.verification's case: cached exact-retrain reference)."""
+def verification(
+    workload: str, method: str, n_subjects: int, size: str, seed: int, result: Any
+) -> dict[str, Any]:
+    """The gate on `result` (bench.verification's case, against the cached exact-retrain reference).
+
+    Without a candidate in hand (bench.unlearning's run_method keeps it only with keep_result) the case
+    unlearns once more itself; `unlearning_seconds` then comes from that extra run.
+    """
     from workers.verification.workload_case import run_case
 
-    case = run_case(args.workload, args.method, args.subjects, args.size, seed=args.seed, candidate=result)
-    return verification_summary(case)
+    case = run_case(workload, method, n_subjects, size, seed=seed, candidate=result)
+    return {**verification_summary(case), "candidate": "timed run" if result is not None else "extra run"}
 
 
 def verification_summary(case: Any) -> dict[str, Any]:
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--repeat-budget", type=float, default=60.0, help="seconds after which repeats stop")
     parser.add_argument("--verify", action="store_true", help="run the gate on the first candidate")
-    parser.add_argument("--sweep-retrain-seconds", type=float, help="deepobliviate: sweep every block")
+    parser.add_argument("--sweep", action="store_true", help="deepobliviate: one subject from every block")
     parser.add_argument("--out", type=Path, help="write the report here (default: stdout)")
     args = parser.parse_args(argv)
     report = run_child(args)

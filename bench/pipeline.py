@@ -3,6 +3,8 @@ version without the subject's samples serves: completed_at), on the production p
 
     python -m bench.pipeline [--requests 100] [--window 2] [--json out.json]
 
+(`run(quick)` is what `python -m bench` calls: quick = 20 requests instead of 100.)
+
 One run starts its own stack: a scratch Postgres database built by the migrations, a Redis server on a free
 port, the API (uvicorn) and two Celery workers as deployed (`gpu`: concurrency 1, `default`: 2). It
 registers the digits workload (small) through the API, has the workers train a model with provenance, and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,6 +36,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 INTAKE_THREADS = 8
+FULL_REQUESTS = 100
+QUICK_REQUESTS = 20
+DEFAULT_WINDOW = 2.0
 
 
 def seconds_to_forget(request: dict[str, Any]) -> float:
@@ -98,6 +104,21 @@ def one_at_a_time(http: httpx.Client, model: str, subjects: list[str]) -> dict[s
     return summary([seconds_to_forget(r) for r in done], time.monotonic() - started, job_count(done))
 
 
+def machine() -> dict[str, Any]:
+    """What the run ran on: the numbers depend on it (CPU only unless CUDA is present)."""
+    import platform
+
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "load_average_1m_at_start": round(os.getloadavg()[0], 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
 def stack_env(database_url: str, broker_url: str, workdir: Path, window: float) -> dict[str, str]:
     import base64
 
@@ -134,7 +155,15 @@ def create_key(database_url: str) -> str:
     return key
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(quick: bool = False, requests: int | None = None, window: float = DEFAULT_WINDOW) -> dict[str, Any]:
+    """The three scenarios on a fresh stack; the report (JSON-able) with its "markdown" table."""
+    count = requests or (QUICK_REQUESTS if quick else FULL_REQUESTS)
+    report = measure(count, window)
+    report["markdown"] = markdown(report)
+    return report
+
+
+def measure(count: int, window: float) -> dict[str, Any]:
     from tests.conftest import create_scratch_database, drop_scratch_database, run_migrations
     from tests.e2e.client import DIGITS_POLICY, new_model, register_digits
     from tests.e2e.stack import Api, RedisServer, Worker, free_port
@@ -148,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         redis = RedisServer(free_port(), workdir)
         redis.start()
         processes.append(redis)
-        env = stack_env(database_url, redis.url, workdir, args.window)
+        env = stack_env(database_url, redis.url, workdir, window)
         api = Api(env, workdir)
         default = Worker("default", "default", env, workdir, concurrency=2)
         gpu = Worker("gpu", "gpu", env, workdir)
@@ -159,14 +188,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with httpx.Client(base_url=api.url, headers=headers, timeout=60) as http:
             print("registering digits and training a model with provenance ...", file=sys.stderr, flush=True)
             source = register_digits(http)
-            subjects = sorted(source.workload.subjects)[: args.requests]
-            report: dict[str, Any] = {"workload": "digits/small", "window_seconds": args.window}
+            subjects = sorted(source.workload.subjects)[:count]
+            report: dict[str, Any] = {
+                "workload": "digits/small",
+                "window_seconds": window,
+                "machine": machine(),
+            }
             print("1 request alone ...", file=sys.stderr, flush=True)
             report["one_request"] = alone(http, new_model(http, source, DIGITS_POLICY), subjects[0])
             print(f"{len(subjects)} requests together ...", file=sys.stderr, flush=True)
             report["batched"] = together(http, new_model(http, source, DIGITS_POLICY), subjects)
             print(f"{len(subjects)} requests one at a time ...", file=sys.stderr, flush=True)
             report["one_at_a_time"] = one_at_a_time(http, new_model(http, source, DIGITS_POLICY), subjects)
+        shutil.rmtree(workdir, ignore_errors=True)  # kept (with the processes' logs) when a run fails
         return report
     finally:
         for process in reversed(processes):
@@ -174,16 +208,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         drop_scratch_database(database_url)
 
 
-def print_report(report: dict[str, Any]) -> None:
-    print(json.dumps(report, indent=2))
-    rows = [("one request", report["one_request"]), ("batched", report["batched"])]
-    rows.append(("one at a time", report["one_at_a_time"]))
-    print(f"\n{'scenario':<15}{'requests':>9}{'jobs':>6}{'wall s':>9}{'mean s':>9}{'p50 s':>8}{'max s':>8}")
-    for name, row in rows:
-        print(
-            f"{name:<15}{row['requests']:>9}{row['jobs']:>6}{row['wall_seconds']:>9}{row['mean_seconds']:>9}"
-            f"{row['p50_seconds']:>8}{row['max_seconds']:>8}"
+SCENARIOS = (
+    ("one_request", "1 request alone"),
+    ("batched", "N requests sent together"),
+    ("one_at_a_time", "N requests one at a time"),
+)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table for docs/benchmarks.md, with the command that produced it."""
+    requests = report["batched"]["requests"]
+    lines = [
+        f"Time to forget (request accepted -> verified version serving), digits (small), N = {requests}, "
+        f"batching window {report['window_seconds']:g} s; `python -m bench.pipeline --requests {requests}`; "
+        f"{report['machine']['cpus']} CPUs ({report['machine']['device']}), load average "
+        f"{report['machine']['load_average_1m_at_start']} at the start.",
+        "",
+        "| scenario | requests | jobs | wall (s) | time to forget: mean (s) | p50 (s) | max (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in SCENARIOS:
+        row = report[key]
+        lines.append(
+            f"| {label} | {row['requests']} | {row['jobs']} | {row['wall_seconds']} | {row['mean_seconds']} "
+            f"| {row['p50_seconds']} | {row['max_seconds']} |"
         )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=2.0, help="batching window (seconds)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    report = run(args)
-    print_report(report)
+    report = run(requests=args.requests, window=args.window)
+    print(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2))
+    print(report["markdown"])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -12,7 +12,7 @@ from the served model's towards the retrained model's (1 = like retraining).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,15 @@ def _pyplot() -> Any:
     return plt
 
 
-def _plain_log_axis(axis: Any) -> None:
-    """Log scale labelled 1, 10, 100 rather than 10^0, 10^1, 10^2."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+def _plain_log_axis(axis: Any, ticks: Sequence[float] = ()) -> None:
+    """Log scale labelled 1, 2, 5, 10 rather than 10^0, 10^1 (or exactly at `ticks`)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+    if ticks:
+        axis.set_major_locator(FixedLocator(sorted(set(ticks))))
+        axis.set_minor_locator(NullLocator())
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(NullFormatter())
+    axis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "25" else ""))
 
 
 def points(results: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -67,11 +70,14 @@ def quality_measure(results: dict[str, Any]) -> tuple[str, str]:
     """Which forget quality the figures show: the gate's AUC gap when any point was verified."""
     if any(auc_gap(p) is not None for p in points(results)):
         return "auc_gap", "forget AUC minus retrain reference's\n(0 = like retraining)"
-    return "forget_progress", "forget-loss progress towards retraining\n(1 = like retraining)"
+    return (
+        "forget_gap_closed",
+        "forget gap closed, share of the forget-loss\ngap from served to retrain (1 = like retraining)",
+    )
 
 
 def quality(point: dict[str, Any], measure: str) -> float | None:
-    return auc_gap(point) if measure == "auc_gap" else point.get("forget_progress")
+    return auc_gap(point) if measure == "auc_gap" else point.get("forget_gap_closed")
 
 
 def _workloads(results: dict[str, Any]) -> list[str]:
@@ -178,7 +184,8 @@ def time_vs_size(results: dict[str, Any], path: Path) -> bool:
         top.grid(alpha=0.3)
         bottom.axhline(0 if measure == "auc_gap" else 1, color="gray", linewidth=0.8, linestyle="--")
         bottom.set_xscale("log")
-        _plain_log_axis(bottom.xaxis)
+        sizes = [p["n_subjects"] for p in points(results) if p["workload"] == workload]
+        _plain_log_axis(bottom.xaxis, sizes)
         bottom.set_xlabel("subjects forgotten (log)")
         bottom.grid(alpha=0.3)
         top.legend(fontsize=7)

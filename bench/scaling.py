@@ -36,7 +36,9 @@ def cap_subjects(workload: Any, fraction: float, seed: int) -> int:
     return max(n, 1)
 
 
-def forget_progress(metrics: dict[str, Any], served: dict[str, Any], retrain: dict[str, Any]) -> float | None:
+def forget_gap_closed(
+    metrics: dict[str, Any], served: dict[str, Any], retrain: dict[str, Any]
+) -> float | None:
     """(forget loss - served's) / (retrain's - served's): 0 = untouched, 1 = as retrained."""
     gap = retrain["forget"]["loss"] - served["forget"]["loss"]
     if abs(gap) < 1e-6:
@@ -67,7 +69,7 @@ def run(
     seed: int = 0,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
-    from bench.memory import timed
+    from bench.memory import timed, verification
     from workers.unlearning.evaluation import scenario, utility
     from workers.workloads import load_workload
 
@@ -100,17 +102,12 @@ def run(
                 row, result = timed(method, served, record, case, seed, repeats, budget, keep=verify)
                 if "seconds" in row:
                     row["seconds"] = spread(row["seconds"])
-                checked = _verify(name, method, n, size, seed, result) if verify and result else None
+                checked = None
+                if verify and "unavailable" not in row:
+                    checked = verification(name, method, n, size, seed, result)
                 entry["points"].append(_point(name, n, case, row, retrain, served_metrics, checked))
         out["workloads"].append(entry)
     return out
-
-
-def _verify(workload: str, method: str, n: int, size: str, seed: int, result: Any) -> dict[str, Any]:
-    from bench.memory import verification_summary
-    from workers.verification.workload_case import run_case
-
-    return verification_summary(run_case(workload, method, n, size, seed=seed, candidate=result))
 
 
 def _point(
@@ -134,7 +131,7 @@ def _point(
     point.update(seconds=row["seconds"], exact=row.get("exact"), metrics=row["metrics"])
     if row["method"] != "retrain":
         point["speedup"] = ratio_spread(retrain["seconds"], row["seconds"])
-    point["forget_progress"] = forget_progress(row["metrics"], served_metrics, retrain["metrics"])
+    point["forget_gap_closed"] = forget_gap_closed(row["metrics"], served_metrics, retrain["metrics"])
     if verification is not None:
         point["verification"] = verification
         add_verification_costs(point, retrain["seconds"])

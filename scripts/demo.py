@@ -1,9 +1,16 @@
-"""`make demo`: Lethe on a fresh machine with no server installed.
+"""`make demo`: a whole deletion on a fresh machine with no server installed.
 
-Builds a SQLite database with the real migrations, creates an API key with the operator CLI, starts the
-API in a uvicorn process on a loopback port, and then acts as a client would over HTTP: registers a
-dataset with its samples, a model and a version trained on it, sends a deletion request for one data
-subject and reads it back. Everything lives under .lethe/demo (made anew on each run).
+Embedded mode: SQLite (built by the real migrations) and a filesystem broker (message files under
+.lethe/demo/broker), with the API (uvicorn) and one Celery worker started here as subprocesses. The script
+then acts as the apps would, over HTTP only:
+1. a data pipeline registers the `bios` workload (small): fictitious people's records, as a text dataset
+   with its data subjects, and a causal language model;
+2. it has the workers train version 1 with full provenance (subject-aligned block checkpoints, first-epoch
+   gradients) and points the alias `production` at it;
+3. an app sends deletion requests for two people, each with a secret PIN the model memorised;
+4. a dashboard polls the requests and the job, with a live progress line;
+5. the end: the gate's verdict, key metrics, the promoted version, and where the report and plots are.
+Everything lives under .lethe/demo (made anew on each run); the processes' logs are there too.
 """
 
 from __future__ import annotations
@@ -26,25 +33,37 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / ".lethe" / "demo"
-# No broker server on a fresh machine: the API accepts and records requests; the outbox keeps the work
-# until a worker's broker is there.
-DEMO_BROKER_URL = "memory://"
-SUBJECTS = ("alice@example.com", "bob@example.com", "carol@example.com")
-FORGOTTEN_SUBJECT = SUBJECTS[0]
+MODEL = "bios-lm"
+FORGET_PEOPLE = 2
+# The demo's gate: two LiRA references and fewer bootstrap draws keep a CPU run short.
+POLICY = {"probes": {"workload": "bios", "size": "small"}, "gate": {"lira_references": 2, "n_boot": 300}}
+TRAIN_TIMEOUT = 900
+DELETION_TIMEOUT = 900
 
 
 def demo_env() -> dict[str, str]:
     return {
         **os.environ,
         "LETHE_DATABASE_URL": f"sqlite:///{DEMO_DIR / 'lethe.db'}",
-        "LETHE_BROKER_URL": DEMO_BROKER_URL,
+        # No broker server on a fresh machine: message files in a folder; the worker sends the outbox.
+        "LETHE_BROKER_URL": "filesystem://",
+        "LETHE_BROKER_FOLDER": str(DEMO_DIR / "broker"),
+        "LETHE_OUTBOX_DISPATCH_IN_API": "false",
+        "LETHE_OUTBOX_POLL_SECONDS": "0.5",
         "LETHE_ARTIFACT_ROOT": str(DEMO_DIR / "artifacts"),
         "LETHE_REPORT_ROOT": str(DEMO_DIR / "reports"),
+        "LETHE_BATCHING_WINDOW_SECONDS": "2",
+        "LETHE_SWEEP_INTERVAL_SECONDS": "2",
+        "LETHE_PURGE_GRACE_SECONDS": "5",
         "LETHE_ALLOW_PRIVATE_CALLBACKS": "true",
-        "LETHE_LOG_JSON": "true",
-        # One certificate-signing key for every process of the demo (API and workers).
+        "LETHE_LOG_JSON": "false",
+        # One certificate-signing key for every process of the demo (API and worker).
         "LETHE_CERTIFICATE_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
+
+
+# ----------------------------------------------------------------------------------------- display
 
 
 def step(title: str) -> None:
@@ -60,6 +79,104 @@ def show(response: httpx.Response, full: bool = False) -> dict[str, Any]:
     if response.is_error:
         raise SystemExit(f"demo stopped: {response.request.method} {response.request.url.path} failed")
     return body
+
+
+class ProgressLine:
+    """The job's stage, method and progress: one line redrawn in place on a terminal, else a new line at
+    each change of stage or method and every 10 %."""
+
+    def __init__(self) -> None:
+        self.live = sys.stdout.isatty()
+        self.last: tuple[str, int] | None = None
+
+    def show(self, label: str, job: dict[str, Any], started: float) -> None:
+        width = 30
+        filled = int(width * job["progress"] / 100)
+        bar = "#" * filled + "-" * (width - filled)
+        what = f"{job['stage'] or job['status']}" + (f" ({job['method']})" if job.get("method") else "")
+        text = f"{label} [{bar}] {job['progress']:3d}%  {what:<34} {time.monotonic() - started:5.0f} s"
+        if self.live:
+            print("\r" + text, end="", flush=True)
+            return
+        state = (f"{label}{what}", job["progress"] // 10)
+        if state != self.last:
+            print(text, flush=True)
+            self.last = state
+
+    def end(self) -> None:
+        if self.live:
+            print()
+
+
+# ----------------------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = (DEMO_DIR / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the main process (it ends its children), SIGKILL to the group after 20 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_until(what: str, check: Any, process: subprocess.Popen[bytes], log: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what}: the process exited; see {DEMO_DIR / log}")
+        if check():
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"{what}: not within {timeout:.0f} s; see {DEMO_DIR / log}")
+
+
+def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    step(f"API: uvicorn app.main:app on 127.0.0.1:{port} (log: {DEMO_DIR / 'api.log'})")
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    process = start("api", command + ["--no-access-log"], env)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until("the API", healthy, process, "api.log", 60)
+    return process, url
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = DEMO_DIR / "worker.log"
+    step(f"worker: celery --app workers.celery_app:app worker --queues gpu,default (log: {log})")
+    command = [
+        sys.executable, "-m", "celery", "--app", "workers.celery_app:app", "worker",
+        "--queues", "gpu,default", "--concurrency", "1", "--prefetch-multiplier", "1",
+        "--hostname", "demo@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+    ]  # fmt: skip
+    process = start("worker", command, env)
+    wait_until("the worker", lambda: " ready." in log.read_text(errors="replace"), process, "worker.log", 120)
+    return process
+
+
+# ----------------------------------------------------------------------------------------- the story
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -82,86 +199,154 @@ def create_key(env: dict[str, str]) -> str:
     return key
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def register_bios(api: httpx.Client) -> Any:
+    sys.path.insert(0, str(ROOT))  # the reference workloads ship with the repository
+    from workers.workloads import load_workload
 
-
-def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    step(f"API: uvicorn app.main:app on 127.0.0.1:{port} (log in {DEMO_DIR / 'api.log'})")
-    log = (DEMO_DIR / "api.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--no-access-log"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    workload = load_workload("bios", "small")
+    step(
+        f"data pipeline: dataset `bios` ({len(workload.train)} training records of {len(workload.subjects)} "
+        f"people, {len(workload.heldout)} held-out records) and model `{MODEL}`"
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the API exited; see {DEMO_DIR / 'api.log'}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    stop_api(process)
-    raise SystemExit("the API did not start within 60 s")
-
-
-def stop_api(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def register_training_data(api: httpx.Client) -> None:
-    step("data pipeline: register a dataset, its samples, a model and the version trained on them")
     show(api.post("/v1/datasets", json={"name": "bios", "kind": "text"}))
-    samples = [
-        {
-            "external_id": f"bio-{index}-{line}",
-            "subject_id": subject,
-            "text": f"{subject.split('@')[0].title()} wrote biography line {line}.",
-        }
-        for index, subject in enumerate(SUBJECTS)
-        for line in range(2)
-    ]
-    show(api.post("/v1/datasets/bios/samples", json=samples))
-    show(api.post("/v1/models", json={"name": "bios-lm", "task": "causal-lm"}))
-    show(
-        api.post(
-            "/v1/models/bios-lm/versions",
-            json={
-                "artifact_uri": f"file://{DEMO_DIR / 'artifacts' / 'bios-lm-v1'}",
-                "training_set": {"dataset": "bios"},
-            },
-        )
-    )
+    rows = [{"external_id": s.sample_id, "subject_id": s.subject, "text": s.text} for s in workload.train]
+    rows += [{"external_id": s.sample_id, "subject_id": s.subject, "text": s.text} for s in workload.heldout]
+    show(api.post("/v1/datasets/bios/samples", json=rows))
+    show(api.post("/v1/models", json={"name": MODEL, "task": "causal-lm", "policy": POLICY}))
+    return workload
 
 
-def send_deletion_request(api: httpx.Client) -> dict[str, Any]:
-    step(f"app: a deletion request for {FORGOTTEN_SUBJECT}")
-    show(api.get(f"/v1/subjects/{FORGOTTEN_SUBJECT}"))
-    created = show(
-        api.post(
-            "/v1/deletion-requests",
-            json={"subject_id": FORGOTTEN_SUBJECT, "regime": "gdpr"},
-            headers={"Idempotency-Key": str(uuid.uuid4())},
+def follow_job(api: httpx.Client, job_id: str, label: str, timeout: float) -> dict[str, Any]:
+    started = time.monotonic()
+    line = ProgressLine()
+    while time.monotonic() - started < timeout:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        line.show(label, job, started)
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            line.end()
+            return job
+        time.sleep(0.5)
+    raise SystemExit(f"\njob {job_id} did not end within {timeout:.0f} s; see {DEMO_DIR / 'worker.log'}")
+
+
+def train_version(api: httpx.Client, workload: Any) -> None:
+    step("data pipeline: POST /v1/models/bios-lm/versions:train (the workers train with full provenance)")
+    body = {
+        "training_set": {"dataset": "bios", "external_ids": [s.sample_id for s in workload.train]},
+        "params": {"workload": "bios", "size": "small"},
+    }
+    job = show(api.post(f"/v1/models/{MODEL}/versions:train", json=body))
+    done = follow_job(api, job["id"], "training", TRAIN_TIMEOUT)
+    if done["status"] != "succeeded":
+        raise SystemExit(f"training {done['status']}: {done.get('error')}")
+    show(api.get(f"/v1/models/{MODEL}/versions/1"))
+    step("ops: PUT /v1/models/bios-lm/aliases/production -> version 1")
+    show(api.put(f"/v1/models/{MODEL}/aliases/production", json={"version": 1, "reason": "first release"}))
+
+
+def send_deletion_requests(api: httpx.Client, workload: Any) -> list[dict[str, Any]]:
+    people = workload.forget_subjects(FORGET_PEOPLE)  # people with a secret PIN planted in their records
+    step(f"app: deletion requests for {len(people)} people (GDPR), as the app's users asked")
+    created = []
+    for person in people:
+        show(api.get(f"/v1/subjects/{person}"))
+        body = {"subject_id": person, "regime": "gdpr"}
+        created.append(
+            show(api.post("/v1/deletion-requests", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}))
         )
+    return created
+
+
+def follow_deletion(api: httpx.Client, created: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    step("dashboard: polling the requests and their job")
+    started = time.monotonic()
+    line = ProgressLine()
+    while time.monotonic() - started < DELETION_TIMEOUT:
+        requests = [api.get(f"/v1/deletion-requests/{c['id']}").json() for c in created]
+        job_ids = sorted({m["job_id"] for r in requests for m in r["models"] if m["job_id"]})
+        statuses = "/".join(sorted({r["status"] for r in requests}))
+        for job_id in job_ids:
+            line.show(f"{statuses:<10} job {job_id[:8]}", api.get(f"/v1/jobs/{job_id}").json(), started)
+        if all(r["status"] in ("completed", "failed", "canceled") for r in requests):
+            line.end()
+            return requests
+        time.sleep(0.5)
+    raise SystemExit(f"\nthe deletion did not end within {DELETION_TIMEOUT} s; see {DEMO_DIR / 'worker.log'}")
+
+
+def metric(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """An estimate of the report by its full name (value, low, high, n)."""
+    for check in report.get("checks", {}).values():
+        if name in check.get("metrics", {}):
+            return check["metrics"][name]
+    return None
+
+
+def described(estimate: dict[str, Any]) -> str:
+    if estimate.get("low") is None:
+        return f"{estimate['value']:.2f}"
+    return f"{estimate['value']:.2f} [{estimate['low']:.2f}, {estimate['high']:.2f}]"
+
+
+KEY_METRICS = (
+    ("perplexity, retained records", "utility.perplexity_retain"),
+    ("perplexity, held-out people", "utility.perplexity_heldout"),
+    ("forgotten PINs' exposure (bits)", "canary.exposure_deleted_bits"),
+    ("never-inserted PINs' exposure (bits)", "canary.exposure_control_bits"),
+    ("loss attack AUC, forgotten vs held-out", "loss.forget_auc"),
+)
+
+
+def print_verdict(report: dict[str, Any], job: dict[str, Any]) -> None:
+    print(f"verdict: {report['verdict'].upper()}  {report.get('label') or ''}")
+    for reason in report["reasons"][:3]:
+        print(f"  because {reason}")
+    for attempt in job["method_attempts"]:
+        outcome = f"{attempt['method']} -> {attempt['verdict']}"
+        print(f"  attempt {attempt['attempt']}: {outcome} ({attempt['seconds']:.0f} s)")
+    print("key metrics (the version that served -> the promoted one; 95 % intervals):")
+    for label, name in KEY_METRICS:
+        served, candidate = metric(report, f"{name}.served"), metric(report, f"{name}.candidate")
+        if served is not None and candidate is not None:
+            print(f"  {label:<40} {described(served)} -> {described(candidate)}")
+    timings = report["timings"]
+    unlearning, verification = (
+        timings.get("unlearning_seconds", 0.0),
+        timings.get("verification_seconds", 0.0),
     )
-    step("dashboard: the request as recorded")
-    return show(api.get(f"/v1/deletion-requests/{created['id']}"), full=True)
+    print(f"timings: unlearning {unlearning:.1f} s, verification {verification:.1f} s")
+
+
+def print_where(
+    api: httpx.Client, job: dict[str, Any], report: dict[str, Any], request: dict[str, Any]
+) -> None:
+    files = DEMO_DIR / "reports" / job["id"]
+    print(f"report: {api.base_url}{job['report_url']}  (file: {next(files.glob('*/report.json'))})")
+    for plot in report.get("plots", []):
+        print(f"plot:   {api.base_url}{job['report_url']}/{plot}  (file: {next(files.glob('*/' + plot))})")
+    print(f"certificate: {api.base_url}{request['certificate_url']}")
+    print(f"dashboard: {api.base_url}/dashboard (log in with the key above)")
+
+
+def print_outcome(api: httpx.Client, requests: list[dict[str, Any]]) -> int:
+    step("the outcome")
+    for request in requests:
+        print(f"request {request['id']}: {request['status']} (verdict {request['verdict']})")
+    if any(r["status"] != "completed" for r in requests):
+        print(f"failure: {[r['failure_reason'] for r in requests]}")
+        return 1
+    progress = requests[0]["models"][0]
+    job = api.get(f"/v1/jobs/{progress['job_id']}").json()
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    print_verdict(report, job)
+    promoted = api.get(f"/v1/models/{MODEL}/versions/{progress['to_version']}").json()
+    before = api.get(f"/v1/models/{MODEL}/versions/{progress['from_version']}").json()
+    alias = api.get(f"/v1/models/{MODEL}/aliases/production").json()
+    how = f"{promoted['status']}, method {promoted['method']}, exact {promoted['exact']}"
+    print(f"promoted: {MODEL} version {promoted['version']} ({how}); alias production -> {alias['version']}")
+    print(f"version {before['version']}: tainted={before['tainted']} (trained on the forgotten records)")
+    print_where(api, job, report, requests[0])
+    return 0
 
 
 def main() -> int:
@@ -170,16 +355,20 @@ def main() -> int:
     env = demo_env()
     migrate(env)
     key = create_key(env)
-    process, url = start_api(env)
+    api_process, url = start_api(env)
+    worker = None
     try:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as api:
-            register_training_data(api)
-            request = send_deletion_request(api)
+        worker = start_worker(env)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as api:
+            workload = register_bios(api)
+            train_version(api, workload)
+            created = send_deletion_requests(api, workload)
+            requests = follow_deletion(api, created)
+            return print_outcome(api, requests)
     finally:
-        stop_api(process)
-    step("done")
-    print(f"deletion request {request['id']}: {request['status']}, due {request['due_at']}")
-    return 0
+        if worker is not None:
+            stop(worker)
+        stop(api_process)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from workers.celery_app import app
 from workers.pipeline.housekeeping import dispatch_now
 from workers.pipeline.stages import (
@@ -22,8 +24,17 @@ from workers.pipeline.stages import (
     VERIFY_TASK,
 )
 
+# A deadlock or a database blip: the task runs again shortly (a wake-up: the rows say what is left to do).
+# A longer outage outlasts the retries; the sweeper then sends the work again from the rows.
+TRANSIENT = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "max_retries": 5,
+}
 
-@app.task(name=PLAN_TASK)
+
+@app.task(name=PLAN_TASK, **TRANSIENT)
 def plan(request_id: str, tenant_id: str | None = None) -> None:
     from workers.pipeline.plan import plan_request
 
@@ -31,15 +42,19 @@ def plan(request_id: str, tenant_id: str | None = None) -> None:
     dispatch_now(app)
 
 
-@app.task(name=UNLEARN_TASK)
+@app.task(name=UNLEARN_TASK, **TRANSIENT)
 def unlearn(job_id: str) -> None:
     from workers.pipeline.unlearn import run_unlearn
 
-    run_unlearn(job_id)
+    reopen = run_unlearn(job_id)
+    if reopen is not None:
+        # The batch is still open: look again when its window closes, without holding a worker meanwhile.
+        # (If this wake-up is lost, the job's lease expires and the sweeper sends the task again.)
+        unlearn.apply_async(kwargs={"job_id": job_id}, eta=reopen)
     dispatch_now(app)
 
 
-@app.task(name=VERIFY_TASK)
+@app.task(name=VERIFY_TASK, **TRANSIENT)
 def verify(job_id: str) -> None:
     from workers.pipeline.verify import run_verify
 
@@ -47,7 +62,7 @@ def verify(job_id: str) -> None:
     dispatch_now(app)
 
 
-@app.task(name=PROMOTE_TASK)
+@app.task(name=PROMOTE_TASK, **TRANSIENT)
 def promote(job_id: str) -> None:
     from workers.pipeline.promote import run_promote
 
@@ -55,7 +70,7 @@ def promote(job_id: str) -> None:
     dispatch_now(app)
 
 
-@app.task(name=PURGE_TASK)
+@app.task(name=PURGE_TASK, **TRANSIENT)
 def purge(job_id: str | None = None) -> None:
     from workers.pipeline.purge import run_purge
 
@@ -63,7 +78,7 @@ def purge(job_id: str | None = None) -> None:
     dispatch_now(app)
 
 
-@app.task(name=TRAIN_TASK)
+@app.task(name=TRAIN_TASK, **TRANSIENT)
 def train(job_id: str, tenant_id: str | None = None, version_id: str | None = None) -> None:
     from workers.pipeline.train import run_train
 
@@ -71,7 +86,7 @@ def train(job_id: str, tenant_id: str | None = None, version_id: str | None = No
     dispatch_now(app)
 
 
-@app.task(name=DELIVER_WEBHOOK_TASK)
+@app.task(name=DELIVER_WEBHOOK_TASK, **TRANSIENT)
 def deliver_webhook(delivery_id: str) -> None:
     from workers.pipeline.webhooks import deliver
 

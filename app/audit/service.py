@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, Protocol
 
+from sqlalchemy import String, any_, bindparam, select
 from sqlalchemy import event as orm_event
-from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from app.asyncdb import compiled_sql, json_insert_sql
 from app.audit.models import GENESIS_HASH, AuditEvent, AuditHead
 from app.db import utcnow
 
@@ -32,7 +36,28 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def event_hash(prev_hash: str, event: AuditEvent) -> str:
+class Chainable(Protocol):
+    """What chaining reads and writes: an AuditEvent, or an AuditEntry of a bulk writer."""
+
+    tenant_id: str
+    seq: int
+    entity_type: str
+    entity_id: str
+    action: str
+    data: dict[str, Any]
+    actor: str | None
+    created_at: datetime
+    prev_hash: str
+    hash: str
+
+
+def normalized_data(data: dict[str, Any] | None) -> dict[str, Any]:
+    """Event data as it is stored and hashed: the JSON round trip turns datetimes, tuples and enums
+    into JSON values, so the stored row hashes the same when it is read back."""
+    return json.loads(canonical_json(data or {}))
+
+
+def event_hash(prev_hash: str, event: Chainable) -> str:
     body = {
         "tenant_id": event.tenant_id,
         "seq": event.seq,
@@ -76,8 +101,7 @@ def record(
         entity_type=entity_type,
         entity_id=str(entity_id),
         action=action,
-        # Stored as it was hashed: the JSON round trip turns datetimes, tuples, enums into JSON values.
-        data=json.loads(canonical_json(data or {})),
+        data=normalized_data(data),
         actor=actor,
     )
     session.info.setdefault(_PENDING_KEY, []).append(event)
@@ -90,14 +114,21 @@ def chain_pending(session: Session) -> None:
     pending: list[AuditEvent] = session.info.pop(_PENDING_KEY, [])
     for tenant_id in sorted({event.tenant_id for event in pending}):
         head = _lock_head(session, tenant_id)
-        now = utcnow()
-        for event in (event for event in pending if event.tenant_id == tenant_id):
-            event.seq, event.prev_hash, event.created_at = head.seq + 1, head.hash, now
-            event.hash = event_hash(head.hash, event)
-            head.seq, head.hash = event.seq, event.hash
-            session.add(event)
+        events = [event for event in pending if event.tenant_id == tenant_id]
+        head.seq, head.hash = chain_onto(head.seq, head.hash, events, utcnow())
+        session.add_all(events)
     if pending:
         session.flush()
+
+
+def chain_onto(seq: int, prev_hash: str, events: Iterable[Chainable], now: datetime) -> tuple[int, str]:
+    """Give `events` (one tenant's, in order) the seq numbers and hashes that follow a head at
+    (seq, prev_hash); answers the new head."""
+    for event in events:
+        event.seq, event.prev_hash, event.created_at = seq + 1, prev_hash, now
+        event.hash = event_hash(prev_hash, event)
+        seq, prev_hash = event.seq, event.hash
+    return seq, prev_hash
 
 
 def current_head(session: Session, tenant_id: str) -> tuple[int, str]:
@@ -115,6 +146,61 @@ def _chain_before_commit(session: Session) -> None:
 @orm_event.listens_for(Session, "after_rollback")
 def _drop_pending_on_rollback(session: Session) -> None:
     session.info.pop(_PENDING_KEY, None)
+
+
+# --- chaining outside the ORM (bulk writers on app.asyncdb; Postgres) ----------------------------------
+# Same chain, same lock: a writer locks the heads of its tenants (in tenant order, like chain_pending)
+# after its other rows, chains its entries with `chain_onto`, inserts them and moves the heads.
+
+
+@dataclass
+class AuditEntry:
+    """An event of a bulk writer (the fields of AuditEvent, without the ORM's per-object cost)."""
+
+    tenant_id: str
+    entity_type: str
+    entity_id: str
+    action: str
+    data: dict[str, Any]
+    actor: str | None
+    seq: int = 0
+    prev_hash: str = ""
+    hash: str = ""
+    created_at: datetime = field(default_factory=utcnow)  # set again when chained
+
+
+_ENTRY_COLUMNS = (
+    "tenant_id", "seq", "entity_type", "entity_id", "action", "data", "actor", "created_at", "prev_hash",
+    "hash",
+)  # fmt: skip
+_TENANT_IDS = bindparam("tenant_ids", type_=ARRAY(String))
+LOCK_HEADS_SQL = compiled_sql(
+    select(AuditHead.tenant_id, AuditHead.seq, AuditHead.hash)
+    .where(AuditHead.tenant_id == any_(_TENANT_IDS))
+    .order_by(AuditHead.tenant_id)
+    .with_for_update()
+)
+# Tenants made by create_tenant have a head; this covers rows made otherwise (as _lock_head does).
+CREATE_HEADS_SQL = (
+    "INSERT INTO audit_heads (tenant_id, seq, hash) "
+    f"SELECT unnest(%(tenant_ids)s::varchar[]), 0, '{GENESIS_HASH}' ON CONFLICT (tenant_id) DO NOTHING"
+)
+MOVE_HEADS_SQL = (
+    "UPDATE audit_heads SET seq = moved.seq, hash = moved.hash "
+    "FROM jsonb_to_recordset(%s::jsonb) AS moved(tenant_id varchar, seq bigint, hash varchar) "
+    "WHERE audit_heads.tenant_id = moved.tenant_id"
+)
+
+
+@lru_cache(maxsize=1)
+def insert_entries_sql() -> str:
+    # Built on first use: a foreign-key column's type is known once every model is imported.
+    return json_insert_sql(AuditEvent.__table__, _ENTRY_COLUMNS)
+
+
+def entry_rows(entries: Sequence[AuditEntry]) -> list[dict[str, Any]]:
+    """Chained entries as rows for insert_entries_sql()."""
+    return [{column: getattr(entry, column) for column in _ENTRY_COLUMNS} for entry in entries]
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,20 @@ read replays):
 # FastAPI must evaluate at definition time.
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.encoders import jsonable_encoder
-from sqlalchemy import func, select
+from sqlalchemy import String, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from app.db import SessionDep
+from app.asyncdb import compiled_sql, json_insert_sql
+from app.db import SessionDep, new_id
 from app.errors import ProblemError, unprocessable
 from app.idempotency.hashing import request_hash
 from app.idempotency.models import IdempotencyKey, IdempotencyState
@@ -94,7 +98,8 @@ def _lock_id(tenant_id: str, key: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _validated_key(raw: str | None) -> str | None:
+def validated_key(raw: str | None) -> str | None:
+    """The Idempotency-Key header's value when well-formed (None when absent); 400 otherwise."""
     if raw is None:
         return None
     if not 1 <= len(raw) <= MAX_KEY_LENGTH or not raw.isprintable() or not raw.isascii():
@@ -107,7 +112,7 @@ def _validated_key(raw: str | None) -> str | None:
     return raw
 
 
-def _in_flight() -> ProblemError:
+def in_flight() -> ProblemError:
     return ProblemError(
         409,
         "Conflict",
@@ -125,15 +130,19 @@ def _claim(session: Session, tenant_id: str, key: str) -> None:
         select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_CLASS, _lock_id(tenant_id, key)))
     )
     if not locked:
-        raise _in_flight()
+        raise in_flight()
 
 
-def check_key(session: Session, tenant_id: str, key: str, digest: str) -> None:
-    """Claim the key, then refuse or replay when it was used before."""
-    _claim(session, tenant_id, key)
-    stored = session.scalar(
-        select(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)
-    )
+class StoredKey(Protocol):
+    request_hash: str
+    state: str
+    response_status: int | None
+    response_body: Any
+
+
+def judge_reuse(stored: StoredKey | None, digest: str) -> None:
+    """Nothing when the key is new; else raise what its earlier use means for this request: 422 for
+    another request, 409 while that one is in flight, the stored answer (IdempotentReplay) once done."""
     if stored is None:
         return
     if stored.request_hash != digest:
@@ -142,36 +151,115 @@ def check_key(session: Session, tenant_id: str, key: str, digest: str) -> None:
             "idempotency-mismatch",
         )
     if stored.state != IdempotencyState.DONE or stored.response_status is None:
-        raise _in_flight()
+        raise in_flight()
     raise IdempotentReplay(stored.response_status, stored.response_body)
 
 
-async def _request_digest(request: Request) -> str:
+def check_key(session: Session, tenant_id: str, key: str, digest: str) -> None:
+    """Claim the key, then refuse or replay when it was used before."""
+    _claim(session, tenant_id, key)
+    stored = session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)
+    )
+    judge_reuse(stored, digest)
+
+
+# --- the same for bulk writers on app.asyncdb (Postgres) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredKeyRow:
+    key: str
+    request_hash: str
+    state: str
+    response_status: int | None
+    response_body: Any
+
+
+def claim_sql(tenant_id: str, key: str) -> tuple[str, tuple[int, int]]:
+    """The statement that claims (tenant, key) until the transaction ends; it answers false when another
+    transaction holds it (then: 409)."""
+    return "SELECT pg_try_advisory_xact_lock(%s, %s)", (ADVISORY_LOCK_CLASS, _lock_id(tenant_id, key))
+
+
+@lru_cache(maxsize=1)
+def stored_keys_sql() -> str:
+    """Earlier uses of keys: parameters tenant_id and keys (a list); rows as StoredKeyRow."""
+    return compiled_sql(
+        select(
+            IdempotencyKey.key,
+            IdempotencyKey.request_hash,
+            IdempotencyKey.state,
+            IdempotencyKey.response_status,
+            IdempotencyKey.response_body,
+        ).where(
+            IdempotencyKey.tenant_id == bindparam("tenant_id"),
+            IdempotencyKey.key == any_(bindparam("keys", type_=ARRAY(String))),
+        )
+    )
+
+
+_KEY_COLUMNS = (
+    "id", "tenant_id", "key", "method", "path", "request_hash", "state", "response_status",
+    "response_body", "created_at",
+)  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def insert_keys_sql() -> str:
+    return json_insert_sql(IdempotencyKey.__table__, _KEY_COLUMNS)
+
+
+def done_key_row(
+    tenant_id: str, key: str, method: str, path: str, digest: str, status_code: int, body: Any, now: datetime
+) -> dict[str, Any]:
+    """A finished key with its answer (JSON-ready `body`), as a row for insert_keys_sql()."""
+    return {
+        "id": new_id(),
+        "tenant_id": tenant_id,
+        "key": key,
+        "method": method,
+        "path": path,
+        "request_hash": digest,
+        "state": IdempotencyState.DONE,
+        "response_status": status_code,
+        "response_body": body,
+        "created_at": now,
+    }
+
+
+async def request_digest(request: Request) -> str:
+    """What identifies "the same request" for a key. Only computed when a key is sent: for a bulk body
+    it is the dearest part of the request."""
     # FastAPI has already read (and cached) the body when the dependencies run.
     body = await request.body()
     return request_hash(request.method, request.url.path, request.url.query, body)
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="Retry-safe creation: the same key with the same body replays the first answer.",
+    ),
+]
 
 
 @lru_cache
 def idempotent(scope: str) -> Any:
     """The guard of a creating POST that needs `scope`: a dependency answering an `Idempotency`."""
 
-    def guard(
+    async def guard(
         request: Request,
         session: SessionDep,
         principal: Annotated[Principal, Depends(require_scope(scope))],
-        digest: Annotated[str, Depends(_request_digest)],
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                alias=IDEMPOTENCY_HEADER,
-                description="Retry-safe creation: the same key with the same body replays the first answer.",
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Idempotency:
-        key = _validated_key(idempotency_key)
+        key = validated_key(idempotency_key)
+        digest = ""
         if key is not None:
-            check_key(session, principal.tenant_id, key, digest)
+            digest = await request_digest(request)
+            await run_in_threadpool(check_key, session, principal.tenant_id, key, digest)
         return Idempotency(session, principal, key, request.method, request.url.path, digest)
 
     guard.__name__ = f"idempotent_{scope.replace(':', '_')}"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, insert, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
 from app.errors import unprocessable
@@ -179,17 +180,10 @@ class TrainedVersion:
     sample_id: int
 
 
-def versions_trained_on(
-    session: Session,
-    tenant_id: str,
-    *,
-    subject_hmac: str | None = None,
-    sample_ids: Sequence[int] | None = None,
-) -> list[TrainedVersion]:
-    """Every (version, sample) pair where the version was trained on one of the given samples (a
-    subject's, or listed ids) of the tenant. The sample lookup is an index hit; the rest are small tables."""
-    if (subject_hmac is None) == (sample_ids is None):
-        raise ValueError("give subject_hmac or sample_ids")
+def trained_versions_query(tenant_id: Any, samples: ColumnElement[bool]) -> Select[Any]:
+    """(version id, model id, model name, version, status, tainted, sample id) of every version trained
+    on one of the tenant's samples that match `samples`. `tenant_id` may be a value or a bind parameter
+    (app.asyncdb compiles this query once for its own connections)."""
     source = TrainingSource
     listed = exists().where(
         TrainingListedSample.root_version_id == source.root_version_id,
@@ -198,7 +192,7 @@ def versions_trained_on(
     excluded = exists().where(
         VersionExclusion.version_id == ModelVersion.id, VersionExclusion.sample_id == Sample.id
     )
-    stmt = (
+    return (
         select(
             ModelVersion.id,
             Model.id,
@@ -217,15 +211,29 @@ def versions_trained_on(
         )
         .join(ModelVersion, ModelVersion.training_root_id == source.root_version_id)
         .join(Model, Model.id == ModelVersion.model_id)
-        .where(Sample.tenant_id == tenant_id, or_(source.listed.is_(False), listed), ~excluded)
+        .where(Sample.tenant_id == tenant_id, samples, or_(source.listed.is_(False), listed), ~excluded)
         .order_by(Model.name, ModelVersion.version, Sample.id)
     )
+
+
+def versions_trained_on(
+    session: Session,
+    tenant_id: str,
+    *,
+    subject_hmac: str | None = None,
+    sample_ids: Sequence[int] | None = None,
+) -> list[TrainedVersion]:
+    """Every (version, sample) pair where the version was trained on one of the given samples (a
+    subject's, or listed ids) of the tenant. The sample lookup is an index hit; the rest are small tables."""
+    if (subject_hmac is None) == (sample_ids is None):
+        raise ValueError("give subject_hmac or sample_ids")
     if subject_hmac is not None:
-        stmt = stmt.where(Sample.subject_hmac == subject_hmac)
+        stmt = trained_versions_query(tenant_id, Sample.subject_hmac == subject_hmac)
         return [TrainedVersion(*row) for row in session.execute(stmt)]
     hits: list[TrainedVersion] = []
     ids = sorted(set(sample_ids or ()))
     for start in range(0, len(ids), LOOKUP_CHUNK):
         chunk = ids[start : start + LOOKUP_CHUNK]
-        hits.extend(TrainedVersion(*row) for row in session.execute(stmt.where(Sample.id.in_(chunk))))
+        stmt = trained_versions_query(tenant_id, Sample.id.in_(chunk))
+        hits.extend(TrainedVersion(*row) for row in session.execute(stmt))
     return hits

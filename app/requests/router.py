@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 
-from app.db import SessionDep
-from app.idempotency.service import Idempotency, idempotent
+from app.db import SessionDep, get_session_factory
+from app.idempotency.service import (
+    Idempotency,
+    IdempotencyKeyHeader,
+    check_key,
+    idempotent,
+    request_digest,
+    validated_key,
+)
 from app.pagination import PageParamsDep
-from app.requests import service, views
+from app.requests import intake, service, views
 from app.requests.models import RequestStatus
 from app.requests.schemas import (
     CancelRequest,
@@ -27,17 +35,40 @@ from app.webhooks.service import callback_secret
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 
 Reader = Annotated[Principal, Depends(require_scope(Scope.REQUESTS_READ))]
+Writer = Annotated[Principal, Depends(require_scope(Scope.REQUESTS_WRITE))]
 WriteGuard = Annotated[Idempotency, Depends(idempotent(Scope.REQUESTS_WRITE))]
 
 
 @router.post("", status_code=202, response_model=DeletionRequestCreated)
-def create_deletion_request(body: DeletionRequestCreate, idempotency: WriteGuard) -> DeletionRequestCreated:
+async def create_deletion_request(
+    request: Request,
+    body: DeletionRequestCreate,
+    principal: Writer,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> DeletionRequestCreated:
     """Record a deletion request: the subject (or the samples) is resolved to the samples held and the
     models trained on them, in one transaction with its audit event and planning task. `no_data` when
     nothing is held. Unlearning happens later; poll the request or use the callback."""
-    intake = service.create_request(idempotency.session, idempotency.principal, body)
-    secret = callback_secret(intake.request.id) if intake.request.callback_url else None
-    return idempotency.finish(views.created(intake, secret), 202)
+    key = validated_key(idempotency_key)
+    digest = await request_digest(request) if key is not None else ""
+    batcher = intake.batcher()
+    if batcher is None:
+        return await run_in_threadpool(_create_with_orm, principal, body, key, digest, request.url.path)
+    return await batcher.submit(intake.Submission(principal, body, request.url.path, key, digest))
+
+
+def _create_with_orm(
+    principal: Principal, body: DeletionRequestCreate, key: str | None, digest: str, path: str
+) -> DeletionRequestCreated:
+    """Intake on databases other than Postgres: one transaction per request."""
+    with get_session_factory()() as session:
+        if key is not None:
+            check_key(session, principal.tenant_id, key, digest)
+        created = service.create_request(session, principal, body)
+        secret = callback_secret(created.request.id) if created.request.callback_url else None
+        return Idempotency(session, principal, key, "POST", path, digest).finish(
+            views.created(created, secret), 202
+        )
 
 
 @router.get("", response_model=DeletionRequestPage)

@@ -6,7 +6,7 @@ and the webhook deliveries, in the caller's transaction. The pipeline calls it t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,7 @@ from app.db import new_id, utcnow
 from app.errors import conflict, not_found, unprocessable
 from app.outbox.celery_client import PLAN_TASK
 from app.outbox.service import enqueue
-from app.provenance.membership import versions_trained_on
+from app.provenance.membership import TrainedVersion, versions_trained_on
 from app.provenance.models import Sample
 from app.registry.models import Model, VersionStatus
 from app.requests.deadlines import days_left, deadline_for, extended_due_at
@@ -118,20 +118,21 @@ def change_status(
     if event is not None:
         _announce(session, request, event, {"previous_status": from_status, **detail})
     # Chained into the tenant's audit trail when the transaction commits (app.audit.service).
-    record(
-        session,
-        request.tenant_id,
-        ENTITY_TYPE,
-        request.id,
-        f"{ENTITY_TYPE}.{to_status}",
-        {"from": from_status, "to": to_status, **detail},
-        actor,
-    )
+    action, data = audit_change(from_status, to_status, detail)
+    record(session, request.tenant_id, ENTITY_TYPE, request.id, action, data, actor)
     return timeline_row
 
 
-def _announce(session: Session, request: DeletionRequest, event: EventType, extra: dict[str, Any]) -> None:
-    payload = {
+def audit_change(
+    from_status: str | None, to_status: str, detail: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The audit action and data of a status change."""
+    return f"{ENTITY_TYPE}.{to_status}", {"from": from_status, "to": to_status, **detail}
+
+
+def announcement(request: DeletionRequest, extra: dict[str, Any]) -> dict[str, Any]:
+    """The webhook payload announcing the request's current state."""
+    return {
         "id": request.id,
         "status": request.status,
         "regime": request.regime,
@@ -139,6 +140,10 @@ def _announce(session: Session, request: DeletionRequest, event: EventType, extr
         "days_left": days_left_of(request),
         **extra,
     }
+
+
+def _announce(session: Session, request: DeletionRequest, event: EventType, extra: dict[str, Any]) -> None:
+    payload = announcement(request, extra)
     enqueue_event(session, request.tenant_id, event, payload, request.callback_url, request.id)
 
 
@@ -185,15 +190,35 @@ def _listed_samples(session: Session, tenant_id: str, sample_ids: list[int]) -> 
     return [(sample_id, erased) for sample_id, erased in rows]
 
 
-def models_holding(session: Session, tenant_id: str, sample_ids: Sequence[int]) -> list[AffectedModel]:
-    """Models with a live version (not tainted, rejected or failed) trained on any of the samples."""
-    if not sample_ids:
-        return []
+def live_models(hits: Iterable[TrainedVersion], allowed: Container[str] | None = None) -> list[AffectedModel]:
+    """The models among `hits` with a live version (not tainted, rejected or failed), by name; only
+    those whose id is in `allowed` when the client named models."""
     names: dict[str, str] = {}
-    for hit in versions_trained_on(session, tenant_id, sample_ids=sample_ids):
+    for hit in hits:
         if not hit.tainted and hit.status not in DEAD_VERSION_STATUSES:
             names.setdefault(hit.model_id, hit.model_name)
-    return sorted((AffectedModel(model_id, name) for model_id, name in names.items()), key=lambda m: m.name)
+    return sorted(
+        (
+            AffectedModel(model_id, name)
+            for model_id, name in names.items()
+            if allowed is None or model_id in allowed
+        ),
+        key=lambda m: m.name,
+    )
+
+
+def intake_steps(
+    holds_data: bool, sample_count: int, models: Sequence[AffectedModel]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The status changes (and their timeline details) of a new request: received, then resolved when
+    something is held (samples not yet erased, or a live model trained on them), else no_data. A
+    resolved request also gets its planning task."""
+    steps: list[tuple[str, dict[str, Any]]] = [(S.RECEIVED, {"samples": sample_count})]
+    if holds_data:
+        steps.append((S.RESOLVED, {"models": [model.name for model in models]}))
+    else:
+        steps.append((S.NO_DATA, {}))
+    return steps
 
 
 def _named_models(session: Session, tenant_id: str, names: Iterable[str]) -> list[Model]:
@@ -205,9 +230,16 @@ def _named_models(session: Session, tenant_id: str, names: Iterable[str]) -> lis
     return found
 
 
+def plan_task_payload(request: DeletionRequest) -> dict[str, Any]:
+    return {"request_id": request.id, "tenant_id": request.tenant_id}
+
+
 def create_request(session: Session, principal: Principal, payload: DeletionRequestCreate) -> Intake:
     """Resolve the subject or samples to what is held, and record the request, its samples, its models,
-    its timeline, the audit events and (when there is work) the planning task; no commit."""
+    its timeline, the audit events and (when there is work) the planning task; no commit.
+
+    The ORM path, for databases other than Postgres; on Postgres the API records requests in batches
+    (app.requests.intake), by the same rules (intake_steps, live_models, change_status's facts)."""
     tenant_id = principal.tenant_id
     callback_url = checked_url(payload.callback_url) if payload.callback_url is not None else None
     named = _named_models(session, tenant_id, payload.models) if payload.models is not None else None
@@ -217,10 +249,8 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
     else:
         samples = _listed_samples(session, tenant_id, payload.sample_ids or [])
     sample_ids = [sample_id for sample_id, _ in samples]
-    models = models_holding(session, tenant_id, sample_ids)
-    if named is not None:
-        allowed = {model.id for model in named}
-        models = [model for model in models if model.id in allowed]
+    hits = versions_trained_on(session, tenant_id, sample_ids=sample_ids) if sample_ids else []
+    models = live_models(hits, {model.id for model in named} if named is not None else None)
     holds_data = bool(models) or any(not erased for _, erased in samples)
 
     received_at = utcnow()
@@ -244,19 +274,16 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
     # One flush at the end: the request is inserted once with its final status, and each table's rows
     # go out as one batch (intake is the hot path).
     with session.no_autoflush:
+        session.add_all(
+            DeletionRequestModel(request_id=request.id, model_id=model.id, status=MODEL_PENDING)
+            for model in models
+        )
         events = [
-            change_status(
-                session, request, S.RECEIVED, actor=principal.actor, detail={"samples": len(sample_ids)}
-            )
+            change_status(session, request, to_status, actor=principal.actor, detail=detail)
+            for to_status, detail in intake_steps(holds_data, len(sample_ids), models)
         ]
-        for model in models:
-            session.add(DeletionRequestModel(request_id=request.id, model_id=model.id, status=MODEL_PENDING))
         if holds_data:
-            resolved = {"models": [model.name for model in models]}
-            events.append(change_status(session, request, S.RESOLVED, actor=principal.actor, detail=resolved))
-            enqueue(session, PLAN_TASK, {"request_id": request.id, "tenant_id": tenant_id})
-        else:
-            events.append(change_status(session, request, S.NO_DATA, actor=principal.actor))
+            enqueue(session, PLAN_TASK, plan_task_payload(request))
     session.flush()
     return Intake(
         request=request,

@@ -8,6 +8,7 @@ import sys
 from sqlalchemy import select
 
 from app.db import session_scope, utcnow
+from app.security.auth import forget_key
 from app.security.keys import create_api_key, validate_scopes
 from app.security.models import ApiKey
 from app.security.scopes import ALL_SCOPES
@@ -70,5 +71,7 @@ def revoke_key_command(args: argparse.Namespace) -> int:
             return 1
         if api_key.revoked_at is None:
             api_key.revoked_at = utcnow()
+    # Other API processes stop accepting it within settings.api_key_cache_seconds.
+    forget_key(args.key_id)
     print(f"revoked {args.key_id}", file=sys.stderr)
     return 0

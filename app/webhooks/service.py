@@ -8,11 +8,16 @@ Webhooks: the delivery id is the webhook-id, stable across retries).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import String, bindparam, select
 from sqlalchemy.orm import Session
 
+from app.asyncdb import compiled_sql, json_insert_sql
 from app.audit.service import record
 from app.db import new_id, utcnow
 from app.errors import not_found, unprocessable
@@ -90,8 +95,34 @@ def delete_subscription(session: Session, tenant_id: str, subscription_id: str, 
     )
 
 
-def _wants(subscription: WebhookSubscription, event_type: str) -> bool:
+class SubscriptionTarget(Protocol):
+    id: str
+    url: str
+    events: list[str]
+
+
+def _wants(subscription: SubscriptionTarget, event_type: str) -> bool:
     return event_type in subscription.events or EventType.ALL in subscription.events
+
+
+def event_envelope(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The body every receiver gets for an event."""
+    return {"type": event_type, "timestamp": utcnow().isoformat(), "data": payload}
+
+
+def delivery_targets(
+    subscriptions: Iterable[SubscriptionTarget], event_type: str, callback_url: str | None
+) -> list[tuple[str | None, str]]:
+    """(subscription id or None for the callback, url) of everyone `event_type` goes to, given the
+    tenant's active subscriptions."""
+    targets: list[tuple[str | None, str]] = [
+        (subscription.id, subscription.url)
+        for subscription in subscriptions
+        if _wants(subscription, event_type)
+    ]
+    if callback_url:
+        targets.append((None, callback_url))
+    return targets
 
 
 def enqueue_event(
@@ -104,16 +135,10 @@ def enqueue_event(
 ) -> list[WebhookDelivery]:
     """Queue `event_type` for the tenant's subscribers (and `callback_url`, signed with the secret of
     `request_id`) in the caller's transaction."""
-    envelope = {"type": event_type, "timestamp": utcnow().isoformat(), "data": payload}
-    targets: list[tuple[str | None, str]] = [
-        (subscription.id, subscription.url)
-        for subscription in session.scalars(active_subscriptions_stmt(tenant_id))
-        if _wants(subscription, event_type)
-    ]
-    if callback_url:
-        targets.append((None, callback_url))
+    envelope = event_envelope(event_type, payload)
+    subscriptions = session.scalars(active_subscriptions_stmt(tenant_id))
     deliveries = []
-    for subscription_id, url in targets:
+    for subscription_id, url in delivery_targets(subscriptions, event_type, callback_url):
         delivery = WebhookDelivery(
             id=new_id(),
             tenant_id=tenant_id,
@@ -127,9 +152,72 @@ def enqueue_event(
             next_attempt_at=utcnow(),
         )
         session.add(delivery)
-        enqueue(session, DELIVER_WEBHOOK_TASK, {"delivery_id": delivery.id})
+        enqueue(session, *delivery_task(delivery.id))
         deliveries.append(delivery)
     return deliveries
+
+
+# --- the same for bulk writers on app.asyncdb (Postgres) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    id: str
+    url: str
+    events: list[str]
+
+
+@lru_cache(maxsize=1)
+def active_subscriptions_sql() -> str:
+    """A tenant's active subscriptions (parameter tenant_id), rows as SubscriptionRow."""
+    stmt = active_subscriptions_stmt(bindparam("tenant_id", type_=String))
+    return compiled_sql(
+        stmt.with_only_columns(WebhookSubscription.id, WebhookSubscription.url, WebhookSubscription.events)
+    )
+
+
+_DELIVERY_COLUMNS = (
+    "id", "tenant_id", "subscription_id", "request_id", "url", "event_type", "payload", "status", "attempts",
+    "next_attempt_at", "created_at",
+)  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def insert_deliveries_sql() -> str:
+    return json_insert_sql(WebhookDelivery.__table__, _DELIVERY_COLUMNS)
+
+
+def delivery_rows(
+    tenant_id: str,
+    event_type: str,
+    envelope: dict[str, Any],
+    targets: Iterable[tuple[str | None, str]],
+    request_id: str | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """What enqueue_event adds for `targets`, as rows for insert_deliveries_sql(); each needs its
+    DELIVER_WEBHOOK_TASK (delivery_task)."""
+    return [
+        {
+            "id": new_id(),
+            "tenant_id": tenant_id,
+            "subscription_id": subscription_id,
+            "request_id": request_id if subscription_id is None else None,
+            "url": url,
+            "event_type": event_type,
+            "payload": envelope,
+            "status": DeliveryStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for subscription_id, url in targets
+    ]
+
+
+def delivery_task(delivery_id: str) -> tuple[str, dict[str, Any]]:
+    """The outbox task (name, payload) that sends a delivery."""
+    return DELIVER_WEBHOOK_TASK, {"delivery_id": delivery_id}
 
 
 def delivery_secret(session: Session, delivery: WebhookDelivery) -> str | None:

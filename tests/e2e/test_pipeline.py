@@ -16,6 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from app.certificates.signing import load_public_key
+from app.certificates.signing import verify as verify_certificate
 from app.db import session_scope
 from app.jobs.models import Job, JobKind
 from app.outbox.models import OutboxMessage
@@ -105,8 +107,10 @@ def test_request_reaches_completed_with_a_promoted_verified_version(
     # what the subject is held in now: the tainted version 1 only, never the promoted one
     held_in = ok(http.get(f"/v1/subjects/{subject}"))["model_versions"]
     assert {"model": model, "version": 2} not in [{k: v[k] for k in ("model", "version")} for v in held_in]
-    certificate = ok(http.get(f"/v1/deletion-requests/{created['id']}/certificate"))
-    assert certificate
+    # the certificate the worker issued verifies against the service's published key
+    certificate = http.get(f"/v1/deletion-requests/{created['id']}/certificate")
+    public_key = load_public_key(http.get("/v1/certificates/public-key").content)
+    assert certificate.status_code == 200 and verify_certificate(certificate.content, public_key).ok
     assert ok(http.get("/v1/audit/verify"))["ok"]
     # model.promoted reached the subscriber on the second attempt, signed, and both attempts are logged
     wait_for("the model.promoted delivery", lambda: len(flaky.received) >= 2, 60)

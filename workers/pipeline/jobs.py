@@ -28,7 +28,7 @@ from app.requests.models import (
     RequestStatus,
 )
 from app.requests.service import InvalidTransition, change_status
-from workers.pipeline.leases import lease_delta
+from workers.pipeline.leases import for_update, lease_delta
 from workers.pipeline.stages import ACTOR, Stage, task_for
 
 log = logging.getLogger("lethe.pipeline")
@@ -62,7 +62,7 @@ def job_requests(session: Session, job: Job, *, lock: bool = False) -> list[Dele
         .where(JobRequest.job_id == job.id)
         .order_by(DeletionRequest.id)
     )
-    return list(session.scalars(stmt.with_for_update() if lock else stmt))
+    return list(session.scalars(for_update(stmt) if lock else stmt))
 
 
 def job_sample_ids(session: Session, job: Job) -> list[int]:

@@ -1,10 +1,10 @@
 """Planning: put a resolved request into the open job of each model it affects (the batch).
 
 A model has at most one open batch: a queued unlearn job no worker has claimed yet. A request joins it,
-or starts a new one whose task waits out the batching window (`settings.batching_window_seconds`) so that
-requests arriving meanwhile join too. Once a worker claims the job the batch is frozen; later requests
-start the next batch. One short transaction per model, taking the model row's lock first: the same lock
-the claim takes, so a request joins a batch either before it is frozen or not at all.
+or starts a new one that no worker claims before the batching window (`settings.batching_window_seconds`)
+has closed, so that requests arriving meanwhile join too. Once a worker claims the job the batch is
+frozen; later requests start the next batch. One short transaction per model, taking the model row's lock
+first: the same lock the claim takes, so a request joins a batch either before it is frozen or not at all.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from app.registry.models import Model
 from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
 from app.settings import get_settings
 from workers.pipeline.jobs import MODEL_PENDING, audit_job, enqueue_stage, sync_request
-from workers.pipeline.leases import lease_delta
+from workers.pipeline.leases import for_update, lease_delta, lock_model
 from workers.pipeline.stages import PURGE_TASK, Stage
 
 log = logging.getLogger("lethe.pipeline")
@@ -62,7 +62,7 @@ def _complete_without_models(session: Session, request_id: str) -> None:
     """Samples held only in Lethe's store (no model trained on them): the request completes at once and
     the purge erases their content."""
     request = session.scalars(
-        select(DeletionRequest).where(DeletionRequest.id == request_id).with_for_update()
+        for_update(select(DeletionRequest).where(DeletionRequest.id == request_id))
     ).one_or_none()
     if request is None or request.status != RequestStatus.RESOLVED:
         return
@@ -75,9 +75,9 @@ def _complete_without_models(session: Session, request_id: str) -> None:
 
 
 def _plan_one(session: Session, request_id: str, model_id: str) -> str | None:
-    model = session.scalars(select(Model).where(Model.id == model_id).with_for_update()).one()
+    model = lock_model(session, model_id)
     request = session.scalars(
-        select(DeletionRequest).where(DeletionRequest.id == request_id).with_for_update()
+        for_update(select(DeletionRequest).where(DeletionRequest.id == request_id))
     ).one_or_none()
     row = session.get(DeletionRequestModel, (request_id, model_id))
     if request is None or row is None or request.status not in PLANNABLE:

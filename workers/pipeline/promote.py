@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import get_session_factory
@@ -41,6 +40,7 @@ from workers.pipeline.leases import (
     AttemptsExhausted,
     ClaimRefused,
     lock_job,
+    lock_model,
     new_token,
     release_lease,
     take_lease,
@@ -68,7 +68,7 @@ def run_promote(job_id: str) -> None:
 
 
 def promote(session: Session, job: Job, token: str) -> None:
-    model = session.scalars(select(Model).where(Model.id == job.model_id).with_for_update()).one()
+    model = lock_model(session, job.model_id)
     job_requests(session, job, lock=True)  # lock order: job, model, requests, then the audit head
     candidate = session.get(ModelVersion, job.candidate_version_id)
     base = session.get(ModelVersion, job.params["base_version_id"])

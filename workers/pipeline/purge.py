@@ -31,6 +31,7 @@ from app.registry.models import Alias, ModelVersion, VersionStatus
 from app.requests.models import DeletionRequest, DeletionRequestSample, RequestStatus
 from app.settings import get_settings
 from workers.pipeline import store
+from workers.pipeline.leases import for_update
 from workers.pipeline.stages import ACTOR
 
 log = logging.getLogger("lethe.pipeline")
@@ -81,7 +82,7 @@ def _due_versions(cutoff: datetime, model_id: str | None) -> list[str]:
 
 def _purge_version(session: Session, version_id: str, now: datetime, result: PurgeResult) -> None:
     version = session.scalars(
-        select(ModelVersion).where(ModelVersion.id == version_id).with_for_update(skip_locked=True)
+        for_update(select(ModelVersion).where(ModelVersion.id == version_id), skip_locked=True)
     ).one_or_none()
     if version is None or version.purged_at is not None:
         return  # another sweeper has it

@@ -26,7 +26,7 @@ from app.requests.models import DeletionRequest, DeletionRequestModel, RequestSt
 from app.settings import get_settings
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 from workers.pipeline.jobs import MODEL_PENDING, enqueue_stage, fail_job
-from workers.pipeline.leases import lease_delta
+from workers.pipeline.leases import for_update, lease_delta
 from workers.pipeline.purge import run_purge
 from workers.pipeline.stages import DELIVER_WEBHOOK_TASK, PLAN_TASK
 
@@ -70,15 +70,17 @@ def sweep(now: datetime | None = None) -> SweepResult:
 
 def resend_expired_jobs(session: Session, now: datetime, result: SweepResult) -> None:
     jobs = session.scalars(
-        select(Job)
-        .where(
-            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-            Job.lease_expires_at.is_not(None),
-            Job.lease_expires_at < now,
+        for_update(
+            select(Job)
+            .where(
+                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                Job.lease_expires_at.is_not(None),
+                Job.lease_expires_at < now,
+            )
+            .order_by(Job.lease_expires_at)
+            .limit(BATCH),
+            skip_locked=True,
         )
-        .order_by(Job.lease_expires_at)
-        .limit(BATCH)
-        .with_for_update(skip_locked=True)
     )
     for job in jobs:
         lost_worker = job.lease_owner is not None
@@ -113,18 +115,20 @@ def resend_expired_jobs(session: Session, now: datetime, result: SweepResult) ->
 def replan_lost_requests(session: Session, now: datetime, result: SweepResult) -> None:
     stale = now - lease_delta()
     requests = session.scalars(
-        select(DeletionRequest)
-        .where(
-            DeletionRequest.status == RequestStatus.RESOLVED,
-            DeletionRequest.updated_at < stale,
-            DeletionRequest.id.in_(
-                select(DeletionRequestModel.request_id).where(
-                    DeletionRequestModel.status == MODEL_PENDING, DeletionRequestModel.job_id.is_(None)
-                )
-            ),
+        for_update(
+            select(DeletionRequest)
+            .where(
+                DeletionRequest.status == RequestStatus.RESOLVED,
+                DeletionRequest.updated_at < stale,
+                DeletionRequest.id.in_(
+                    select(DeletionRequestModel.request_id).where(
+                        DeletionRequestModel.status == MODEL_PENDING, DeletionRequestModel.job_id.is_(None)
+                    )
+                ),
+            )
+            .limit(BATCH),
+            skip_locked=True,
         )
-        .limit(BATCH)
-        .with_for_update(skip_locked=True)
     )
     for request in requests:
         request.updated_at = now  # not again before another lease period
@@ -137,16 +141,18 @@ def resend_due_webhooks(session: Session, now: datetime, result: SweepResult) ->
     # A first attempt has its own message; only one lost for a lease period is sent again.
     first_lost = now - lease_delta()
     deliveries = session.scalars(
-        select(WebhookDelivery)
-        .where(
-            WebhookDelivery.status == DeliveryStatus.PENDING,
-            or_(
-                (WebhookDelivery.attempts > 0) & (WebhookDelivery.next_attempt_at <= now),
-                (WebhookDelivery.attempts == 0) & (WebhookDelivery.next_attempt_at <= first_lost),
-            ),
+        for_update(
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+                or_(
+                    (WebhookDelivery.attempts > 0) & (WebhookDelivery.next_attempt_at <= now),
+                    (WebhookDelivery.attempts == 0) & (WebhookDelivery.next_attempt_at <= first_lost),
+                ),
+            )
+            .limit(BATCH),
+            skip_locked=True,
         )
-        .limit(BATCH)
-        .with_for_update(skip_locked=True)
     )
     in_flight = timedelta(seconds=settings.webhook_timeout_seconds * 3)
     for delivery in deliveries:

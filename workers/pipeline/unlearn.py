@@ -1,9 +1,10 @@
 """The unlearning stage: claim the job, freeze its batch, run the current method of the chain on the served
 version and store the candidate.
 
-The first claim waits out the batching window, takes the model's unlearning lock (no other running unlearn
-job on the model, checked under the model row's lock), drops requests canceled meanwhile, fixes the
-version to unlearn (the alias target) and the chain. The method's progress goes into the job row. The
+The first claim comes once the batching window has closed (a task arriving earlier schedules itself for
+then), takes the model's unlearning lock (no other running unlearn job on the model, checked under the
+model row's lock), drops requests canceled meanwhile, fixes the version to unlearn (the alias target) and
+the chain. The method's progress goes into the job row. The
 candidate becomes a `candidate` version (artifact, manifest, registry row with its training set = the
 served version's minus the forgotten samples) in the same transaction that hands the job to verification.
 """
@@ -22,6 +23,8 @@ from sqlalchemy.orm import Session
 
 from app.db import get_session_factory, utcnow
 from app.jobs.models import Job, JobKind
+from app.provenance.membership import training_sample_ids
+from app.provenance.models import Sample
 from app.registry.models import PROMOTABLE_STATUSES, Alias, Model, ModelVersion, VersionStatus
 from app.registry.service import create_derived_version
 from app.requests.models import RequestStatus
@@ -54,6 +57,7 @@ from workers.pipeline.leases import (
     check_holder,
     lease_delta,
     lock_job,
+    lock_model,
     new_token,
     release_lease,
     take_lease,
@@ -68,44 +72,46 @@ DEFAULT_ALIAS = "production"
 METHOD_PROGRESS = (5, 60)
 
 
-def run_unlearn(job_id: str) -> None:
+def run_unlearn(job_id: str) -> datetime | None:
+    """Carry the job on; answers when to look again instead (its batching window is still open)."""
+    reopen = _window_closes_at(job_id)
+    if reopen is not None:
+        return reopen
     token = new_token()
-    _wait_for_window(job_id)
     factory = get_session_factory()
     with factory() as session, session.begin():
         job = lock_job(session, job_id)
         if job is None or job.kind != JobKind.UNLEARN or job.stage not in (Stage.QUEUED, Stage.UNLEARNING):
-            return
+            return None
         if not _claim(session, job, token):
-            return
+            return None
         if job.stage == Stage.QUEUED and not _start(session, job):
-            return
+            return None
         if "base_version_id" not in job.params and not choose_base(session, job):
-            return  # no version to unlearn, or nothing to unlearn: the job ended
+            return None  # no version to unlearn, or nothing to unlearn: the job ended
         attempt = start_attempt(session, job)
         attempt_id = attempt.id
     try:
         _run_method(job_id, token, attempt_id)
     except LeaseLost:
         log.warning("job %s: lost its lease during unlearning; the new holder carries on", job_id)
+    return None
 
 
-def _wait_for_window(job_id: str) -> None:
-    """Requests keep joining an unclaimed batch until its window closes: wait for it (seconds)."""
+def _window_closes_at(job_id: str) -> datetime | None:
+    """Requests keep joining an unclaimed batch until its window closes; when that is still ahead."""
     with get_session_factory()() as session:
         job = session.get(Job, job_id)
         if job is None or job.stage != Stage.QUEUED:
-            return
+            return None
         not_before = (job.params or {}).get("not_before")
-    if not_before:
-        wait = (datetime.fromisoformat(not_before) - utcnow()).total_seconds()
-        if wait > 0:
-            time.sleep(wait)
+    closes = datetime.fromisoformat(not_before) if not_before else None
+    return closes if closes is not None and closes > utcnow() else None
 
 
 def _claim(session: Session, job: Job, token: str) -> bool:
     if job.stage == Stage.QUEUED:
-        session.scalars(select(Model).where(Model.id == job.model_id).with_for_update()).one()
+        lock_model(session, job.model_id)
         holder = running_unlearn_job(session, job.model_id, other_than=job.id)
         if holder is not None:
             # The model is being unlearned by another job, which sends this one when it ends.
@@ -188,19 +194,16 @@ def choose_base(session: Session, job: Job) -> bool:
     job.method = chain[0]
     set_model_rows(session, job, RequestStatus.UNLEARNING, from_version_id=base.id)
     sync_requests(session, job, {"job_id": job.id, "method": job.method})
-    if not job_sample_ids(session, job) or not _forget_ids_in(session, base, job):
+    if not _holds_any(session, base, job_sample_ids(session, job)):
         # The served version never saw these samples: nothing to unlearn, only older versions to taint.
         complete_deletion(session, job, model, base, None)
         return False
     return True
 
 
-def _forget_ids_in(session: Session, base: ModelVersion, job: Job) -> bool:
-    from app.provenance.membership import training_sample_ids
-    from app.provenance.models import Sample
-
-    wanted = job_sample_ids(session, job)
-    return session.scalar(training_sample_ids(base).where(Sample.id.in_(wanted)).limit(1)) is not None
+def _holds_any(session: Session, version: ModelVersion, sample_ids: list[int]) -> bool:
+    held = training_sample_ids(version).where(Sample.id.in_(sample_ids)).limit(1)
+    return bool(sample_ids) and session.scalar(held) is not None
 
 
 # --------------------------------------------------------------------------------------- the method
@@ -341,7 +344,7 @@ def _store_candidate(
         assert job is not None
         check_holder(job, token)
         # lock order of every stage: job, model (taken again by create_derived_version), requests, audit
-        session.scalars(select(Model).where(Model.id == job.model_id).with_for_update()).one()
+        lock_model(session, job.model_id)
         job_requests(session, job, lock=True)
         base = session.get(ModelVersion, job.params["base_version_id"])
         attempt = session.get(JobAttempt, attempt_id)

@@ -20,6 +20,7 @@ from app.settings import get_settings
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 from app.webhooks.service import delivery_request
 from app.webhooks.urls import CallbackURLError, check_resolved_host
+from workers.pipeline.leases import for_update
 
 log = logging.getLogger("lethe.webhooks")
 
@@ -36,7 +37,7 @@ def deliver(delivery_id: str) -> str | None:
     settings = get_settings()
     with get_session_factory()() as session, session.begin():
         delivery = session.scalars(
-            select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update(skip_locked=True)
+            for_update(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id), skip_locked=True)
         ).one_or_none()
         if delivery is None or delivery.status != DeliveryStatus.PENDING:
             return None

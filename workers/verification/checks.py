@@ -16,7 +16,6 @@ import numpy as np
 from workers.modeling.base import Sample
 from workers.verification.stats import Estimate
 
-ROLES = ("served", "candidate", "reference", "relearned", "reference_relearned")
 # (model, what it is compared with): the forgetting comparisons every check reports
 FORGET_PAIRS = (("candidate", "reference"), ("served", "reference"), ("relearned", "reference_relearned"))
 
@@ -26,8 +25,8 @@ def versus(role: str) -> str:
     return "reference_relearned" if role == "relearned" else "reference"
 
 
-def metric_name(family: str, metric: str, role: str, versus: str | None = None) -> str:
-    return f"{family}.{metric}.{role}" if versus is None else f"{family}.{metric}.{role}-{versus}"
+def metric_name(family: str, metric: str, role: str, other: str | None = None) -> str:
+    return f"{family}.{metric}.{role}" if other is None else f"{family}.{metric}.{role}-{other}"
 
 
 @dataclass

@@ -6,7 +6,11 @@ How a rule decides. A rule compares the candidate with the exact-retrain referen
 damage, with the served version) through a paired bootstrap interval of the difference. It FAILS only when
 the point estimate is beyond the policy's tolerance AND the interval excludes "no difference": the
 tolerance is then effectively max(tolerance, interval half-width), so small forget sets (one subject gives
-about +-0.06 AUC) widen it instead of producing chance failures.
+about +-0.06 AUC) widen it instead of producing chance failures. Those intervals cover the sampling of
+samples, not training randomness: a membership rule therefore also requires the candidate to lie above
+where exact retrains land (the LiRA references that never saw the forget subjects, when there are enough
+of them; on digits, exact retrains differing only in seed scored LiRA AUC 0.05 to 0.92 on one subject).
+Without a retrained model those references' mean stands in for the reference.
 
 Power. Each forgetting rule is also applied to the served version in the candidate's place. If the served
 version would pass a rule too, that rule cannot tell forgetting from doing nothing. The verdict is:

@@ -23,7 +23,6 @@ ROLE_STYLE = {
     "relearned": {"color": "tab:purple", "linestyle": ":"},
     "reference_relearned": {"color": "tab:olive", "linestyle": ":"},
 }
-PLOT_NAMES = ("roc", "loss_hist", "canary_ranks")
 
 
 def _pyplot() -> Any:

@@ -35,12 +35,6 @@ class Estimate:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
-    def significantly_above(self, level: float = 0.0) -> bool:
-        return self.low > level
-
-    def significantly_below(self, level: float = 0.0) -> bool:
-        return self.high < level
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "value": _finite(self.value),
