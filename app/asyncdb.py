@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import lru_cache
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncClientCursor, AsyncConnection
 from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
+from psycopg.types.json import set_json_loads
 from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import make_url
@@ -83,9 +85,11 @@ class AsyncPool:
             raise PoolTimeoutError("no database connection became free in time") from exc
 
     async def _connect(self) -> AsyncConnection[Any]:
-        return await AsyncConnection.connect(
+        conn = await AsyncConnection.connect(
             self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, options=_SESSION_OPTIONS
         )
+        set_json_loads(orjson.loads, conn)
+        return conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -142,17 +146,80 @@ async def close_pools() -> None:
         await found.close()
 
 
+class Script:
+    """Statements sent together in one round trip: their parameters are bound client-side and the
+    script goes out in the simple query protocol, so a transaction's worth of statements costs one
+    network exchange (psycopg's pipeline mode costs several event-loop waits per statement)."""
+
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self._cursor: AsyncClientCursor[Any] = AsyncClientCursor(conn)
+        self._statements: list[str] = []
+        self._readers: list[Callable[[list[Any]], None] | None] = []
+
+    def add(self, sql: str, params: Any = None, read: Callable[[list[Any]], None] | None = None) -> None:
+        """Add a statement; `read` receives its rows once the script has run."""
+        self._statements.append(sql if params is None else self._cursor.mogrify(sql, params))
+        self._readers.append(read)
+
+    async def run(self) -> None:
+        """Send the script; raises the first statement's error (the later ones do not run)."""
+        await self._cursor.execute(";\n".join(self._statements))
+        for index, read in enumerate(self._readers):
+            if index:
+                self._cursor.nextset()
+            if read is not None:
+                read(await self._cursor.fetchall())
+
+
+async def end_transaction(conn: AsyncConnection[Any]) -> None:
+    """Roll back what a failed script left open, so the connection can serve again."""
+    if conn.info.transaction_status != TransactionStatus.IDLE and not conn.broken:
+        with suppress(psycopg.Error):
+            await conn.rollback()
+
+
 def compiled_sql(statement: ClauseElement) -> str:
-    """A Core statement as psycopg SQL with %(name)s parameters (compile once, keep the string)."""
-    return str(statement.compile(dialect=_DIALECT))
+    """A Core statement as psycopg SQL with %(name)s parameters (compile once, keep the string). Every
+    parameter must be a named bindparam without a value: the caller passes them all (constants belong
+    in the SQL, e.g. `.limit(literal_column("1"))`)."""
+    compiled = statement.compile(dialect=_DIALECT)
+    fixed = sorted(name for name, value in compiled.params.items() if value is not None)
+    if fixed:
+        raise ValueError(f"parameters with values would not be passed: {', '.join(fixed)}")
+    return str(compiled)
 
 
-def json_insert_sql(table: Table, columns: Sequence[str]) -> str:
-    """INSERT of `columns` into `table` from one parameter: a JSON array of objects keyed by column name
-    (orjson-encoded by the caller). Postgres unpacks it, so a batch of rows costs one bound value."""
+def json_rows_sql(sql: str, width: int) -> str:
+    """A scalar subquery answering the rows of the `width`-column query `sql` as one JSON array of
+    arrays (several result sets in one statement, one round trip)."""
+    columns = [f"c{index}" for index in range(width)]
+    values = ", ".join(f"q.{column}" for column in columns)
+    aliases = ", ".join(columns)
+    return f"(SELECT coalesce(json_agg(json_build_array({values})), '[]') FROM ({sql}) AS q({aliases}))"
+
+
+def json_insert_sql(table: Table, columns: Sequence[str], source: str = "%s::jsonb") -> str:
+    """INSERT of `columns` into `table` from a JSON array of objects keyed by column name (by default
+    the statement's one parameter, orjson-encoded by the caller): Postgres unpacks it, so a batch of
+    rows costs one bound value."""
     typed = ", ".join(f"{name} {table.c[name].type.compile(dialect=_DIALECT)}" for name in columns)
     names = ", ".join(columns)
     return (
         f"INSERT INTO {table.name} ({names}) SELECT {names} "
-        f"FROM jsonb_to_recordset(%s::jsonb) AS incoming({typed})"
+        f"FROM jsonb_to_recordset({source}) AS incoming({typed})"
     )
+
+
+def _member_of_batch(name: str) -> str:
+    return f"(SELECT doc FROM batch) -> '{name}'"
+
+
+def json_inserts_sql(parts: Sequence[tuple[str, Table, Sequence[str]]]) -> str:
+    """One statement inserting into several tables from one parameter: a JSON object whose member
+    `name` holds the rows of each (name, table, columns) part. Foreign keys are checked when the whole
+    statement has run, so parents and children may come in one document."""
+    inserts = ", ".join(
+        f"insert_{name} AS ({json_insert_sql(table, columns, _member_of_batch(name))})"
+        for name, table, columns in parts
+    )
+    return f"WITH batch AS (SELECT %s::jsonb AS doc), {inserts} SELECT 1"

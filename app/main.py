@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -26,6 +27,7 @@ from app.ops.router import router as ops_router
 from app.outbox.dispatcher import outbox_lifespan
 from app.provenance.router import router as provenance_router
 from app.registry.router import router as registry_router
+from app.requests.router import intake_router
 from app.requests.router import router as requests_router
 from app.settings import Settings, get_settings
 from app.webhooks.router import router as webhooks_router
@@ -39,6 +41,7 @@ API_DESCRIPTION = (
 
 def include_domain_routers(app: FastAPI) -> None:
     """Every domain's router, one line each."""
+    app.include_router(intake_router)  # first: the hot path (see app.requests.router)
     app.include_router(ops_router)
     # Domain routers (prefix /v1 set in each router):
     # Certificates and the dashboard (with GET /v1/deletion-requests/export.csv) come before the requests
@@ -53,12 +56,27 @@ def include_domain_routers(app: FastAPI) -> None:
     app.include_router(audit_router)
 
 
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Exempt everything alive at startup (modules, models, routes, schemas: hundreds of thousands of
+    objects) from the garbage collector's full passes, once per process. Each full pass over them
+    paused the server for 100-200 ms, the whole of the intake's p99 latency under load."""
+    global _frozen
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen = True
+
+
 def lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The outbox dispatcher while the app serves; the async connections closed when it stops."""
     outbox = outbox_lifespan(settings)
 
     @asynccontextmanager
     async def serving(app: FastAPI) -> AsyncIterator[None]:
+        freeze_startup_objects()
         async with outbox(app):
             try:
                 yield

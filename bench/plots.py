@@ -188,11 +188,12 @@ def time_vs_size(results: dict[str, Any], path: Path) -> bool:
         _plain_log_axis(bottom.xaxis, sizes)
         bottom.set_xlabel("subjects forgotten (log)")
         bottom.grid(alpha=0.3)
-        top.legend(fontsize=7)
     axes[0][0].set_ylabel("wall time (s, log)")
     axes[1][0].set_ylabel(label)
     fig.suptitle("Time and forget quality against the forget set's size", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    handles = [plt.Line2D([], [], color=c, marker="o", label=m) for m, c in colors.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -317,15 +317,13 @@ def print_verdict(report: dict[str, Any], job: dict[str, Any]) -> None:
     print(f"timings: unlearning {unlearning:.1f} s, verification {verification:.1f} s")
 
 
-def print_where(
-    api: httpx.Client, job: dict[str, Any], report: dict[str, Any], request: dict[str, Any]
-) -> None:
+def print_where(job: dict[str, Any], report: dict[str, Any], request: dict[str, Any]) -> None:
+    """Files on disk, and the API paths that serve them (the demo's API stops with the demo)."""
     files = DEMO_DIR / "reports" / job["id"]
-    print(f"report: {api.base_url}{job['report_url']}  (file: {next(files.glob('*/report.json'))})")
+    print(f"report: {next(files.glob('*/report.json'))}  (GET {job['report_url']})")
     for plot in report.get("plots", []):
-        print(f"plot:   {api.base_url}{job['report_url']}/{plot}  (file: {next(files.glob('*/' + plot))})")
-    print(f"certificate: {api.base_url}{request['certificate_url']}")
-    print(f"dashboard: {api.base_url}/dashboard (log in with the key above)")
+        print(f"plot:   {next(files.glob('*/' + plot))}  (GET {job['report_url']}/{plot})")
+    print(f"certificate: GET {request['certificate_url']}; dashboard: /dashboard; logs: {DEMO_DIR}/*.log")
 
 
 def print_outcome(api: httpx.Client, requests: list[dict[str, Any]]) -> int:
@@ -345,7 +343,7 @@ def print_outcome(api: httpx.Client, requests: list[dict[str, Any]]) -> int:
     how = f"{promoted['status']}, method {promoted['method']}, exact {promoted['exact']}"
     print(f"promoted: {MODEL} version {promoted['version']} ({how}); alias production -> {alias['version']}")
     print(f"version {before['version']}: tainted={before['tainted']} (trained on the forgotten records)")
-    print_where(api, job, report, requests[0])
+    print_where(job, report, requests[0])
     return 0
 
 

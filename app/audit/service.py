@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import String, any_, bindparam, select
 from sqlalchemy import event as orm_event
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -149,8 +150,11 @@ def _drop_pending_on_rollback(session: Session) -> None:
 
 
 # --- chaining outside the ORM (bulk writers on app.asyncdb; Postgres) ----------------------------------
-# Same chain, same lock: a writer locks the heads of its tenants (in tenant order, like chain_pending)
-# after its other rows, chains its entries with `chain_onto`, inserts them and moves the heads.
+# The same chain: a writer chains its entries onto a head it read (`chain_onto`), then appends them
+# with append_entries_sql(), which locks each head and moves it only if it still is where the entries
+# were chained from. If it is not (another writer appended meanwhile), the statement fails
+# (`is_head_moved`) and the whole transaction with it; the writer may then lock the heads first
+# (LOCK_HEADS_SQL, after its other rows, in tenant order like chain_pending) and chain again.
 
 
 @dataclass
@@ -185,22 +189,63 @@ CREATE_HEADS_SQL = (
     "INSERT INTO audit_heads (tenant_id, seq, hash) "
     f"SELECT unnest(%(tenant_ids)s::varchar[]), 0, '{GENESIS_HASH}' ON CONFLICT (tenant_id) DO NOTHING"
 )
-MOVE_HEADS_SQL = (
-    "UPDATE audit_heads SET seq = moved.seq, hash = moved.hash "
-    "FROM jsonb_to_recordset(%s::jsonb) AS moved(tenant_id varchar, seq bigint, hash varchar) "
-    "WHERE audit_heads.tenant_id = moved.tenant_id"
-)
 
 
-@lru_cache(maxsize=1)
-def insert_entries_sql() -> str:
+@lru_cache(maxsize=2)
+def append_entries_sql(after_lock: bool = False) -> str:
+    """Move the heads and insert the chained entries, in one statement whose parameter is
+    {"heads": [{tenant_id, from_seq, from_hash, seq, hash}], "entries": entry_rows(...)}; with
+    `after_lock`, a first parameter names an advisory lock (bigint) the statement waits for before it
+    touches a head (a writer ordering its own transactions). The heads must exist. A head no longer at
+    (from_seq, from_hash) once locked gets a NULL hash, which its NOT NULL constraint refuses: the
+    statement fails rather than fork or break the chain."""
     # Built on first use: a foreign-key column's type is known once every model is imported.
-    return json_insert_sql(AuditEvent.__table__, _ENTRY_COLUMNS)
+    entries = json_insert_sql(AuditEvent.__table__, _ENTRY_COLUMNS, "(SELECT doc FROM appended) -> 'entries'")
+    waited = "waited AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s::bigint)), " if after_lock else ""
+    return (
+        f"WITH {waited}appended AS (SELECT %s::jsonb AS doc), "
+        "head AS (SELECT h.* FROM appended, jsonb_to_recordset(appended.doc -> 'heads') "
+        "AS h(tenant_id varchar, from_seq bigint, from_hash varchar, seq bigint, hash varchar)), "
+        # The heads as they are once locked (a lock waits for, then reads, the latest committed row;
+        # joining `waited` takes no lock before the advisory one), in tenant order like chain_pending.
+        "locked AS (SELECT audit_heads.tenant_id, audit_heads.seq, audit_heads.hash FROM audit_heads"
+        f"{', waited' if after_lock else ''} WHERE audit_heads.tenant_id IN (SELECT tenant_id FROM head) "
+        "ORDER BY audit_heads.tenant_id FOR UPDATE OF audit_heads), "
+        "moved AS (UPDATE audit_heads SET seq = head.seq, hash = CASE WHEN locked.seq = head.from_seq "
+        "AND locked.hash = head.from_hash THEN head.hash END FROM head JOIN locked USING (tenant_id) "
+        "WHERE audit_heads.tenant_id = head.tenant_id RETURNING audit_heads.tenant_id) "
+        # Reading `moved` makes the heads move before the entries go in, as in chain_pending.
+        f"{entries} WHERE incoming.tenant_id IN (SELECT tenant_id FROM moved)"
+    )
 
 
-def entry_rows(entries: Sequence[AuditEntry]) -> list[dict[str, Any]]:
-    """Chained entries as rows for insert_entries_sql()."""
+def appended_heads(
+    entries_by_tenant: dict[str, list[AuditEntry]], heads: dict[str, tuple[int, str]], now: datetime
+) -> list[dict[str, Any]]:
+    """Chain each tenant's entries onto its head (seq, hash); answers the "heads" of append_entries_sql()."""
+    moved = []
+    for tenant_id, entries in sorted(entries_by_tenant.items()):
+        from_seq, from_hash = heads[tenant_id]
+        seq, hash_ = chain_onto(from_seq, from_hash, entries, now)
+        moved.append(
+            {"tenant_id": tenant_id, "from_seq": from_seq, "from_hash": from_hash, "seq": seq, "hash": hash_}
+        )
+    return moved
+
+
+def entry_rows(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
+    """Chained entries as rows for append_entries_sql()."""
     return [{column: getattr(entry, column) for column in _ENTRY_COLUMNS} for entry in entries]
+
+
+def is_head_moved(exc: BaseException) -> bool:
+    """Whether append_entries_sql() failed because another writer appended first."""
+    orig = getattr(exc, "orig", exc)
+    diag = getattr(orig, "diag", None)
+    table = getattr(diag, "table_name", None)
+    return (isinstance(orig, psycopg.errors.NotNullViolation) and table == "audit_heads") or (
+        isinstance(orig, psycopg.errors.UniqueViolation) and table == "audit_events"
+    )
 
 
 @dataclass(frozen=True)

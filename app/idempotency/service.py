@@ -21,6 +21,7 @@ read replays):
 # No `from __future__ import annotations`: the guard's annotations name the closure's `scope`, which
 # FastAPI must evaluate at definition time.
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from app.asyncdb import compiled_sql, json_insert_sql
+from app.asyncdb import compiled_sql
 from app.db import SessionDep, new_id
 from app.errors import ProblemError, unprocessable
 from app.idempotency.hashing import request_hash
@@ -176,10 +177,14 @@ class StoredKeyRow:
     response_body: Any
 
 
-def claim_sql(tenant_id: str, key: str) -> tuple[str, tuple[int, int]]:
-    """The statement that claims (tenant, key) until the transaction ends; it answers false when another
-    transaction holds it (then: 409)."""
-    return "SELECT pg_try_advisory_xact_lock(%s, %s)", (ADVISORY_LOCK_CLASS, _lock_id(tenant_id, key))
+def claims_sql(tenant_id: str, keys: Sequence[str]) -> tuple[str, tuple[int, list[int]]]:
+    """The statement that claims each (tenant, key) until the transaction ends, as _claim does; its one
+    row holds a boolean per key, false where another transaction holds the key (then: 409)."""
+    return (
+        "SELECT array_agg(pg_try_advisory_xact_lock(%s, lock_id) ORDER BY position) "
+        "FROM unnest(%s::int[]) WITH ORDINALITY AS claimed(lock_id, position)",
+        (ADVISORY_LOCK_CLASS, [_lock_id(tenant_id, key) for key in keys]),
+    )
 
 
 @lru_cache(maxsize=1)
@@ -199,21 +204,17 @@ def stored_keys_sql() -> str:
     )
 
 
-_KEY_COLUMNS = (
+# The columns of IdempotencyKey that done_key_row fills.
+KEY_COLUMNS = (
     "id", "tenant_id", "key", "method", "path", "request_hash", "state", "response_status",
     "response_body", "created_at",
 )  # fmt: skip
 
 
-@lru_cache(maxsize=1)
-def insert_keys_sql() -> str:
-    return json_insert_sql(IdempotencyKey.__table__, _KEY_COLUMNS)
-
-
 def done_key_row(
     tenant_id: str, key: str, method: str, path: str, digest: str, status_code: int, body: Any, now: datetime
 ) -> dict[str, Any]:
-    """A finished key with its answer (JSON-ready `body`), as a row for insert_keys_sql()."""
+    """A finished key with its answer (JSON-ready `body`), as a row of KEY_COLUMNS."""
     return {
         "id": new_id(),
         "tenant_id": tenant_id,

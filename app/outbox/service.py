@@ -13,13 +13,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.asyncdb import json_insert_sql
 from app.db import utcnow
 from app.outbox.models import OutboxMessage
 
@@ -52,18 +50,14 @@ def enqueue(session: Session, task_name: str, payload: dict[str, Any]) -> Outbox
     return message
 
 
-_ROW_COLUMNS = ("task_name", "payload", "created_at", "attempts")
+# Bulk writers (app.asyncdb) insert these columns of OutboxMessage, and set `committed_work` once their
+# transaction has committed.
+OUTBOX_COLUMNS = ("task_name", "payload", "created_at", "attempts")
 
 
 def outbox_row(task_name: str, payload: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """A task as a row for insert_outbox_sql() (bulk writers on app.asyncdb, which set `committed_work`
-    once their transaction has committed)."""
+    """A task as a row of OUTBOX_COLUMNS."""
     return {"task_name": task_name, "payload": payload, "created_at": now, "attempts": 0}
-
-
-@lru_cache(maxsize=1)
-def insert_outbox_sql() -> str:
-    return json_insert_sql(OutboxMessage.__table__, _ROW_COLUMNS)
 
 
 @event.listens_for(Session, "after_commit")

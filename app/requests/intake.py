@@ -1,13 +1,20 @@
 """Deletion-request intake on Postgres: the requests a process receives at the same time are recorded
-together, in one transaction.
+together, one transaction per batch.
 
 Why: every request appends to its tenant's audit chain, whose head row stays locked until the commit,
 and a commit waits for its WAL flush (about 5 ms on the disks this runs on). One transaction per request
 therefore caps a tenant at a couple of hundred requests a second whatever the CPU, and the ORM path
-spends several milliseconds of CPU per request besides. Here, requests that arrive while a batch is
-being written wait for the next batch; a batch is one transaction of three round trips on an
-app.asyncdb connection: (1) every lookup, (2) every table's rows (one JSON document per table) and the
-lock on the audit heads, (3) the chained audit events, the heads, COMMIT.
+spends several milliseconds of CPU per request besides.
+
+How: requests that arrive while MAX_WRITERS batches are in flight form the next batch. A batch is one
+transaction on an app.asyncdb connection, in two round trips: (1) one lookup statement per tenant
+(samples, trained versions, named models, subscriptions, idempotency keys, the audit head); (2) every
+row in one statement (one JSON document), the audit entries chained onto the head and appended by
+app.audit.service.append_entries_sql, and COMMIT. The batches of a process commit in the order they
+chained: each waits, in the database, for the advisory lock its predecessor holds until it ends, so
+the next batch's work overlaps the previous one's commit. If another writer (a worker, another process)
+moved a head meanwhile, the append fails and the batch is written again with the heads locked first
+(three round trips), which cannot fail that way.
 
 Guarantees, as on the ORM path (app.requests.service.create_request, used on other databases, with the
 same rules: intake_steps, live_models, audit_change, announcement): a 202 is answered only once its
@@ -19,44 +26,47 @@ a database failure fails the whole batch (503 for an outage), and nothing of it 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection, AsyncCursor
-from sqlalchemy import BigInteger, String, any_, bindparam, select
+from sqlalchemy import BigInteger, String, Table, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
 
 from app import asyncdb
 from app.audit.service import (
     CREATE_HEADS_SQL,
     LOCK_HEADS_SQL,
-    MOVE_HEADS_SQL,
     AuditEntry,
-    chain_onto,
+    append_entries_sql,
+    appended_heads,
     entry_rows,
-    insert_entries_sql,
+    is_head_moved,
     normalized_data,
 )
 from app.db import new_id
 from app.errors import ProblemError, unprocessable
+from app.idempotency.models import IdempotencyKey
 from app.idempotency.service import (
+    KEY_COLUMNS,
     IdempotentReplay,
     StoredKeyRow,
-    claim_sql,
+    claims_sql,
     done_key_row,
     in_flight,
-    insert_keys_sql,
     judge_reuse,
     stored_keys_sql,
 )
 from app.outbox.celery_client import PLAN_TASK
-from app.outbox.service import committed_work, insert_outbox_sql, outbox_row
+from app.outbox.models import OutboxMessage
+from app.outbox.service import OUTBOX_COLUMNS, committed_work, outbox_row
 from app.provenance.membership import TrainedVersion, trained_versions_query
 from app.provenance.models import Sample
 from app.registry.models import Model
@@ -69,6 +79,8 @@ from app.requests.service import (
     MODEL_PENDING,
     AffectedModel,
     Intake,
+    RequestSnapshot,
+    TimelineEntryRow,
     announcement,
     audit_change,
     intake_steps,
@@ -79,7 +91,9 @@ from app.security.auth import Principal
 from app.security.subjects import subject_hmac
 from app.settings import get_settings
 from app.webhooks.events import request_event
+from app.webhooks.models import WebhookDelivery
 from app.webhooks.service import (
+    DELIVERY_COLUMNS,
     SubscriptionRow,
     active_subscriptions_sql,
     callback_secret,
@@ -88,12 +102,13 @@ from app.webhooks.service import (
     delivery_targets,
     delivery_task,
     event_envelope,
-    insert_deliveries_sql,
 )
 
 # Requests per transaction: large enough for any burst one process sees, small enough that a batch
 # stays a few milliseconds of work.
 MAX_BATCH = 256
+# Batches in flight per process: one committing, the next waiting for it with its rows ready.
+MAX_WRITERS = 2
 ACCEPTED = 202
 
 
@@ -107,48 +122,51 @@ class Submission:
     key: str | None = None
     digest: str = ""
     future: asyncio.Future[DeletionRequestCreated] = field(init=False)
+    subject_hmac: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        subject_id = self.payload.subject_id
+        self.subject_hmac = subject_hmac(subject_id) if subject_id is not None else None
 
     @property
     def tenant_id(self) -> str:
         return self.principal.tenant_id
 
 
-# --- the lookups of a batch (round trip 1) ----------------------------------------------------------------
+# --- round trip 1: what the batch's requests resolve to, one statement per tenant -----------------------
 
 _TENANT = bindparam("tenant_id", type_=String)
 _HMACS = bindparam("hmacs", type_=ARRAY(String))
 _SAMPLE_IDS = bindparam("sample_ids", type_=ARRAY(BigInteger))
+_NAMES = bindparam("names", type_=ARRAY(String))
 
 
-@lru_cache(maxsize=1)
-def _queries() -> dict[str, str]:
+@lru_cache(maxsize=2)
+def _lookup_sql(taking_token: bool) -> str:
+    """One statement, one row: each part a JSON array (the audit head: [seq, hash] or null). Parameters:
+    tenant_id, hmacs, sample_ids, names, keys (empty lists for what the batch does not name); when
+    `taking_token`, also `token`: the advisory lock the batch holds until it ends (first column)."""
     erased = Sample.erased_at.is_not(None)
-    return {
-        "subject_samples": asyncdb.compiled_sql(
-            select(Sample.subject_hmac, Sample.id, erased).where(
-                Sample.tenant_id == _TENANT, Sample.subject_hmac == any_(_HMACS)
-            )
-        ),
-        "listed_samples": asyncdb.compiled_sql(
-            select(Sample.id, erased).where(Sample.tenant_id == _TENANT, Sample.id == any_(_SAMPLE_IDS))
-        ),
-        "trained_on_subjects": asyncdb.compiled_sql(
-            trained_versions_query(_TENANT, Sample.subject_hmac == any_(_HMACS))
-        ),
-        "trained_on_samples": asyncdb.compiled_sql(
-            trained_versions_query(_TENANT, Sample.id == any_(_SAMPLE_IDS))
-        ),
-        "named_models": asyncdb.compiled_sql(
-            select(Model.id, Model.name).where(
-                Model.tenant_id == _TENANT, Model.name == any_(bindparam("names", type_=ARRAY(String)))
-            )
-        ),
-    }
+    parts = [
+        (select(Sample.subject_hmac, Sample.id, erased).where(
+            Sample.tenant_id == _TENANT, Sample.subject_hmac == any_(_HMACS)), 3),
+        (select(Sample.id, erased).where(Sample.tenant_id == _TENANT, Sample.id == any_(_SAMPLE_IDS)), 2),
+        (trained_versions_query(_TENANT, Sample.subject_hmac == any_(_HMACS)), 7),
+        (trained_versions_query(_TENANT, Sample.id == any_(_SAMPLE_IDS)), 7),
+        (select(Model.id, Model.name).where(Model.tenant_id == _TENANT, Model.name == any_(_NAMES)), 2),
+    ]  # fmt: skip
+    subqueries = [asyncdb.json_rows_sql(asyncdb.compiled_sql(stmt), width) for stmt, width in parts]
+    subqueries.append(asyncdb.json_rows_sql(active_subscriptions_sql(), 3))
+    subqueries.append(asyncdb.json_rows_sql(stored_keys_sql(), 5))
+    subqueries.append("(SELECT json_build_array(seq, hash) FROM audit_heads WHERE tenant_id = %(tenant_id)s)")
+    if taking_token:
+        subqueries.insert(0, "pg_advisory_xact_lock(%(token)s::bigint)")
+    return "SELECT " + ", ".join(subqueries)
 
 
 @dataclass
 class TenantLookups:
-    """What one round trip found for the submissions of one tenant."""
+    """What round trip 1 found for the submissions of one tenant."""
 
     samples_of_subject: dict[str, list[tuple[int, bool]]] = field(default_factory=lambda: defaultdict(list))
     listed_samples: dict[int, bool] = field(default_factory=dict)
@@ -157,86 +175,74 @@ class TenantLookups:
     subscriptions: list[SubscriptionRow] = field(default_factory=list)
     stored_keys: dict[str, StoredKeyRow] = field(default_factory=dict)
     claimed: dict[str, bool] = field(default_factory=dict)
+    head: tuple[int, str] | None = None
+
+    def claims_reader(self, keys: list[str]) -> Callable[[list[Any]], None]:
+        """Reads the claims statement's one row: a boolean per key."""
+
+        def read(rows: list[Any]) -> None:
+            self.claimed.update(zip(keys, rows[0][0], strict=True))
+
+        return read
+
+    def reader(self, *, skip: bool) -> Callable[[list[Any]], None]:
+        """Reads the lookup's one row; `skip`: its first column is the token's (see _lookup_sql)."""
+
+        def read(rows: list[Any]) -> None:
+            self.read(rows[0][1:] if skip else rows[0])
+
+        return read
+
+    def read(self, row: Sequence[Any]) -> None:
+        subject_samples, listed, by_subject, by_sample, models, subscriptions, keys, head = row
+        for hmac, sample_id, erased in subject_samples:
+            self.samples_of_subject[hmac].append((sample_id, erased))
+        self.listed_samples.update((sample_id, erased) for sample_id, erased in listed)
+        for hit in (TrainedVersion(*values) for values in (*by_subject, *by_sample)):
+            self.hits_by_sample[hit.sample_id].append(hit)
+        self.models_by_name.update((name, model_id) for model_id, name in models)
+        self.subscriptions.extend(SubscriptionRow(*values) for values in subscriptions)
+        self.stored_keys.update((values[0], StoredKeyRow(*values)) for values in keys)
+        self.head = (head[0], head[1]) if head else None
 
 
-class PendingLookups:
-    """The cursors of the queued lookups, read once the pipeline has synced."""
+class Lookups:
+    """The lookups of a batch: added to the script of round trip 1, read when it has run."""
 
-    def __init__(self) -> None:
-        self._readers: list[tuple[AsyncCursor[Any], Any]] = []
+    def __init__(self, batch: Sequence[Submission]) -> None:
+        self.by_tenant: dict[str, list[Submission]] = defaultdict(list)
+        for sub in batch:
+            self.by_tenant[sub.tenant_id].append(sub)
+        self.found = {tenant_id: TenantLookups() for tenant_id in self.by_tenant}
 
-    async def queue(self, conn: AsyncConnection[Any], sql: str, params: Any, read: Any) -> None:
-        self._readers.append((await conn.execute(sql, params), read))
-
-    async def collect(self) -> None:
-        for cursor, read in self._readers:
-            read(await cursor.fetchall())
-
-
-async def _queue_lookups(
-    conn: AsyncConnection[Any], tenant_id: str, batch: Sequence[Submission], found: TenantLookups
-) -> PendingLookups:
-    queries, pending = _queries(), PendingLookups()
-    hmacs = sorted({hmac for sub in batch if (hmac := _hmac_of(sub)) is not None})
-    sample_ids = sorted({sample_id for sub in batch for sample_id in sub.payload.sample_ids or ()})
-    names = sorted({name for sub in batch for name in sub.payload.models or ()})
-    keys = sorted({sub.key for sub in batch if sub.key is not None})
-
-    def samples_of_subjects(rows: list[tuple[str, int, bool]]) -> None:
-        for hmac, sample_id, erased in rows:
-            found.samples_of_subject[hmac].append((sample_id, erased))
-
-    def hits(rows: list[tuple[Any, ...]]) -> None:
-        for row in rows:
-            hit = TrainedVersion(*row)
-            found.hits_by_sample[hit.sample_id].append(hit)
-
-    for key in keys:  # claimed before the stored keys are read, as check_key does
-        sql, params = claim_sql(tenant_id, key)
-        await pending.queue(conn, sql, params, lambda rows, key=key: found.claimed.update({key: rows[0][0]}))
-    if keys:
-        await pending.queue(
-            conn,
-            stored_keys_sql(),
-            {"tenant_id": tenant_id, "keys": keys},
-            lambda rows: found.stored_keys.update({row[0]: StoredKeyRow(*row) for row in rows}),
-        )
-    if names:
-        await pending.queue(
-            conn,
-            queries["named_models"],
-            {"tenant_id": tenant_id, "names": names},
-            lambda rows: found.models_by_name.update({name: model_id for model_id, name in rows}),
-        )
-    if hmacs:
-        subjects = {"tenant_id": tenant_id, "hmacs": hmacs}
-        await pending.queue(conn, queries["subject_samples"], subjects, samples_of_subjects)
-        await pending.queue(conn, queries["trained_on_subjects"], subjects, hits)
-    if sample_ids:
-        listed = {"tenant_id": tenant_id, "sample_ids": sample_ids}
-        await pending.queue(
-            conn, queries["listed_samples"], listed, lambda rows: found.listed_samples.update(dict(rows))
-        )
-        await pending.queue(conn, queries["trained_on_samples"], listed, hits)
-    await pending.queue(
-        conn,
-        active_subscriptions_sql(),
-        {"tenant_id": tenant_id},
-        lambda rows: found.subscriptions.extend(SubscriptionRow(*row) for row in rows),
-    )
-    return pending
+    def add_to(self, script: asyncdb.Script, token: int | None = None) -> None:
+        """With `token`, the first lookup also takes that advisory lock."""
+        for tenant_id, subs in self.by_tenant.items():
+            found = self.found[tenant_id]
+            keys = sorted({sub.key for sub in subs if sub.key is not None})
+            if keys:  # claimed before the stored keys are read, as check_key does
+                script.add(*claims_sql(tenant_id, keys), read=found.claims_reader(keys))
+            params: dict[str, Any] = {
+                "tenant_id": tenant_id,
+                "hmacs": sorted({sub.subject_hmac for sub in subs if sub.subject_hmac is not None}),
+                "sample_ids": sorted(
+                    {sample_id for sub in subs for sample_id in sub.payload.sample_ids or ()}
+                ),
+                "names": sorted({name for sub in subs for name in sub.payload.models or ()}),
+                "keys": keys,
+            }
+            if token is not None:
+                params["token"] = token
+            script.add(_lookup_sql(token is not None), params, found.reader(skip=token is not None))
+            token = None
 
 
-def _hmac_of(sub: Submission) -> str | None:
-    return subject_hmac(sub.payload.subject_id) if sub.payload.subject_id is not None else None
-
-
-# --- what a batch writes (round trips 2 and 3) -----------------------------------------------------------
+# --- what a batch writes ----------------------------------------------------------------------------------
 
 
 @dataclass
 class Rows:
-    """Every row a batch inserts, per table, in insertion order."""
+    """Every row a batch inserts, per table, in insertion order; the audit entries per tenant."""
 
     requests: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -254,26 +260,24 @@ _REQUEST_COLUMNS = (
 )  # fmt: skip
 
 
-@lru_cache(maxsize=1)
-def _inserts() -> list[tuple[str, str]]:
-    """(Rows attribute, INSERT statement), parents before children."""
-    return [
-        ("requests", asyncdb.json_insert_sql(DeletionRequest.__table__, _REQUEST_COLUMNS)),
-        ("samples", asyncdb.json_insert_sql(DeletionRequestSample.__table__, ("request_id", "sample_id"))),
-        (
-            "models",
-            asyncdb.json_insert_sql(DeletionRequestModel.__table__, ("request_id", "model_id", "status")),
-        ),
-        (
-            "events",
-            asyncdb.json_insert_sql(
-                RequestEvent.__table__, ("request_id", "from_status", "to_status", "at", "detail")
-            ),
-        ),
-        ("deliveries", insert_deliveries_sql()),
-        ("outbox", insert_outbox_sql()),
-        ("keys", insert_keys_sql()),
-    ]
+def _tables() -> dict[str, tuple[Table, Sequence[str]]]:
+    """The table and columns of each Rows list, parents first."""
+    return {
+        "requests": (DeletionRequest.__table__, _REQUEST_COLUMNS),
+        "samples": (DeletionRequestSample.__table__, ("request_id", "sample_id")),
+        "models": (DeletionRequestModel.__table__, ("request_id", "model_id", "status")),
+        "events": (RequestEvent.__table__, ("request_id", "from_status", "to_status", "at", "detail")),
+        "deliveries": (WebhookDelivery.__table__, DELIVERY_COLUMNS),
+        "outbox": (OutboxMessage.__table__, OUTBOX_COLUMNS),
+        "keys": (IdempotencyKey.__table__, KEY_COLUMNS),
+    }
+
+
+@lru_cache(maxsize=32)
+def _insert_sql(names: tuple[str, ...]) -> str:
+    """The one statement inserting the non-empty lists `names` of a Rows."""
+    tables = _tables()
+    return asyncdb.json_inserts_sql([(name, *tables[name]) for name in names])
 
 
 def _resolve(sub: Submission, found: TenantLookups) -> tuple[list[tuple[int, bool]], list[AffectedModel]]:
@@ -287,8 +291,8 @@ def _resolve(sub: Submission, found: TenantLookups) -> tuple[list[tuple[int, boo
         if unknown:
             raise unprocessable(f"unknown models: {', '.join(unknown)}", "unknown-models")
         allowed = {found.models_by_name[name] for name in wanted}
-    if payload.subject_id is not None:
-        samples = found.samples_of_subject.get(subject_hmac(payload.subject_id), [])
+    if sub.subject_hmac is not None:
+        samples = found.samples_of_subject.get(sub.subject_hmac, [])
     else:
         wanted_ids = sorted(set(payload.sample_ids or ()))
         unknown_ids = [sample_id for sample_id in wanted_ids if sample_id not in found.listed_samples]
@@ -302,7 +306,8 @@ def _resolve(sub: Submission, found: TenantLookups) -> tuple[list[tuple[int, boo
 
 
 def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) -> DeletionRequestCreated:
-    """Add the rows of one accepted submission to `rows`; answers its 202 body."""
+    """Add the rows of one accepted submission to `rows`; answers its 202 body. Raises the ProblemError
+    (or IdempotentReplay) that answers a refused one, which adds nothing."""
     payload, tenant_id, actor = sub.payload, sub.tenant_id, sub.principal.actor
     if sub.key is not None:
         if not found.claimed.get(sub.key):
@@ -312,11 +317,10 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
     samples, models = _resolve(sub, found)
     holds_data = bool(models) or any(not erased for _, erased in samples)
 
-    request = DeletionRequest(
+    request = RequestSnapshot(
         id=new_id(),
         tenant_id=tenant_id,
-        subject_hmac=_hmac_of(sub),
-        status=None,
+        subject_hmac=sub.subject_hmac,
         regime=payload.regime,
         method=payload.method,
         requested_models=payload.models,
@@ -330,14 +334,11 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
         {"request_id": request.id, "model_id": model.id, "status": MODEL_PENDING} for model in models
     )
     timeline = []
+    from_status: str | None = None
     for to_status, detail in intake_steps(holds_data, len(samples), models):
         # What change_status writes for each step: timeline row, webhooks, audit event.
-        from_status, request.status = request.status, to_status
-        timeline.append(
-            RequestEvent(
-                request_id=request.id, from_status=from_status, to_status=to_status, at=now, detail=detail
-            )
-        )
+        request.status = to_status
+        timeline.append(TimelineEntryRow(from_status, to_status, now, detail))
         rows.events.append(
             {
                 "request_id": request.id,
@@ -349,10 +350,9 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
         )
         event = request_event(to_status)
         if event is not None:
-            envelope = event_envelope(
-                event, announcement(request, {"previous_status": from_status, **detail})
-            )
+            payload_of_event = announcement(request, {"previous_status": from_status, **detail})
             targets = delivery_targets(found.subscriptions, event, callback_url)
+            envelope = event_envelope(event, payload_of_event)
             deliveries = delivery_rows(tenant_id, event, envelope, targets, request.id, now)
             rows.deliveries.extend(deliveries)
             rows.outbox.extend(outbox_row(*delivery_task(delivery["id"]), now) for delivery in deliveries)
@@ -360,6 +360,7 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
         rows.audit[tenant_id].append(
             AuditEntry(tenant_id, ENTITY_TYPE, request.id, action, normalized_data(data), actor)
         )
+        from_status = to_status
     if holds_data:
         rows.outbox.append(outbox_row(PLAN_TASK, plan_task_payload(request), now))
     rows.requests.append({column: getattr(request, column) for column in _REQUEST_COLUMNS})
@@ -372,59 +373,45 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
     return answer
 
 
-def _json(rows: Any) -> str:
-    return orjson.dumps(rows).decode()
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
-async def _lock_heads(conn: AsyncConnection[Any], tenant_ids: list[str]) -> dict[str, tuple[int, str]]:
-    cursor = await conn.execute(LOCK_HEADS_SQL, {"tenant_ids": tenant_ids})
-    return {tenant_id: (seq, hash_) for tenant_id, seq, hash_ in await cursor.fetchall()}
+def _add_rows(script: asyncdb.Script, rows: Rows) -> None:
+    names = tuple(name for name in _tables() if getattr(rows, name))
+    script.add(_insert_sql(names), (_json({name: getattr(rows, name) for name in names}),))
 
 
-async def _write(conn: AsyncConnection[Any], rows: Rows, now: datetime) -> None:
-    """Round trips 2 and 3: the rows, then the chained audit events and the heads (COMMIT follows)."""
-    for name, sql in _inserts():
-        table_rows = getattr(rows, name)
-        if table_rows:
-            await conn.execute(sql, (_json(table_rows),))
-    tenant_ids = sorted(rows.audit)  # locked in tenant order, like chain_pending
-    heads = await _lock_heads(conn, tenant_ids)
-    if len(heads) < len(tenant_ids):
-        await conn.execute(CREATE_HEADS_SQL, {"tenant_ids": [t for t in tenant_ids if t not in heads]})
-        heads = await _lock_heads(conn, tenant_ids)
-    moved, entries = [], []
-    for tenant_id in tenant_ids:
-        seq, hash_ = chain_onto(*heads[tenant_id], rows.audit[tenant_id], now)
-        moved.append({"tenant_id": tenant_id, "seq": seq, "hash": hash_})
-        entries.extend(rows.audit[tenant_id])
-    await conn.execute(insert_entries_sql(), (_json(entry_rows(entries)),))
-    await conn.execute(MOVE_HEADS_SQL, (_json(moved),))
+def _add_append(
+    script: asyncdb.Script,
+    rows: Rows,
+    heads: dict[str, tuple[int, str]],
+    now: datetime,
+    after_lock: int | None = None,
+) -> list[dict[str, Any]]:
+    """Chain the audit entries and add their append; with `after_lock`, the heads move once that
+    advisory lock (the previous batch's) is free. Answers the heads as they will be."""
+    moved = appended_heads(rows.audit, heads, now)
+    entries = entry_rows(entry for tenant_entries in rows.audit.values() for entry in tenant_entries)
+    document = _json({"heads": moved, "entries": entries})
+    if after_lock is None:
+        script.add(append_entries_sql(), (document,))
+    else:
+        script.add(append_entries_sql(after_lock=True), (after_lock, document))
+    return moved
 
 
-async def write_batch(pool: asyncdb.AsyncPool, batch: Sequence[Submission]) -> None:
-    """Record `batch` in one transaction and settle each submission's future (its answer, or the
-    problem that refused it); raises when the transaction fails (nothing of the batch is stored)."""
-    by_tenant: dict[str, list[Submission]] = defaultdict(list)
-    for sub in batch:
-        by_tenant[sub.tenant_id].append(sub)
-    outcomes: list[tuple[Submission, DeletionRequestCreated | Exception]] = []
-    rows = Rows()
-    async with pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
-        lookups = {tenant_id: TenantLookups() for tenant_id in by_tenant}
-        pending = [await _queue_lookups(conn, t, subs, lookups[t]) for t, subs in by_tenant.items()]
-        await pipeline.sync()
-        for reads in pending:
-            await reads.collect()
-        now = service.utcnow()  # the requests domain's clock, as on the ORM path
-        for sub in batch:
-            try:
-                outcomes.append((sub, _record(sub, lookups[sub.tenant_id], rows, now)))
-            except (ProblemError, IdempotentReplay) as refusal:
-                outcomes.append((sub, refusal))
-        if rows.requests:
-            await _write(conn, rows, now)
-    if rows.outbox:
-        committed_work.set()
+def _add_head_locks(script: asyncdb.Script, tenant_ids: list[str], heads: dict[str, tuple[int, str]]) -> None:
+    """Lock the heads (made first where missing) and read them into `heads` when the script runs."""
+    script.add(CREATE_HEADS_SQL, {"tenant_ids": tenant_ids})
+    script.add(
+        LOCK_HEADS_SQL,
+        {"tenant_ids": tenant_ids},
+        lambda found: heads.update((t, (q, h)) for t, q, h in found),
+    )
+
+
+def _settle(outcomes: Iterable[tuple[Submission, DeletionRequestCreated | Exception]]) -> None:
     for sub, outcome in outcomes:
         if sub.future.done():  # its client went away; the request stands
             continue
@@ -437,14 +424,35 @@ async def write_batch(pool: asyncdb.AsyncPool, batch: Sequence[Submission]) -> N
 # --- batching ---------------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
+class Ticket:
+    """A batch's place in its process's order of commits. Its transaction holds the advisory lock
+    `token` from round trip 1 to its end; the next batch waits for that lock before appending."""
+
+    token: int
+    previous: Ticket | None
+    chained: asyncio.Event = field(default_factory=asyncio.Event)  # its entries are chained, or it gave up
+    ended: bool = False
+
+    def end(self) -> None:
+        self.ended = True
+        self.chained.set()
+        self.previous = None  # nothing needs the chain of tickets behind an ended one
+
+
 class IntakeBatcher:
-    """One per event loop: submissions queue while a batch is written, and form the next batch."""
+    """One per event loop and database: forms the batches and writes them."""
 
     def __init__(self, pool: asyncdb.AsyncPool) -> None:
         self.pool = pool
         self.waiting: list[Submission] = []
         self.keys_in_flight: set[tuple[str, str]] = set()
-        self._writer: asyncio.Task[None] | None = None
+        # The head each tenant will have once the batches written so far commit (seq, hash).
+        self.tails: dict[str, tuple[int, str]] = {}
+        self._last: Ticket | None = None
+        self._writers = asyncio.Semaphore(MAX_WRITERS)
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
     async def submit(self, sub: Submission) -> DeletionRequestCreated:
         loop = asyncio.get_running_loop()
@@ -457,26 +465,151 @@ class IntakeBatcher:
             self.keys_in_flight.add(claim)
         sub.future = loop.create_future()
         self.waiting.append(sub)
-        if self._writer is None:
-            self._writer = loop.create_task(self._write_all())
+        if self._dispatcher is None:
+            self._dispatcher = loop.create_task(self._dispatch())
         try:
             return await sub.future
         finally:
             if claim is not None:
                 self.keys_in_flight.discard(claim)
 
-    async def _write_all(self) -> None:
+    async def _dispatch(self) -> None:
+        """Start a batch of everything waiting whenever a writer is free."""
         try:
             while self.waiting:
+                await self._writers.acquire()
                 batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
-                try:
-                    await write_batch(self.pool, batch)
-                except Exception as exc:
-                    for sub in batch:
-                        if not sub.future.done():
-                            sub.future.set_exception(exc)
+                self._last = ticket = Ticket(secrets.randbits(63), self._last)
+                task = asyncio.get_running_loop().create_task(self._write(batch, ticket))
+                self._batches.add(task)  # a reference, so the task is not collected while it runs
+                task.add_done_callback(self._batches.discard)
         finally:
-            self._writer = None
+            self._dispatcher = None
+
+    async def _write(self, batch: list[Submission], ticket: Ticket) -> None:
+        outcomes: list[tuple[Submission, DeletionRequestCreated | Exception]]
+        try:
+            try:
+                outcomes = await self._write_in_order(batch, ticket)
+            except DBAPIError as exc:
+                if not is_head_moved(exc):
+                    raise
+                outcomes = await self._write_locked(batch)
+        except Exception as exc:
+            outcomes = [(sub, exc) for sub in batch]
+        finally:
+            self._writers.release()
+        if any(not isinstance(outcome, Exception) for _, outcome in outcomes):
+            committed_work.set()  # the outbox dispatcher sends the batch's tasks now
+        _settle(outcomes)
+
+    def _expected_heads(self, lookups: Lookups) -> dict[str, tuple[int, str]] | None:
+        """The head of each tenant once the batches before this one commit: this process's own tail,
+        or what round trip 1 read when that is newer (another writer appended). None when a tenant has
+        no head row yet (the locked path creates it)."""
+        heads = {}
+        for tenant_id, found in lookups.found.items():
+            candidates = [head for head in (self.tails.get(tenant_id), found.head) if head is not None]
+            if not candidates:
+                return None
+            heads[tenant_id] = max(candidates)
+        return heads
+
+    async def _write_in_order(
+        self, batch: Sequence[Submission], ticket: Ticket
+    ) -> list[tuple[Submission, DeletionRequestCreated | Exception]]:
+        """Write `batch` chained onto the tails of the batches before it, in two round trips; raises a
+        head-moved error (is_head_moved) when another writer appended meanwhile, and then nothing is
+        stored."""
+        lookups, rows = Lookups(batch), Rows()
+        chained: list[str] = []
+        try:
+            async with self.pool.connection() as conn:
+                try:
+                    first = asyncdb.Script(conn)
+                    first.add("BEGIN")
+                    lookups.add_to(first, ticket.token)
+                    await first.run()
+                    now = service.utcnow()  # the requests domain's clock, as on the ORM path
+                    outcomes = _outcomes(batch, lookups, rows, now)
+                    second = asyncdb.Script(conn)
+                    if rows.requests:
+                        previous = ticket.previous
+                        if previous is not None:
+                            await previous.chained.wait()
+                        heads = self._expected_heads(lookups)
+                        if heads is None:
+                            raise _NoHead
+                        _add_rows(second, rows)
+                        # The heads move once the previous batch has committed or rolled back (the
+                        # database waits for its lock): only the append and the commit are serialized.
+                        after = previous.token if previous is not None and not previous.ended else None
+                        for head in _add_append(second, rows, heads, now, after):
+                            self.tails[head["tenant_id"]] = (head["seq"], head["hash"])
+                            chained.append(head["tenant_id"])
+                    ticket.chained.set()
+                    second.add("COMMIT")
+                    await second.run()
+                except BaseException:
+                    await asyncdb.end_transaction(conn)
+                    raise
+            return outcomes
+        except _NoHead:
+            return await self._write_locked(batch)
+        except BaseException:
+            for tenant_id in chained:  # those tails will not be: later batches chained on them fail too
+                self.tails.pop(tenant_id, None)
+            raise
+        finally:
+            ticket.end()
+
+    async def _write_locked(
+        self, batch: Sequence[Submission]
+    ) -> list[tuple[Submission, DeletionRequestCreated | Exception]]:
+        """Write `batch` with the heads locked before chaining (three round trips; cannot lose a race)."""
+        lookups, rows = Lookups(batch), Rows()
+        async with self.pool.connection() as conn:
+            try:
+                first = asyncdb.Script(conn)
+                first.add("BEGIN")
+                lookups.add_to(first)
+                await first.run()
+                now = service.utcnow()
+                outcomes = _outcomes(batch, lookups, rows, now)
+                last = asyncdb.Script(conn)
+                if rows.requests:
+                    heads: dict[str, tuple[int, str]] = {}
+                    second = asyncdb.Script(conn)
+                    _add_rows(second, rows)
+                    # Locked after the rows are in (their foreign-key checks come first), in tenant
+                    # order: the lock order of chain_pending.
+                    _add_head_locks(second, sorted(rows.audit), heads)
+                    await second.run()
+                    for head in _add_append(last, rows, heads, now):
+                        tail = (head["seq"], head["hash"])
+                        self.tails[head["tenant_id"]] = max(tail, self.tails.get(head["tenant_id"], tail))
+                last.add("COMMIT")
+                await last.run()
+            except BaseException:
+                await asyncdb.end_transaction(conn)
+                raise
+        return outcomes
+
+
+class _NoHead(Exception):
+    """A tenant of the batch has no audit head row yet."""
+
+
+def _outcomes(
+    batch: Sequence[Submission], lookups: Lookups, rows: Rows, now: datetime
+) -> list[tuple[Submission, DeletionRequestCreated | Exception]]:
+    outcomes: list[tuple[Submission, DeletionRequestCreated | Exception]] = []
+    for sub in batch:
+        try:
+            outcomes.append((sub, _record(sub, lookups.found[sub.tenant_id], rows, now)))
+        except (ProblemError, IdempotentReplay) as refusal:
+            outcomes.append((sub, refusal))
+    return outcomes
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, IntakeBatcher]] = (

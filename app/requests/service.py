@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -63,11 +63,71 @@ class InvalidTransition(ValueError):
     pass
 
 
+class RequestState(Protocol):
+    """What answers and announcements read of a request: a DeletionRequest, or the draft of a bulk
+    writer (app.requests.intake)."""
+
+    id: str
+    tenant_id: str
+    status: str
+    regime: str
+    method: str
+    callback_url: str | None
+    received_at: datetime
+    due_at: datetime
+    extension_reason: str | None
+    extended_at: datetime | None
+    completed_at: datetime | None
+    failure_reason: str | None
+    updated_at: datetime
+
+
+@dataclass
+class RequestSnapshot:
+    """A request's columns as a plain object: what the batched intake writes and the status read answers
+    from (a DeletionRequest costs far more to build)."""
+
+    id: str
+    tenant_id: str
+    subject_hmac: str | None
+    regime: str
+    method: str
+    requested_models: list[str] | None
+    callback_url: str | None
+    received_at: datetime
+    due_at: datetime
+    updated_at: datetime
+    status: str = ""
+    extension_reason: str | None = None
+    extended_at: datetime | None = None
+    completed_at: datetime | None = None
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TimelineEntryRow:
+    """A timeline row as a plain object."""
+
+    from_status: str | None
+    to_status: str
+    at: datetime
+    detail: dict[str, Any]
+
+
+class TimelineStep(Protocol):
+    """A timeline row as answers show it: a RequestEvent, or a bulk writer's step."""
+
+    from_status: str | None
+    to_status: str
+    at: datetime
+    detail: dict[str, Any]
+
+
 def is_terminal(status: str) -> bool:
     return status not in OPEN_STATUSES
 
 
-def days_left_of(request: DeletionRequest, now: datetime | None = None) -> int:
+def days_left_of(request: RequestState, now: datetime | None = None) -> int:
     """Days left until due; frozen at the moment a request closed (completed_at, else its last change),
     so a finished request shows the margin it finished with rather than a count going ever negative."""
     if is_terminal(request.status):
@@ -75,7 +135,7 @@ def days_left_of(request: DeletionRequest, now: datetime | None = None) -> int:
     return days_left(request.due_at, now)
 
 
-def is_overdue_request(request: DeletionRequest, now: datetime | None = None) -> bool:
+def is_overdue_request(request: RequestState, now: datetime | None = None) -> bool:
     return not is_terminal(request.status) and request.due_at < (now or utcnow())
 
 
@@ -130,7 +190,7 @@ def audit_change(
     return f"{ENTITY_TYPE}.{to_status}", {"from": from_status, "to": to_status, **detail}
 
 
-def announcement(request: DeletionRequest, extra: dict[str, Any]) -> dict[str, Any]:
+def announcement(request: RequestState, extra: dict[str, Any]) -> dict[str, Any]:
     """The webhook payload announcing the request's current state."""
     return {
         "id": request.id,
@@ -160,10 +220,10 @@ class AffectedModel:
 class Intake:
     """A request just created, with what its answer shows (known in memory: no re-read)."""
 
-    request: DeletionRequest
+    request: RequestState
     sample_count: int
     models: list[AffectedModel]
-    events: list[RequestEvent]
+    events: Sequence[TimelineStep]
 
 
 def _subject_samples(session: Session, tenant_id: str, hmac_of_subject: str) -> list[tuple[int, bool]]:
@@ -230,7 +290,7 @@ def _named_models(session: Session, tenant_id: str, names: Iterable[str]) -> lis
     return found
 
 
-def plan_task_payload(request: DeletionRequest) -> dict[str, Any]:
+def plan_task_payload(request: RequestState) -> dict[str, Any]:
     return {"request_id": request.id, "tenant_id": request.tenant_id}
 
 

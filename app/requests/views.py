@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import Select, String, bindparam, exists, func, literal_column, select
 from sqlalchemy.orm import Session
 
+from app import asyncdb
 from app.db import utcnow
+from app.errors import not_found
 from app.jobs.models import Job, JobAttempt, JobRequest
 from app.pagination import PageParams, paginate
 from app.registry.models import Model, ModelVersion
@@ -30,7 +34,15 @@ from app.requests.schemas import (
     ModelProgress,
     TimelineEntry,
 )
-from app.requests.service import Intake, days_left_of, is_overdue_request
+from app.requests.service import (
+    Intake,
+    RequestSnapshot,
+    RequestState,
+    TimelineEntryRow,
+    TimelineStep,
+    days_left_of,
+    is_overdue_request,
+)
 
 PASS = "pass"
 FAIL = "fail"
@@ -41,7 +53,7 @@ def request_url(request_id: str) -> str:
     return f"/v1/deletion-requests/{request_id}"
 
 
-def summary(request: DeletionRequest, now: datetime | None = None) -> dict[str, Any]:
+def summary(request: RequestState, now: datetime | None = None) -> dict[str, Any]:
     return {
         "id": request.id,
         "status": request.status,
@@ -56,7 +68,7 @@ def summary(request: DeletionRequest, now: datetime | None = None) -> dict[str, 
     }
 
 
-def _timeline(events: list[RequestEvent]) -> list[TimelineEntry]:
+def _timeline(events: Sequence[TimelineStep]) -> list[TimelineEntry]:
     return [
         TimelineEntry(from_status=e.from_status, to_status=e.to_status, at=e.at, detail=e.detail or {})
         for e in events
@@ -73,7 +85,7 @@ def combined_verdict(verdicts: Sequence[str | None]) -> str | None:
     return FAIL if FAIL in verdicts else INCONCLUSIVE
 
 
-def _details(request: DeletionRequest, **parts: Any) -> dict[str, Any]:
+def _details(request: RequestState, **parts: Any) -> dict[str, Any]:
     extension = (
         Extension(reason=request.extension_reason, extended_at=request.extended_at)
         if request.extension_reason and request.extended_at
@@ -110,69 +122,134 @@ def created(intake: Intake, callback_secret: str | None) -> DeletionRequestCreat
     )
 
 
-def _model_progress(session: Session, request_id: str) -> list[ModelProgress]:
-    rows = session.execute(
-        select(DeletionRequestModel, Model.name, Job)
-        .join(Model, Model.id == DeletionRequestModel.model_id)
-        .outerjoin(Job, Job.id == DeletionRequestModel.job_id)
-        .where(DeletionRequestModel.request_id == request_id)
+# The parts of a request's detail, each one query on the request's id (a value, or a bind parameter
+# when app.asyncdb compiles them into one statement for the status read of api_detail).
+
+
+def _sample_count_query(request_id: Any) -> Select[Any]:
+    return select(func.count()).where(DeletionRequestSample.request_id == request_id)
+
+
+def _timeline_query(request_id: Any) -> Select[Any]:
+    return (
+        select(RequestEvent.from_status, RequestEvent.to_status, RequestEvent.at, RequestEvent.detail)
+        .where(RequestEvent.request_id == request_id)
+        .order_by(RequestEvent.id)
+    )
+
+
+def _progress_query(request_id: Any) -> Select[Any]:
+    """Per affected model: name, status, job id, stage, progress, method, the verdict of the job's last
+    attempt, the from and to version numbers."""
+    progress = DeletionRequestModel
+    last_verdict = (
+        select(JobAttempt.verdict)
+        .where(JobAttempt.job_id == progress.job_id)
+        .order_by(JobAttempt.attempt.desc(), JobAttempt.id.desc())
+        .limit(literal_column("1"))
+        .scalar_subquery()
+    )
+
+    def version_number(version_id: Any) -> Any:
+        return select(ModelVersion.version).where(ModelVersion.id == version_id).scalar_subquery()
+
+    return (
+        select(
+            Model.name,
+            progress.status,
+            progress.job_id,
+            Job.stage,
+            Job.progress,
+            Job.method,
+            last_verdict,
+            version_number(progress.from_version_id),
+            version_number(progress.to_version_id),
+        )
+        .join(Model, Model.id == progress.model_id)
+        .outerjoin(Job, Job.id == progress.job_id)
+        .where(progress.request_id == request_id)
         .order_by(Model.name)
-    ).all()
-    version_ids = {v for row, _, _ in rows for v in (row.from_version_id, row.to_version_id) if v}
-    numbers: dict[str, int] = {}
-    if version_ids:
-        rows_of_versions = session.execute(
-            select(ModelVersion.id, ModelVersion.version).where(ModelVersion.id.in_(version_ids))
+    )
+
+
+def _job_ids_query(request_id: Any) -> Select[Any]:
+    return select(JobRequest.job_id).where(JobRequest.request_id == request_id)
+
+
+_PROGRESS_FIELDS = (
+    "model",
+    "status",
+    "job_id",
+    "stage",
+    "progress",
+    "method",
+    "verdict",
+    "from_version",
+    "to_version",
+)
+
+
+def _detail(
+    request: RequestState,
+    sample_count: int,
+    timeline: Sequence[TimelineStep],
+    progress_rows: Iterable[Sequence[Any]],
+    requested_job_ids: Iterable[str],
+) -> DeletionRequestOut:
+    progress = [ModelProgress(**dict(zip(_PROGRESS_FIELDS, row, strict=True))) for row in progress_rows]
+    job_ids = list(dict.fromkeys([p.job_id for p in progress if p.job_id] + list(requested_job_ids)))
+    return DeletionRequestOut(
+        **_details(
+            request, models=progress, sample_count=sample_count, job_ids=job_ids, timeline=_timeline(timeline)
         )
-        numbers = {version_id: number for version_id, number in rows_of_versions}
-    job_ids = [job.id for _, _, job in rows if job is not None]
-    verdicts: dict[str, str | None] = {}
-    if job_ids:
-        for job_id, verdict in session.execute(
-            select(JobAttempt.job_id, JobAttempt.verdict)
-            .where(JobAttempt.job_id.in_(job_ids))
-            .order_by(JobAttempt.job_id, JobAttempt.attempt, JobAttempt.id)
-        ):
-            verdicts[job_id] = verdict  # the last attempt's verdict wins
-    return [
-        ModelProgress(
-            model=name,
-            status=row.status,
-            job_id=row.job_id,
-            stage=job.stage if job else None,
-            progress=job.progress if job else None,
-            method=job.method if job else None,
-            verdict=verdicts.get(row.job_id) if row.job_id else None,
-            from_version=numbers.get(row.from_version_id),
-            to_version=numbers.get(row.to_version_id),
-        )
-        for row, name, job in rows
-    ]
+    )
 
 
 def detailed(session: Session, request: DeletionRequest) -> DeletionRequestOut:
-    sample_count = session.scalar(select(func.count()).where(DeletionRequestSample.request_id == request.id))
-    events = list(
-        session.scalars(
-            select(RequestEvent).where(RequestEvent.request_id == request.id).order_by(RequestEvent.id)
-        )
+    return _detail(
+        request,
+        session.scalar(_sample_count_query(request.id)) or 0,
+        [TimelineEntryRow(*row) for row in session.execute(_timeline_query(request.id))],
+        session.execute(_progress_query(request.id)).all(),
+        session.scalars(_job_ids_query(request.id)),
     )
-    progress = _model_progress(session, request.id)
-    job_ids = list(
-        dict.fromkeys(
-            [p.job_id for p in progress if p.job_id]
-            + list(session.scalars(select(JobRequest.job_id).where(JobRequest.request_id == request.id)))
-        )
+
+
+_REQUEST_FIELDS = tuple(field.name for field in fields(RequestSnapshot))
+
+
+@lru_cache(maxsize=1)
+def _detail_sql() -> str:
+    """The status read in one statement: the request's columns, then its sample count, timeline, model
+    progress and job ids (JSON arrays); parameters request_id and tenant_id."""
+    request_id = bindparam("request_id", type_=String)
+    request = select(*(DeletionRequest.__table__.c[name] for name in _REQUEST_FIELDS)).where(
+        DeletionRequest.id == request_id, DeletionRequest.tenant_id == bindparam("tenant_id", type_=String)
     )
-    return DeletionRequestOut(
-        **_details(
-            request,
-            models=progress,
-            sample_count=sample_count or 0,
-            job_ids=job_ids,
-            timeline=_timeline(events),
-        )
-    )
+    parts = [
+        f"({asyncdb.compiled_sql(_sample_count_query(request_id))})",
+        asyncdb.json_rows_sql(asyncdb.compiled_sql(_timeline_query(request_id)), 4),
+        asyncdb.json_rows_sql(asyncdb.compiled_sql(_progress_query(request_id)), len(_PROGRESS_FIELDS)),
+        asyncdb.json_rows_sql(asyncdb.compiled_sql(_job_ids_query(request_id)), 1),
+    ]
+    return f"SELECT requested.*, {', '.join(parts)} FROM ({asyncdb.compiled_sql(request)}) AS requested"
+
+
+async def api_detail(pool: asyncdb.AsyncPool, tenant_id: str, request_id: str) -> DeletionRequestOut:
+    """The answer of GET /v1/deletion-requests/{id} on Postgres: one statement, no ORM."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(_detail_sql(), {"request_id": request_id, "tenant_id": tenant_id})
+        row = await cursor.fetchone()
+    if row is None:
+        raise not_found("deletion request", request_id)
+    width = len(_REQUEST_FIELDS)
+    sample_count, timeline, progress, job_ids = row[width:]
+    timeline_rows = [
+        TimelineEntryRow(from_status, to_status, datetime.fromisoformat(at), detail or {})
+        for from_status, to_status, at, detail in timeline
+    ]
+    request = RequestSnapshot(**dict(zip(_REQUEST_FIELDS, row[:width], strict=True)))
+    return _detail(request, sample_count, timeline_rows, progress, (job_id for (job_id,) in job_ids))
 
 
 def list_page(

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import String, bindparam, select
 from sqlalchemy.orm import Session
 
-from app.asyncdb import compiled_sql, json_insert_sql
+from app.asyncdb import compiled_sql
 from app.audit.service import record
 from app.db import new_id, utcnow
 from app.errors import not_found, unprocessable
@@ -176,15 +176,11 @@ def active_subscriptions_sql() -> str:
     )
 
 
-_DELIVERY_COLUMNS = (
+# The columns of WebhookDelivery that delivery_rows fills.
+DELIVERY_COLUMNS = (
     "id", "tenant_id", "subscription_id", "request_id", "url", "event_type", "payload", "status", "attempts",
     "next_attempt_at", "created_at",
 )  # fmt: skip
-
-
-@lru_cache(maxsize=1)
-def insert_deliveries_sql() -> str:
-    return json_insert_sql(WebhookDelivery.__table__, _DELIVERY_COLUMNS)
 
 
 def delivery_rows(
@@ -195,8 +191,8 @@ def delivery_rows(
     request_id: str | None,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """What enqueue_event adds for `targets`, as rows for insert_deliveries_sql(); each needs its
-    DELIVER_WEBHOOK_TASK (delivery_task)."""
+    """What enqueue_event adds for `targets`, as rows of DELIVERY_COLUMNS; each needs its outbox task
+    (delivery_task)."""
     return [
         {
             "id": new_id(),

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -157,7 +158,10 @@ class Api(Process):
 
 
 class Worker(Process):
-    """`celery --app workers.celery_app:app worker` on some queues, one process at a time (as deployed)."""
+    """`celery --app workers.celery_app:app worker` on some queues, supervised as deployed: a worker that
+    exits on its own is started again (compose's `restart: unless-stopped`). A worker whose Redis connection
+    breaks while it holds an unacknowledged message can exit inside kombu; production restarts it, and so
+    does this harness. Stopping or killing it on purpose ends the supervision until the next start."""
 
     def __init__(
         self, name: str, queues: str, env: dict[str, str], log_dir: Path, concurrency: int = 1
@@ -168,15 +172,39 @@ class Worker(Process):
             "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         ]  # fmt: skip
         super().__init__(name, command, env, log_dir)
+        self.supervised = False
+        self.restarts = 0
+        self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
         super().start()
         wait_for(f"worker {self.name} to be ready", self._ready, 90, 0.2)
+        self.supervised = True
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name=f"supervise-{self.name}", daemon=True)
+            self._watcher.start()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.supervised = False
+        super().kill(sig)
+
+    def stop(self) -> None:
+        self.supervised = False
+        super().stop()
 
     def _ready(self) -> bool:
         if not self.running:
             raise AssertionError(f"worker {self.name} exited:\n{self.log_since_start()[-3000:]}")
         return " ready." in self.log_since_start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.5)
+            if self.supervised and not self.running:
+                self.restarts += 1
+                with self.log_path.open("a") as log:
+                    log.write(f"\n--- harness: worker exited, restart #{self.restarts} ---\n")
+                self.start()
 
 
 class WebhookReceiver:

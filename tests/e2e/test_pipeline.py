@@ -104,9 +104,9 @@ def test_request_reaches_completed_with_a_promoted_verified_version(
     report = ok(http.get(job["report_url"]))
     assert report["verdict"] == "pass" and report["samples"]["forget"] == 20
     assert http.get(f"{job['report_url']}/{report['plots'][0].removesuffix('.png')}.png").status_code == 200
-    # what the subject is held in now: the tainted version 1 only, never the promoted one
-    held_in = ok(http.get(f"/v1/subjects/{subject}"))["model_versions"]
-    assert {"model": model, "version": 2} not in [{k: v[k] for k in ("model", "version")} for v in held_in]
+    # provenance: the subject trained the (now tainted) version 1, never the promoted version 2
+    held_in = {(v["model"], v["version"]) for v in ok(http.get(f"/v1/subjects/{subject}"))["model_versions"]}
+    assert (model, 1) in held_in and (model, 2) not in held_in
     # the certificate the worker issued verifies against the service's published key
     certificate = http.get(f"/v1/deletion-requests/{created['id']}/certificate")
     public_key = load_public_key(http.get("/v1/certificates/public-key").content)

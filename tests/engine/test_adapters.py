@@ -186,3 +186,16 @@ def test_tokenizer_splits_digits_one_per_token(bios: Workload) -> None:
     vocab = tokenizer_from_json(bios.adapter_config["tokenizer_json"]).get_vocab()
     digits_as_tokens = [t for t in vocab if t.strip("Ġ").isdigit() and len(t.strip("Ġ")) > 1]
     assert digits_as_tokens == []  # digits are split one per token: canary candidates cost the same
+
+
+def test_a_causal_lm_trained_elsewhere_can_be_wrapped(bios_trained, bios: Workload, tmp_path: Path) -> None:
+    adapter, _ = bios_trained
+    adapter.model.save_pretrained(tmp_path / "hf")
+    adapter.tokenizer.save_pretrained(tmp_path / "hf")
+    from workers.modeling.adapters.causal_lm import CausalLMAdapter
+
+    outside = CausalLMAdapter.from_pretrained(tmp_path / "hf", max_length=adapter.max_length)
+    samples = bios.heldout[:8]
+    np.testing.assert_allclose(outside.per_sample_loss(samples), adapter.per_sample_loss(samples), rtol=1e-5)
+    outside.save(tmp_path / "lethe")
+    assert_same_weights(load_adapter(tmp_path / "lethe"), outside)

@@ -163,3 +163,22 @@ def test_missing_provenance_is_reported_clearly(digits: Workload, tmp_path: Path
 def test_unknown_optimizer_is_refused(digits: Workload) -> None:
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer(digits.new_adapter(), TINY.replace(optimizer="lbfgs-ish"))
+
+
+def test_models_trained_like_a_version_follow_their_seed(tiny_run) -> None:
+    samples, adapter, record = tiny_run
+    half = samples[: len(samples) // 2]
+    first, again = record.train_like(half, seed=11), record.train_like(half, seed=11)
+    assert_same_weights(first.state_dict(), again.state_dict())
+    other = record.train_like(half, seed=12)
+    assert not torch.equal(first.state_dict()["head.weight"], other.state_dict()["head.weight"])
+    assert first.config() == {**adapter.config(), "init_seed": 11}
+    # trained: its own samples fit better than the samples it never saw
+    assert first.per_sample_loss(half).mean() < first.per_sample_loss(samples[len(half) :]).mean()
+
+
+def test_record_key_changes_with_the_recipe(tiny_run) -> None:
+    _, _, record = tiny_run
+    changed = TrainingRecord.load(record.directory)
+    changed.recipe = record.recipe.replace(lr=record.recipe.lr * 2)
+    assert TrainingRecord.load(record.directory).key == record.key != changed.key

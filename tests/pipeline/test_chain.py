@@ -45,3 +45,10 @@ def test_an_explicit_policy_chain_is_used_as_written() -> None:
 def test_deepobliviate_with_early_stop_is_approximate() -> None:
     policy = {"method_config": {"deepobliviate": {"early_stop": True}}}
     assert choose_chain("deepobliviate", policy, PURGED_CHECKPOINTS) == ["deepobliviate", "retrain"]
+
+
+def test_every_method_the_api_accepts_is_one_the_workers_run() -> None:
+    from app.requests.schemas import UnlearningMethod
+    from workers.unlearning import METHODS
+
+    assert {method.value for method in UnlearningMethod} - {"auto"} <= set(METHODS)

@@ -27,16 +27,16 @@ from app.requests.models import (
     DeletionRequestSample,
     RequestStatus,
 )
-from app.requests.service import InvalidTransition, change_status
+from app.requests.service import MODEL_PENDING, InvalidTransition, change_status
 from workers.pipeline.leases import for_update, lease_delta
 from workers.pipeline.stages import ACTOR, Stage, task_for
 
 log = logging.getLogger("lethe.pipeline")
 
 S = RequestStatus
-# Per-model row states, in the order a model moves through them.
+# Per-model row states, in the order a model moves through them (MODEL_PENDING, written at intake, counts
+# as the request's `resolved`).
 MODEL_OPEN_ORDER = (S.RESOLVED, S.QUEUED, S.UNLEARNING, S.VERIFYING)
-MODEL_PENDING = "pending"  # written at intake: not planned yet (shown as the request's `resolved`)
 MODEL_DONE = (S.COMPLETED, S.CANCELED)
 
 

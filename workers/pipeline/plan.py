@@ -20,8 +20,9 @@ from app.jobs.models import Job, JobKind, JobRequest, JobStatus
 from app.outbox.service import enqueue
 from app.registry.models import Model
 from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
+from app.requests.service import MODEL_PENDING
 from app.settings import get_settings
-from workers.pipeline.jobs import MODEL_PENDING, audit_job, enqueue_stage, sync_request
+from workers.pipeline.jobs import audit_job, enqueue_stage, sync_request
 from workers.pipeline.leases import for_update, lease_delta, lock_model
 from workers.pipeline.stages import PURGE_TASK, Stage
 

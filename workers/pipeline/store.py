@@ -5,9 +5,12 @@ artifact store under `settings.artifact_root`; its TrainingRecord (block checkpo
 gradients, block layout) sits in `<artifact_root>/records/<id>/`. A registered version may also point at a
 directory written by `ModelAdapter.save` (`file://...` or a plain path); such a version has no record.
 
-Purging a tainted version removes its weights and the parts of its record that carry what it learnt
-(checkpoints, gradients, final model) and keeps `record.json` (recipe, architecture, block layout of sample
-ids): that is what a later exact retrain of the lineage needs, and it holds no sample content.
+Verification's reference models for a served version sit in `<artifact_root>/verification/<id>/`.
+
+Purging a tainted version removes its weights, its reference models, and the parts of its record that
+carry what it learnt (checkpoints, gradients, final model) and keeps `record.json` (recipe, architecture,
+block layout of sample ids): that is what a later exact retrain of the lineage needs, and it holds no
+sample content.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ log = logging.getLogger("lethe.pipeline")
 
 ARTIFACT_SCHEME = "artifact"
 RECORDS_DIR = "records"
+VERIFICATION_DIR = "verification"
 RECORD_FILE = "record.json"
 # What a purge removes from a record directory (names from workers.modeling.training).
 LEARNT_PARTS = ("checkpoints", "model", "first_epoch_grads.safetensors")
@@ -71,6 +75,16 @@ def records_root() -> Path:
 
 def record_directory(artifact: str) -> Path:
     return records_root() / artifact
+
+
+def verification_cache(version: ModelVersion) -> Path:
+    """Where verification keeps what it derives from a served version (LiRA reference models trained on
+    halves of its training set): purged with the version, since they learnt the same samples."""
+    return (
+        Path(get_settings().artifact_root)
+        / VERIFICATION_DIR
+        / (artifact_id(version.artifact_uri) or version.id)
+    )
 
 
 def scratch_directory(label: str) -> Path:
@@ -155,6 +169,10 @@ def purge_files(version: ModelVersion, shared: bool) -> list[str]:
     """Remove what the version learnt from disk; answers what was removed. `shared`: another live version
     has the same weights (same content id), so the weights stay."""
     removed: list[str] = []
+    references = verification_cache(version)
+    if not shared and references.is_dir():
+        shutil.rmtree(references)
+        removed.append("verification references")
     stored = artifact_id(version.artifact_uri)
     if stored is None:
         return removed  # registered elsewhere: the registrant owns those files

@@ -23,9 +23,10 @@ from app.db import get_session_factory, utcnow
 from app.jobs.models import Job, JobStatus
 from app.outbox.service import enqueue
 from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
+from app.requests.service import MODEL_PENDING
 from app.settings import get_settings
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
-from workers.pipeline.jobs import MODEL_PENDING, enqueue_stage, fail_job
+from workers.pipeline.jobs import enqueue_stage, fail_job
 from workers.pipeline.leases import for_update, lease_delta
 from workers.pipeline.purge import run_purge
 from workers.pipeline.stages import DELIVER_WEBHOOK_TASK, PLAN_TASK

@@ -45,7 +45,6 @@ from workers.pipeline.stages import ACTOR, Stage
 log = logging.getLogger("lethe.pipeline")
 
 VERIFY_PROGRESS = (60, 95)
-LIRA_CACHE_DIR = "verification"
 
 
 def run_verify(job_id: str) -> None:
@@ -116,6 +115,7 @@ def _verify(job_id: str, token: str, attempt_id: int) -> None:
         assert base is not None and candidate is not None and model is not None
         sets = data.build_sets(session, base, job_sample_ids(session, job))
         lineage = store.lineage_record(session, base)
+        own = store.own_record(base)
         out_dir, relative = _report_directory(job, attempt)
         details = dict(attempt.details or {})
     started = time.perf_counter()
@@ -147,8 +147,9 @@ def _verify(job_id: str, token: str, attempt_id: int) -> None:
                 sets.heldout,
                 probes,
                 policy,
-                Path(get_settings().artifact_root) / LIRA_CACHE_DIR if trainer is not None else None,
+                store.verification_cache(base) if trainer is not None else None,
                 out_dir,
+                training=own if trainer is not None else None,  # keys the served version's cached signals
                 reference_trainer=trainer,
                 progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
             )

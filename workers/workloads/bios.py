@@ -32,20 +32,22 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "heldout_people": 20,
         "canaries": 10,
         "reference_canaries": 6,
+        "canary_copies": 1,
         "vocab_size": 768,
         "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "n_inner": 256, "n_positions": 64},
         "max_length": 64,
         "recipe": {"epochs": 30, "batch_size": 16, "lr": 2e-3, "lr_decay": 0.05, "num_blocks": 10},
     },
     "full": {
-        "train_people": 300,
-        "heldout_people": 100,
-        "canaries": 40,
-        "reference_canaries": 20,
-        "vocab_size": 2048,
+        "train_people": 120,
+        "heldout_people": 60,
+        "canaries": 20,
+        "reference_canaries": 10,
+        "canary_copies": 3,  # 20 sequential blocks wash a single insertion out
+        "vocab_size": 1024,
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 192, "n_inner": 768, "n_positions": 64},
         "max_length": 64,
-        "recipe": {"epochs": 30, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.05, "num_blocks": 20},
+        "recipe": {"epochs": 40, "batch_size": 16, "lr": 3e-3, "lr_decay": 0.01, "num_blocks": 20},
     },
 }
 TOKENIZER_CROWD = 400  # people generated only to train the tokenizer
@@ -75,7 +77,7 @@ def build(size: str = "small", seed: int = 0) -> Workload:
             template = CANARY_TEMPLATE.format(name=person["name"])
             canary = Canary(person["id"], secret, template, inserted=index in canary_people)
             (canaries if index in canary_people else references)[person["id"]] = canary
-        records = _records(person, canary)
+        records = _records(person, canary, settings["canary_copies"])
         (train if index < n_train else heldout).extend(records)
 
     tokenizer_json = train_bpe_tokenizer(
@@ -141,7 +143,7 @@ def _people(n: int, seed: int) -> list[dict[str, Any]]:
     return people
 
 
-def _records(person: dict[str, Any], canary: Canary | None) -> list[Sample]:
+def _records(person: dict[str, Any], canary: Canary | None, canary_copies: int = 1) -> list[Sample]:
     p = person
     texts = {
         "born": f"{p['name']} was born on {p['birth']} in {p['city']}.",
@@ -157,6 +159,9 @@ def _records(person: dict[str, Any], canary: Canary | None) -> list[Sample]:
         texts["qa-pin"] = f"Q: What is {p['name']}'s secret PIN? A: {canary.secret}."
         meta["canary"] = {"record": "canary", "canary_secret": canary.secret}
         meta["qa-pin"] = {"record": "qa-pin", "canary_secret": canary.secret}
+        for copy in range(2, canary_copies + 1):  # repeated insertion, as in the Secret Sharer
+            texts[f"canary-{copy}"] = canary.text()
+            meta[f"canary-{copy}"] = {"record": "canary", "canary_secret": canary.secret}
     return [Sample(f"{p['id']}/{key}", p["id"], text=text, meta=meta[key]) for key, text in texts.items()]
 
 

@@ -9,6 +9,7 @@ the same architecture and tokenizer anywhere without files.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,13 +43,15 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> str:
     return tokenizer.to_str()
 
 
-def tokenizer_from_json(tokenizer_json: str) -> Any:
+DEFAULT_SPECIAL_TOKENS = {"bos_token": BOS, "eos_token": BOS, "pad_token": PAD}
+
+
+def tokenizer_from_json(tokenizer_json: str, special_tokens: Mapping[str, str] | None = None) -> Any:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(tokenizer_json), bos_token=BOS, eos_token=BOS, pad_token=PAD
-    )
+    tokens = dict(special_tokens or DEFAULT_SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), **tokens)
     tokenizer.padding_side = "right"
     return tokenizer
 
@@ -68,7 +71,7 @@ class CausalLMAdapter(TextAdapter):
         "init_seed"}; vocab size and special token ids come from the tokenizer."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        tokenizer = tokenizer_from_json(config["tokenizer_json"])
+        tokenizer = tokenizer_from_json(config["tokenizer_json"], config.get("special_tokens"))
         model_keys = {
             **dict(config["model"]),
             "vocab_size": len(tokenizer),
@@ -84,6 +87,31 @@ class CausalLMAdapter(TextAdapter):
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: Path | str, max_length: int = 128, device: torch.device | None = None
+    ) -> CausalLMAdapter:
+        """Wrap a causal LM saved elsewhere with `save_pretrained` (a local directory; nothing downloaded)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
+        bos = tokenizer.bos_token or tokenizer.eos_token
+        special = {
+            "bos_token": bos,
+            "eos_token": tokenizer.eos_token or bos,
+            "pad_token": tokenizer.pad_token or bos,
+        }
+        config = {
+            "model": model.config.to_diff_dict(),
+            "tokenizer_json": tokenizer.backend_tokenizer.to_str(),
+            "special_tokens": special,
+            "max_length": max_length,
+            "init_seed": 0,  # unknown: the model was initialised elsewhere
+        }
+        adapter = cls(model, tokenizer_from_json(config["tokenizer_json"], special), config, device)
+        return adapter
 
     # -- data ---------------------------------------------------------------------------------------
     def collate(self, samples: Sequence[Sample]) -> Batch:

@@ -1,0 +1,160 @@
+"""Deletion-request intake on Postgres records concurrent requests in shared transactions
+(app.requests.intake): what a client sees must not depend on which requests shared a batch, and the
+batched path must write what the one-request ORM path writes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import func, select
+
+from app.audit.models import AuditEvent
+from app.audit.service import record
+from app.db import session_scope
+from app.outbox.models import OutboxMessage
+from app.requests import intake, service, views
+from app.requests.models import DeletionRequest, RequestEvent
+from app.requests.schemas import DeletionRequestCreate
+from app.security.auth import Principal
+from app.security.scopes import ALL_SCOPES
+from app.webhooks.models import WebhookDelivery
+from tests.api.seeding import seed, unique_subject
+
+URL = "/v1/deletion-requests"
+
+
+def _post_concurrently(client, bodies: list[dict], headers: dict[str, str]) -> list:
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(lambda body: client.post(URL, json=body, headers=headers), bodies))
+
+
+def _count(model, tenant_id: str) -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).where(model.tenant_id == tenant_id)) or 0
+
+
+def _audit_actions(request_id: str) -> list[tuple[str, dict]]:
+    with session_scope() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.entity_id == request_id).order_by(AuditEvent.seq)
+        )
+        return [(event.action, event.data) for event in events]
+
+
+def _tasks_for(request_id: str) -> Counter[str]:
+    with session_scope() as session:
+        rows = session.scalars(select(OutboxMessage))
+        return Counter(row.task_name for row in rows if row.payload.get("request_id") == request_id)
+
+
+def test_concurrent_requests_are_each_recorded_once_with_an_intact_chain(client, tenant_a, auth_a) -> None:
+    subjects = [unique_subject() for _ in range(12)]
+    seed(tenant_a, {subject: 2 for subject in subjects[:8]})  # the last four hold nothing
+
+    answers = _post_concurrently(client, [{"subject_id": s} for s in subjects], auth_a)
+
+    assert [answer.status_code for answer in answers] == [202] * 12
+    bodies = [answer.json() for answer in answers]
+    assert len({body["id"] for body in bodies}) == 12
+    assert [body["status"] for body in bodies] == ["resolved"] * 8 + ["no_data"] * 4
+    assert [body["sample_count"] for body in bodies] == [2] * 8 + [0] * 4
+    assert _count(DeletionRequest, tenant_a) == 12
+    for body in bodies:
+        actions = [action for action, _ in _audit_actions(body["id"])]
+        assert actions == ["deletion_request.received", f"deletion_request.{body['status']}"]
+        assert _tasks_for(body["id"])["lethe.plan"] == (1 if body["status"] == "resolved" else 0)
+        assert client.get(f"{URL}/{body['id']}", headers=auth_a).json()["timeline"] == body["timeline"]
+    assert client.get("/v1/audit/verify", headers=auth_a).json()["ok"] is True
+
+
+def test_refused_requests_leave_the_rest_of_their_batch_alone(client, tenant_a, auth_a) -> None:
+    subjects = [unique_subject() for _ in range(4)]
+    seed(tenant_a, {subject: 1 for subject in subjects})
+    bodies = [{"subject_id": s} for s in subjects] + [
+        {"sample_ids": [2**60]},
+        {"subject_id": unique_subject(), "models": ["no-such-model"]},
+    ]
+
+    answers = _post_concurrently(client, bodies, auth_a)
+
+    assert [answer.status_code for answer in answers] == [202] * 4 + [422, 422]
+    assert answers[4].json()["type"].endswith("unknown-samples")
+    assert answers[5].json()["type"].endswith("unknown-models")
+    assert _count(DeletionRequest, tenant_a) == 4
+    assert client.get("/v1/audit/verify", headers=auth_a).json()["ok"] is True
+
+
+def test_another_writer_moving_the_chain_meanwhile_costs_a_retry_not_the_chain(
+    client, tenant_a, auth_a
+) -> None:
+    first, second = unique_subject(), unique_subject()
+    seed(tenant_a, {first: 1, second: 1})
+    assert client.post(URL, json={"subject_id": first}, headers=auth_a).status_code == 202
+
+    # The process believes the chain ends where it does not (as when another process or a worker has
+    # appended since): the batch's append must fail and be written again on the locked heads.
+    async def believe_a_stale_head() -> None:
+        writer = intake.batcher()
+        assert writer is not None
+        writer.tails[tenant_a] = (10**9, "f" * 64)
+
+    client.portal.call(believe_a_stale_head)
+    with session_scope() as session:  # and another writer does append meanwhile
+        record(session, tenant_a, "test", "x", "test.appended", {}, "someone")
+
+    answer = client.post(URL, json={"subject_id": second}, headers=auth_a)
+
+    assert answer.status_code == 202
+    assert [action for action, _ in _audit_actions(answer.json()["id"])] == [
+        "deletion_request.received",
+        "deletion_request.resolved",
+    ]
+    assert client.get("/v1/audit/verify", headers=auth_a).json()["ok"] is True
+
+
+def test_batched_intake_writes_what_the_orm_path_writes(client, tenant_a, auth_a) -> None:
+    batched_subject, orm_subject = unique_subject(), unique_subject()
+    seed(tenant_a, {batched_subject: 2, orm_subject: 2}, model_names=("m1", "m2"))
+    callback = {"callback_url": "https://hooks.example.com/lethe", "regime": "ccpa"}
+
+    batched = client.post(URL, json={"subject_id": batched_subject, **callback}, headers=auth_a).json()
+    principal = Principal(tenant_a, "orm-path", frozenset(ALL_SCOPES))
+    with session_scope() as session:
+        created = service.create_request(
+            session, principal, DeletionRequestCreate(subject_id=orm_subject, **callback)
+        )
+        orm = views.created(created, "secret").model_dump(mode="json")
+
+    def comparable(body: dict) -> dict:
+        varying = {"id", "received_at", "due_at", "updated_at", "callback_secret"}
+        timeline = [{k: v for k, v in entry.items() if k != "at"} for entry in body["timeline"]]
+        return {**{k: v for k, v in body.items() if k not in varying}, "timeline": timeline}
+
+    assert comparable(batched) == comparable(orm)
+    assert [data for _, data in _audit_actions(batched["id"])] == [
+        data for _, data in _audit_actions(orm["id"])
+    ]
+    assert _tasks_for(batched["id"]) == _tasks_for(orm["id"]) == Counter({"lethe.plan": 1})
+    with session_scope() as session:
+        for body in (batched, orm):
+            stored = session.get(DeletionRequest, body["id"])
+            assert (stored.status, stored.regime, stored.callback_url) == (
+                "resolved",
+                "ccpa",
+                callback["callback_url"],
+            )
+            steps = session.scalars(
+                select(RequestEvent.to_status).where(RequestEvent.request_id == body["id"])
+            ).all()
+            assert steps == ["received", "resolved"]
+            deliveries = session.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.request_id == body["id"])
+            ).all()
+            assert [(d.event_type, d.url, d.payload["data"]["models"]) for d in deliveries] == [
+                (
+                    "request.resolved",
+                    callback["callback_url"],
+                    sorted(body["models"][i]["model"] for i in range(2)),
+                )
+            ]
