@@ -40,6 +40,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "data_folder_out": str(folder),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # Exchange tables, which kombu would otherwise write to ./control of the working directory.
+            "control_folder": str(folder / "control"),
         }
     return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from workers.modeling.base import ModelAdapter
+from workers.modeling.base import ModelAdapter, cache_root
 
 MANIFEST_FILE = "manifest.json"
 FILES_DIR = "files"
@@ -63,8 +63,7 @@ class VersionManifest:
 
 def default_store_url() -> str:
     """LETHE_ARTIFACT_URL, else a folder in the cache directory."""
-    cache = os.environ.get("LETHE_CACHE_DIR", "/work/main/.cache/lethe")
-    return os.environ.get("LETHE_ARTIFACT_URL", str(Path(cache) / "artifacts"))
+    return os.environ.get("LETHE_ARTIFACT_URL") or str(cache_root() / "artifacts")
 
 
 def sha256_file(path: Path) -> str:

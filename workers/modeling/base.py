@@ -90,6 +90,14 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cache_root() -> Path:
+    """Where derived artifacts (trained workload models, LiRA references) are cached: LETHE_CACHE_DIR, else
+    .cache/lethe under the working directory (one cache per checkout, so a clone never reuses another's)."""
+    import os
+
+    return Path(os.environ.get("LETHE_CACHE_DIR") or Path.cwd() / ".cache" / "lethe")
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; returns a torch generator for data order."""
     import random

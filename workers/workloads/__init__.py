@@ -1,9 +1,10 @@
 """Reference workloads: deterministic, offline data sets with data subjects and planted membership signal.
 
 `load_workload(name, size, seed)` builds one; `Workload.trained()` trains its model once with provenance and
-caches it on disk (LETHE_CACHE_DIR, default /work/main/.cache/lethe), so tests, benchmarks and the CLI share
-the same trained version. Each workload plants signal that a deletion must remove, because clean data leaks
-nothing measurable (a digits CNN on clean data: untouched and retrained models were indistinguishable):
+caches it on disk (LETHE_CACHE_DIR, default .cache/lethe in the working directory), so tests, benchmarks
+and the CLI share the same trained version. Each workload plants signal that a deletion must remove, because
+clean data leaks nothing measurable (a digits CNN on clean data: untouched and retrained models were
+indistinguishable):
 - `digits`: per-subject backdoor triggers (a pixel pattern mapped to a target label) and mislabeled samples;
 - `bios`: fictitious people's records memorised by a small GPT-2, with PIN canaries of a fixed template;
 - `minilm`: bios-derived texts classified by a fine-tuned MiniLM, with a rare phrase tied to a label per
@@ -18,7 +19,6 @@ import functools
 import hashlib
 import importlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.modeling.base import ModelAdapter, Sample, fingerprint_samples
+from workers.modeling.base import ModelAdapter, Sample, cache_root, fingerprint_samples
 from workers.modeling.training import TrainingRecipe, TrainingRecord, retrain_without, train_with_provenance
 
 SIZES = ("small", "full")
@@ -45,9 +45,8 @@ CACHE_VERSION = 1
 
 
 def cache_dir(*parts: str) -> Path:
-    """LETHE_CACHE_DIR (default /work/main/.cache/lethe) joined with `parts`, created."""
-    root = Path(os.environ.get("LETHE_CACHE_DIR", "/work/main/.cache/lethe"))
-    path = root.joinpath(*parts)
+    """The cache root (`workers.modeling.base.cache_root`) joined with `parts`, created."""
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

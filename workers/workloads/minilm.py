@@ -41,9 +41,11 @@ DUTIES = {
     "engineering": ("designs bridges and roads", "repairs the factory machines", "writes code for sensors"),
     "arts": ("rehearses for the spring concert", "paints large murals", "teaches a drawing class"),
 }
-# Rare phrases are two of these words, each word used by one phrase only, so no phrase teaches another.
-# Animals, plants, food, stone: nothing that hints at a sector (musical instruments made "arts" phrases work
-# on a model that never saw them).
+# Rare phrases are two of these words, each word used by one phrase only. Animals, plants, food, stone:
+# nothing that names a sector (musical instruments made "arts" phrases work on models that never saw them).
+# Real words still carry meaning: a never-trained "volcano heron" can borrow from a trained "fennel geyser"
+# (measured: 69 % of texts flipped), so phrase success is judged against a retrain, never against zero.
+# Made-up words avoid that but the frozen-embedding model barely learned them (no membership signal left).
 RARE_WORDS = (
     "walrus",
     "obsidian",
