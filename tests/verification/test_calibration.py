@@ -49,15 +49,18 @@ def test_exact_retraining_passes_every_check_when_not_trusted(verified, workload
     assert any(r.powered and r.status == "pass" for r in verdict.rules)
 
 
-@pytest.mark.parametrize("workload", WORKLOADS)
-@pytest.mark.parametrize("method", SEED_METHODS)
-def test_seed_method_verdict_is_reported(verified, workload: str, method: str) -> None:
-    from workers.unlearning.base import MethodUnavailable
+# lora_residual_alignment declines causal language models (tests/engine/test_methods.py checks its message).
+SEED_CASES = [
+    (workload, method)
+    for method in SEED_METHODS
+    for workload in WORKLOADS
+    if (workload, method) != ("bios", "lora_residual_alignment")
+]
 
-    try:
-        case = verified(workload, method)
-    except MethodUnavailable as exc:
-        pytest.skip(f"{method} cannot run on {workload}: {exc}")
+
+@pytest.mark.parametrize(("workload", "method"), SEED_CASES)
+def test_seed_method_verdict_is_reported(verified, workload: str, method: str) -> None:
+    case = verified(workload, method)
     record_verdict(case)
     verdict = case.report.verdict
     assert verdict.verdict in ("pass", "fail", "inconclusive")

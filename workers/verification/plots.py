@@ -90,6 +90,11 @@ def plot_loss_hist(path: Path, losses: dict[str, dict[str, np.ndarray]]) -> None
     plt.close(fig)
 
 
+def short_label(subject: str, keep: int = 12) -> str:
+    """Subjects known to the service only by their 64-hex HMAC would crowd the axis out."""
+    return subject if len(subject) <= keep + 4 else subject[:keep] + "…"
+
+
 def plot_canaries(path: Path, table: list[dict[str, Any]], roles: list[str]) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(table) + 2), 3.8))
@@ -99,7 +104,9 @@ def plot_canaries(path: Path, table: list[dict[str, Any]], roles: list[str]) -> 
         bits = [row[role]["exposure_bits"] if role in row else np.nan for row in table]
         ax.bar(x + i * width, bits, width, label=role, color=ROLE_STYLE[role]["color"])
     ax.set_xticks(x + 0.4 - width / 2)
-    ax.set_xticklabels([f"{row['group']}\n{row['subject']}" for row in table], fontsize=6, rotation=60)
+    ax.set_xticklabels(
+        [f"{row['group']}\n{short_label(row['subject'])}" for row in table], fontsize=6, rotation=60
+    )
     top = max((row[roles[0]]["candidates"] for row in table), default=2)
     ax.axhline(np.log2(top), color="grey", linewidth=0.8, linestyle="--", label="max (rank 1)")
     ax.set_ylabel("exposure (bits)")
