@@ -32,7 +32,8 @@ from typing import Any
 
 from bench import plots, report
 from bench.report import ratio_spread, spread
-from bench.scaling import add_verification_costs, forget_gap_closed
+from bench.scaling import add_verification_costs
+from bench.unlearning import forget_gap_closed
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("methods", "scaling", "batching", "api")

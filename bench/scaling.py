@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.report import ratio_spread, spread
+from bench.unlearning import forget_gap_closed
 
 MAX_FORGET_FRACTION = 0.3
 GATE_GOAL_WORKLOADS = ("bios", "minilm")
@@ -34,16 +35,6 @@ def cap_subjects(workload: Any, fraction: float, seed: int) -> int:
             break
         n += 1
     return max(n, 1)
-
-
-def forget_gap_closed(
-    metrics: dict[str, Any], served: dict[str, Any], retrain: dict[str, Any]
-) -> float | None:
-    """(forget loss - served's) / (retrain's - served's): 0 = untouched, 1 = as retrained."""
-    gap = retrain["forget"]["loss"] - served["forget"]["loss"]
-    if abs(gap) < 1e-6:
-        return None  # retraining did not move the forget loss: nothing to measure progress against
-    return (metrics["forget"]["loss"] - served["forget"]["loss"]) / gap
 
 
 def add_verification_costs(row: dict[str, Any], retrain_seconds: dict[str, Any]) -> None:

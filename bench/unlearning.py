@@ -32,6 +32,16 @@ DEFAULT_METHODS = (
 )
 
 
+def forget_gap_closed(
+    metrics: dict[str, Any], served: dict[str, Any], retrain: dict[str, Any]
+) -> float | None:
+    """(forget loss - served's) / (retrain's - served's): 0 = untouched, 1 = as retrained."""
+    gap = retrain["forget"]["loss"] - served["forget"]["loss"]
+    if abs(gap) < 1e-6:
+        return None  # retraining did not move the forget loss: nothing to measure progress against
+    return (metrics["forget"]["loss"] - served["forget"]["loss"]) / gap
+
+
 def run_method(name: str, served: Any, record: Any, case: Any, seed: int, config: dict | None = None) -> dict:
     from workers.unlearning import MethodUnavailable, UnlearningContext, get_method
     from workers.unlearning.evaluation import utility
@@ -98,14 +108,13 @@ def bench_workload(name: str, size: str, n_subjects: int, methods: list[str], se
     for method in methods:
         print(f"[{name}] {method} ...", file=sys.stderr, flush=True)
         rows.append(run_method(method, served, record, case, seed))
-    served_forget, retrain_forget = served_metrics["forget"]["loss"], retrain["metrics"]["forget"]["loss"]
     for row in rows:
         if "seconds" in row and row["method"] != "retrain":
             row["speedup"] = retrain["seconds"] / max(row["seconds"], 1e-9)
         if "metrics" in row and row["method"] != "served":
-            # share of the served -> retrain forget-loss gap this candidate covers (1 = like retraining)
-            moved = row["metrics"]["forget"]["loss"] - served_forget
-            row["forget_gap_closed"] = moved / (retrain_forget - served_forget)
+            closed = forget_gap_closed(row["metrics"], served_metrics, retrain["metrics"])
+            if closed is not None:
+                row["forget_gap_closed"] = closed
     out = {
         "workload": name,
         "task": workload.task,
