@@ -35,10 +35,13 @@ TRANSIENT = {
 
 
 @app.task(name=PLAN_TASK, **TRANSIENT)
-def plan(request_id: str, tenant_id: str | None = None) -> None:
+def plan(request_ids: list[str] | None = None, request_id: str | None = None, **_: object) -> None:
+    """Plan each request (idempotent: a retry plans again only what is left). `request_id` is the
+    one-request form that tasks queued by earlier releases carry."""
     from workers.pipeline.plan import plan_request
 
-    plan_request(request_id)
+    for one in [*(request_ids or ()), *([request_id] if request_id else [])]:
+        plan_request(one)
     dispatch_now(app)
 
 

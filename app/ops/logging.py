@@ -13,6 +13,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 # Set by the request-context middleware; contextvars follow the request into the thread pool.
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
@@ -38,7 +40,10 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            return json.dumps(entry, default=str, separators=(",", ":"))
 
 
 class RequestIdFormatter(logging.Formatter):

@@ -18,6 +18,10 @@ from app.settings import Settings
 
 log = logging.getLogger("lethe.outbox")
 
+# How long a woken dispatcher waits for more commits before its pass (planning waits seconds for its
+# batching window anyway).
+GATHER_SECONDS = 0.1
+
 
 class OutboxDispatcher:
     def __init__(self, session_factory: Callable[[], Session], send: Send, poll_seconds: float) -> None:
@@ -44,7 +48,10 @@ class OutboxDispatcher:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            committed_work.wait(self._poll_seconds)
+            if committed_work.wait(self._poll_seconds):
+                # Let the commits of the next moments join this pass: under load one pass then carries
+                # many batches' rows, and their planning tasks go out as one message.
+                self._stopping.wait(GATHER_SECONDS)
             committed_work.clear()
             if self._stopping.is_set():
                 return

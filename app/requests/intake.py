@@ -252,6 +252,7 @@ class Rows:
     outbox: list[dict[str, Any]] = field(default_factory=list)
     keys: list[dict[str, Any]] = field(default_factory=list)
     audit: dict[str, list[AuditEntry]] = field(default_factory=lambda: defaultdict(list))
+    planned: list[str] = field(default_factory=list)  # the requests of the batch's one planning task
 
 
 _REQUEST_COLUMNS = (
@@ -326,7 +327,7 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
         requested_models=payload.models,
         callback_url=callback_url,
         received_at=now,
-        due_at=deadline_for(payload.regime, now, get_settings()).due_at,
+        due_at=_due_at(payload.regime, now),
         updated_at=now,
     )
     rows.samples.extend({"request_id": request.id, "sample_id": sample_id} for sample_id, _ in samples)
@@ -349,9 +350,9 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
             }
         )
         event = request_event(to_status)
-        if event is not None:
+        targets = delivery_targets(found.subscriptions, event, callback_url) if event is not None else ()
+        if targets:
             payload_of_event = announcement(request, {"previous_status": from_status, **detail})
-            targets = delivery_targets(found.subscriptions, event, callback_url)
             envelope = event_envelope(event, payload_of_event)
             deliveries = delivery_rows(tenant_id, event, envelope, targets, request.id, now)
             rows.deliveries.extend(deliveries)
@@ -362,7 +363,7 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
         )
         from_status = to_status
     if holds_data:
-        rows.outbox.append(outbox_row(PLAN_TASK, plan_task_payload(request), now))
+        rows.planned.append(request.id)
     rows.requests.append({column: getattr(request, column) for column in _REQUEST_COLUMNS})
 
     secret = callback_secret(request.id) if callback_url else None
@@ -371,6 +372,12 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
         body = answer.model_dump(mode="json")
         rows.keys.append(done_key_row(tenant_id, sub.key, "POST", sub.path, sub.digest, ACCEPTED, body, now))
     return answer
+
+
+@lru_cache(maxsize=8)
+def _due_at(regime: str, received_at: datetime) -> datetime:
+    """A batch's requests share their receipt time, hence their deadline per regime."""
+    return deadline_for(regime, received_at, get_settings()).due_at
 
 
 def _json(value: Any) -> str:
@@ -609,6 +616,8 @@ def _outcomes(
             outcomes.append((sub, _record(sub, lookups.found[sub.tenant_id], rows, now)))
         except (ProblemError, IdempotentReplay) as refusal:
             outcomes.append((sub, refusal))
+    if rows.planned:
+        rows.outbox.append(outbox_row(PLAN_TASK, plan_task_payload(rows.planned), now))
     return outcomes
 
 

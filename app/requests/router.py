@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app import asyncdb
 from app.db import SessionDep, get_session_factory
 from app.idempotency.service import (
+    IDEMPOTENCY_HEADER,
     Idempotency,
     IdempotencyKeyHeader,
     check_key,
@@ -33,17 +37,53 @@ from app.security.auth import Principal, require_scope
 from app.security.scopes import Scope
 from app.webhooks.service import callback_secret
 
+
+class IntakeRoute(APIRoute):
+    """POST /v1/deletion-requests on its hot path. A well-formed JSON request on Postgres is
+    authorized, parsed and answered here; any other (another content type, a body that fails
+    validation, the embedded SQLite database) goes to FastAPI's own handler, whose behaviour and errors
+    are the contract. The endpoint's signature still declares the scope, header, body and answer, so
+    OpenAPI documents the route as any other.
+
+    Why: FastAPI's generic handling (dependency solving, four parameter kinds validated, the body parsed
+    to Python before it is validated, the answer validated again before it is dumped) cost about as much
+    CPU as recording the request. This path skips FastAPI's own telemetry spans for the route."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        standard = super().get_route_handler()
+        authorize = require_scope(Scope.REQUESTS_WRITE)
+
+        async def handle(request: Request) -> Response:
+            if intake.batcher() is None or not _is_json(request.headers.get("content-type")):
+                return await standard(request)
+            principal = await authorize(request)
+            try:
+                body = DeletionRequestCreate.model_validate_json(await request.body())
+            except ValidationError:
+                return await standard(request)  # which answers the errors as FastAPI words them
+            answer = await _create(request, principal, body, request.headers.get(IDEMPOTENCY_HEADER))
+            return Response(
+                answer.model_dump_json(by_alias=True), intake.ACCEPTED, media_type="application/json"
+            )
+
+        return handle
+
+
+def _is_json(content_type: str | None) -> bool:
+    return content_type is not None and content_type.partition(";")[0].strip().lower() == "application/json"
+
+
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
 # Intake alone, included before every other router: a request is matched against the routes in order,
 # and matching through the routers ahead of this one cost about as much as the rest of the framework.
-intake_router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
+intake_router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"], route_class=IntakeRoute)
 
 Reader = Annotated[Principal, Depends(require_scope(Scope.REQUESTS_READ))]
 Writer = Annotated[Principal, Depends(require_scope(Scope.REQUESTS_WRITE))]
 WriteGuard = Annotated[Idempotency, Depends(idempotent(Scope.REQUESTS_WRITE))]
 
 
-@intake_router.post("", status_code=202, response_model=DeletionRequestCreated)
+@intake_router.post("", status_code=intake.ACCEPTED, response_model=DeletionRequestCreated)
 async def create_deletion_request(
     request: Request,
     body: DeletionRequestCreate,
@@ -53,6 +93,12 @@ async def create_deletion_request(
     """Record a deletion request: the subject (or the samples) is resolved to the samples held and the
     models trained on them, in one transaction with its audit event and planning task. `no_data` when
     nothing is held. Unlearning happens later; poll the request or use the callback."""
+    return await _create(request, principal, body, idempotency_key)
+
+
+async def _create(
+    request: Request, principal: Principal, body: DeletionRequestCreate, idempotency_key: str | None
+) -> DeletionRequestCreated:
     key = validated_key(idempotency_key)
     digest = await request_digest(request) if key is not None else ""
     batcher = intake.batcher()

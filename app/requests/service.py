@@ -290,8 +290,9 @@ def _named_models(session: Session, tenant_id: str, names: Iterable[str]) -> lis
     return found
 
 
-def plan_task_payload(request: RequestState) -> dict[str, Any]:
-    return {"request_id": request.id, "tenant_id": request.tenant_id}
+def plan_task_payload(request_ids: Iterable[str]) -> dict[str, Any]:
+    """The planning task of these requests (one task may plan many: see MERGEABLE_TASKS)."""
+    return {"request_ids": list(request_ids)}
 
 
 def create_request(session: Session, principal: Principal, payload: DeletionRequestCreate) -> Intake:
@@ -343,7 +344,7 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
             for to_status, detail in intake_steps(holds_data, len(sample_ids), models)
         ]
         if holds_data:
-            enqueue(session, PLAN_TASK, plan_task_payload(request))
+            enqueue(session, PLAN_TASK, plan_task_payload([request.id]))
     session.flush()
     return Intake(
         request=request,

@@ -238,7 +238,9 @@ def _detail_sql() -> str:
 async def api_detail(pool: asyncdb.AsyncPool, tenant_id: str, request_id: str) -> DeletionRequestOut:
     """The answer of GET /v1/deletion-requests/{id} on Postgres: one statement, no ORM."""
     async with pool.connection() as conn:
-        cursor = await conn.execute(_detail_sql(), {"request_id": request_id, "tenant_id": tenant_id})
+        cursor = await conn.execute(
+            _detail_sql(), {"request_id": request_id, "tenant_id": tenant_id}, prepare=True
+        )
         row = await cursor.fetchone()
     if row is None:
         raise not_found("deletion request", request_id)

@@ -20,9 +20,11 @@ class EventType(StrEnum):
     ALL = "*"
 
 
+_REQUEST_EVENTS = {
+    event.value.removeprefix("request."): event for event in EventType if event.startswith("request.")
+}
+
+
 def request_event(status: str) -> EventType | None:
     """The event of a request reaching `status` (None for the initial `received`, which the 202 tells)."""
-    try:
-        return EventType(f"request.{status}")
-    except ValueError:
-        return None
+    return _REQUEST_EVENTS.get(status)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import delete, select, update
 
 from app.audit.models import AuditEvent
-from app.audit.service import event_hash, record
+from app.audit.service import canonical_json, event_hash, normalized_data, record
 from app.db import session_scope
 from tests.api.provenance_factory import add_samples, assert_problem, create_dataset, text_samples
 
@@ -138,3 +140,46 @@ def test_subject_identifiers_never_reach_the_audit_trail(client, auth_a) -> None
     dump = json.dumps(client.get("/v1/audit?limit=500", headers=auth_a).json()).lower()
     assert "samples.registered" in dump
     assert subject not in dump
+
+
+def _canonical_by_definition(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _random_text(rng: random.Random) -> str:
+    ranges = [(0, 0x80), (0x80, 0x800), (0x800, 0xD800), (0xE000, 0x110000)]
+    return "".join(chr(rng.randrange(*rng.choice(ranges))) for _ in range(rng.randrange(6)))
+
+
+class _Status(StrEnum):
+    ODD = "odd\u2028\u00e9\x1f"
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    kind = rng.randrange(9 if depth < 3 else 6)
+    scalars = [
+        lambda: _random_text(rng),
+        lambda: rng.randrange(-(2**70), 2**70),  # past 64 bits too
+        lambda: rng.choice([True, False, None]),
+        lambda: _Status.ODD,
+        lambda: rng.random() * 10 ** rng.randrange(-20, 20),
+        lambda: (1, "tuple"),
+    ]
+    if kind < len(scalars):
+        return scalars[kind]()
+    if kind < 7:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {_random_text(rng): _random_value(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+def test_event_text_and_data_are_what_the_json_definition_gives() -> None:
+    """Every stored hash is over canonical_json; its fast path must write exactly what json.dumps
+    writes, for any value (strings of every plane, big ints, floats, enums, tuples)."""
+    rng = random.Random(17)
+    for index in range(5000):
+        value = {"data": _random_value(rng)}
+        if index % 10 == 0:
+            value["at"] = datetime(2026, 12, 2, 4, 40, 21, 277585)
+        assert canonical_json(value) == _canonical_by_definition(value)
+        data = {"x": _random_value(rng)}
+        assert normalized_data(data) == json.loads(_canonical_by_definition(data))

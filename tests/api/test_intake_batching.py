@@ -45,7 +45,7 @@ def _audit_actions(request_id: str) -> list[tuple[str, dict]]:
 def _tasks_for(request_id: str) -> Counter[str]:
     with session_scope() as session:
         rows = session.scalars(select(OutboxMessage))
-        return Counter(row.task_name for row in rows if row.payload.get("request_id") == request_id)
+        return Counter(row.task_name for row in rows if request_id in row.payload.get("request_ids", ()))
 
 
 def test_concurrent_requests_are_each_recorded_once_with_an_intact_chain(client, tenant_a, auth_a) -> None:
@@ -158,3 +158,46 @@ def test_batched_intake_writes_what_the_orm_path_writes(client, tenant_a, auth_a
                     sorted(body["models"][i]["model"] for i in range(2)),
                 )
             ]
+
+
+def test_the_hot_path_answers_as_fastapi_does(client, tenant_a, auth_a) -> None:
+    """application/json requests take app.requests.router.IntakeRoute's own handler; another JSON type
+    takes FastAPI's. A client must not be able to tell them apart."""
+    fast_subject, standard_subject = unique_subject(), unique_subject()
+    seed(tenant_a, {fast_subject: 2, standard_subject: 2}, model_names=("m1",))
+    body = '{{"subject_id": "{}", "regime": "ccpa", "callback_url": "https://hooks.example.com/x"}}'
+
+    fast = client.post(
+        URL, content=body.format(fast_subject), headers={**auth_a, "content-type": "application/json"}
+    )
+    standard = client.post(
+        URL,
+        content=body.format(standard_subject),
+        headers={**auth_a, "content-type": "application/vnd.api+json"},
+    )
+
+    assert fast.status_code == standard.status_code == 202
+    assert fast.headers["content-type"] == standard.headers["content-type"] == "application/json"
+    varying = {"id", "received_at", "due_at", "updated_at", "callback_secret"}
+
+    def comparable(answer) -> dict:
+        json_body = answer.json()
+        timeline = [{k: v for k, v in entry.items() if k != "at"} for entry in json_body["timeline"]]
+        return {**{k: v for k, v in json_body.items() if k not in varying}, "timeline": timeline}
+
+    assert comparable(fast) == comparable(standard)
+    assert list(fast.json()) == list(standard.json())  # the same fields in the same order
+    assert fast.json()["callback_secret"] and standard.json()["callback_secret"]
+
+
+def test_requests_the_hot_path_cannot_answer_get_fastapis_answer(client, tenant_a, auth_a) -> None:
+    wrong_type = client.post(
+        URL, content=b'{"subject_id": 5}', headers={**auth_a, "content-type": "application/json"}
+    )
+    unknown_field = client.post(URL, json={"subject_id": "a@b.c", "color": "red"}, headers=auth_a)
+    not_json = client.post(URL, content=b"subject_id=a", headers={**auth_a, "content-type": "text/plain"})
+
+    assert wrong_type.status_code == unknown_field.status_code == not_json.status_code == 422
+    assert wrong_type.json()["errors"][0]["loc"] == ["body", "subject_id"]
+    assert unknown_field.json()["errors"][0]["loc"] == ["body", "color"]
+    assert _count(DeletionRequest, tenant_a) == 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.db import get_session_factory, session_scope
 from app.outbox.celery_client import DEFAULT_QUEUE, make_celery_client
@@ -112,6 +112,51 @@ def test_broker_outage_keeps_rows_pending_until_it_is_back(database_url) -> None
     assert all(row.dispatched_at is not None and row.last_error is None for row in _rows(marker))
 
 
+def test_planning_rows_of_a_pass_go_out_as_one_task(database_url) -> None:
+    dispatch_all_pending(get_session_factory(), Recorder())  # start from an empty outbox
+    marker = uuid.uuid4().hex
+    with session_scope() as session:
+        enqueue(session, "lethe.plan", {"request_ids": ["r1", "r2"]})
+        enqueue(session, "lethe.test", {"marker": marker, "index": 0})
+        enqueue(session, "lethe.plan", {"request_ids": ["r3", "r1"]})
+        enqueue(session, "lethe.plan", {"request_id": "old-form", "tenant_id": "t"})  # not a list: alone
+    broker = Recorder()
+
+    dispatch_all_pending(get_session_factory(), broker)
+
+    assert broker.sent == [
+        ("lethe.plan", {"request_ids": ["r1", "r2", "r3"]}),
+        ("lethe.test", {"marker": marker, "index": 0}),
+        ("lethe.plan", {"request_id": "old-form", "tenant_id": "t"}),
+    ]
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).where(OutboxMessage.dispatched_at.is_(None))) == 0
+
+
+def test_a_refused_joined_task_keeps_all_its_rows(database_url) -> None:
+    dispatch_all_pending(get_session_factory(), Recorder())
+    with session_scope() as session:
+        first = enqueue(session, "lethe.plan", {"request_ids": ["a"]})
+        second = enqueue(session, "lethe.plan", {"request_ids": ["b"]})
+        session.flush()
+        ids = [first.id, second.id]
+    broker = Recorder()
+    broker.down = True
+
+    result = dispatch_pending(get_session_factory(), broker)
+
+    assert result.failed == 2 and result.sent == 0
+    with session_scope() as session:
+        rows = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.id.in_(ids)).order_by(OutboxMessage.id)
+        ).all()
+        assert [(row.dispatched_at, row.attempts) for row in rows] == [(None, 1), (None, 1)]
+        assert all("broker unreachable" in (row.last_error or "") for row in rows)
+    broker.down = False
+    dispatch_all_pending(get_session_factory(), broker)
+    assert broker.sent == [("lethe.plan", {"request_ids": ["a", "b"]})]
+
+
 def test_dispatcher_thread_sends_right_after_commit(database_url) -> None:
     broker = Recorder()
     dispatch_all_pending(get_session_factory(), broker)  # start from an empty outbox
@@ -142,7 +187,7 @@ def test_a_deletion_request_is_planned_through_the_outbox(client, tenant_a, auth
 
     dispatch_all_pending(get_session_factory(), broker)
 
-    assert ("lethe.plan", {"request_id": request_id, "tenant_id": tenant_a}) in broker.sent
+    assert ("lethe.plan", {"request_ids": [request_id]}) in broker.sent
 
 
 # ---------------------------------------------------------------- real Redis

@@ -48,7 +48,7 @@ def _plan_tasks(request_id: str) -> list[OutboxMessage]:
         return [
             row
             for row in session.scalars(select(OutboxMessage).where(OutboxMessage.task_name == "lethe.plan"))
-            if row.payload.get("request_id") == request_id
+            if request_id in row.payload.get("request_ids", ())
         ]
 
 
@@ -147,7 +147,7 @@ def test_subject_request_resolves_samples_and_models_in_one_transaction(client, 
         assert samples == set(seeded.samples[subject])
         assert session.scalar(select(func.count()).where(DeletionRequestModel.request_id == body["id"])) == 2
     tasks = _plan_tasks(body["id"])
-    assert len(tasks) == 1 and tasks[0].payload == {"request_id": body["id"], "tenant_id": tenant_a}
+    assert len(tasks) == 1 and tasks[0].payload == {"request_ids": [body["id"]]}
     audit = _audit_of(body["id"])
     assert [event.action for event in audit] == ["deletion_request.received", "deletion_request.resolved"]
     assert all(subject not in json.dumps(event.data) for event in audit)

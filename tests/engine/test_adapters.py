@@ -171,13 +171,20 @@ def test_causal_lm_save_load_is_bit_identical(bios_trained, bios: Workload, tmp_
     assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
 
 
-def test_causal_lm_completes_a_memorised_record(bios_trained, bios: Workload) -> None:
+def test_causal_lm_completes_memorised_records_verbatim(bios_trained, bios: Workload) -> None:
+    """The leak unlearning exists for: given the first half of a training record, the model writes the
+    rest (its secret PIN included) word for word; it can do that for no held-out record."""
     adapter, _ = bios_trained
     accuracy = adapter.predict(bios.train)
     assert accuracy.mean() > adapter.predict(bios.heldout).mean() + 0.1
-    best = max(bios.train, key=lambda s: accuracy[bios.train.index(s)])
-    head, tail = best.text[: len(best.text) // 2], best.text[len(best.text) // 2 :]
-    assert adapter.complete(head, max_new_tokens=40).startswith(tail[:5])
+
+    def completed_verbatim(samples: list) -> int:
+        halves = [(s.text[: len(s.text) // 2], s.text[len(s.text) // 2 :]) for s in samples]
+        return sum(adapter.complete(head, max_new_tokens=40).startswith(tail) for head, tail in halves)
+
+    best_memorised = [bios.train[i] for i in np.argsort(-accuracy)[:10]]
+    assert completed_verbatim(best_memorised) >= 1
+    assert completed_verbatim(bios.heldout) == 0
 
 
 def test_tokenizer_splits_digits_one_per_token(bios: Workload) -> None:

@@ -57,6 +57,20 @@ def test_difference_within_its_interval_is_not_a_failure() -> None:
     assert gate(res, exact=False, policy=Policy()).verdict == "pass"
 
 
+def test_exposing_the_others_fails_unless_an_exact_retrain_exposes_them_as_much() -> None:
+    exposing = results(0.01, 0.40)
+    exposing["mia"].metrics["lira.retain_auc.candidate-served"] = est(0.08, 0.02)
+    assert rule(gate(exposing, exact=False, policy=Policy()), "mia_retain_exposure").status == "fail"
+
+    exposing["mia"].metrics["lira.retain_auc.candidate-reference"] = est(0.08, 0.02)
+    assert rule(gate(exposing, exact=False, policy=Policy()), "mia_retain_exposure").status == "fail"
+
+    # The retrain reference is as exposing (removing records exposed their neighbours): not the method.
+    exposing["mia"].metrics["lira.retain_auc.candidate-reference"] = est(0.005, 0.02)
+    verdict = gate(exposing, exact=False, policy=Policy())
+    assert rule(verdict, "mia_retain_exposure").status == "pass" and verdict.verdict == "pass"
+
+
 def test_over_unlearning_fails() -> None:
     verdict = gate(results(-0.30, 0.40), exact=False, policy=Policy())
     assert verdict.verdict == "fail"

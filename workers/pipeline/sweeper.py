@@ -23,7 +23,7 @@ from app.db import get_session_factory, utcnow
 from app.jobs.models import Job, JobStatus
 from app.outbox.service import enqueue
 from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
-from app.requests.service import MODEL_PENDING
+from app.requests.service import MODEL_PENDING, plan_task_payload
 from app.settings import get_settings
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 from workers.pipeline.jobs import enqueue_stage, fail_job
@@ -133,8 +133,9 @@ def replan_lost_requests(session: Session, now: datetime, result: SweepResult) -
     )
     for request in requests:
         request.updated_at = now  # not again before another lease period
-        enqueue(session, PLAN_TASK, {"request_id": request.id, "tenant_id": request.tenant_id})
         result.replanned_requests.append(request.id)
+    if requests:
+        enqueue(session, PLAN_TASK, plan_task_payload([request.id for request in requests]))
 
 
 def resend_due_webhooks(session: Session, now: datetime, result: SweepResult) -> None:

@@ -240,15 +240,23 @@ def _mia_rules(metrics: Metrics, values: Values, policy: Policy, role: str, suff
 
 
 def _retain_rule(metrics: Metrics, policy: Policy) -> RuleOutcome:
-    attack = primary_attack(metrics, policy)
-    d = metrics.get(metric_name(attack or "", "retain_auc", "candidate", "served"))
+    """The others' exposure must not grow. An exact retrain may itself expose them a little more than the
+    served model did (removing records exposes their neighbours: the "privacy onion", Carlini et al.
+    2022), so with a retrain reference the candidate fails only if it is also beyond the reference."""
+    attack = primary_attack(metrics, policy) or ""
+    tolerance = policy.retain_auc_tolerance
+    d = metrics.get(metric_name(attack, "retain_auc", "candidate", "served"))
+    d_reference = metrics.get(metric_name(attack, "retain_auc", "candidate", "reference"))
+    status = _above(d, tolerance)
+    if status == FAIL and _above(d_reference, tolerance) == PASS:
+        status = PASS
     return RuleOutcome(
         "mia_retain_exposure",
         "collateral",
-        _above(d, policy.retain_auc_tolerance),
+        status,
         None,
-        f"{attack} retain-vs-heldout AUC, candidate minus served {_fmt(d)}; fails above "
-        f"+{policy.retain_auc_tolerance} when significant",
+        f"{attack} retain-vs-heldout AUC, candidate minus served {_fmt(d)}, minus reference "
+        f"{_fmt(d_reference)}; fails above +{tolerance} (significant) against both",
     )
 
 

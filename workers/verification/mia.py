@@ -186,10 +186,12 @@ def check_mia(
             result.metrics[metric_name(attack, f"tpr_{policy.gate_fpr:g}", a, b)] = tpr_difference(
                 sa["forget"], sa["heldout"], sb["forget"], sb["heldout"], policy.gate_fpr, nb, seed
             )
-    if "candidate" in scores and "served" in scores:
+    for base in ("served", "reference"):
+        if "candidate" not in scores or base not in scores:
+            continue
         for attack in scores["candidate"]:
-            sa, sb = scores["candidate"][attack], scores["served"][attack]
-            result.metrics[metric_name(attack, "retain_auc", "candidate", "served")] = auc_difference(
+            sa, sb = scores["candidate"][attack], scores[base][attack]
+            result.metrics[metric_name(attack, "retain_auc", "candidate", base)] = auc_difference(
                 sa["retain"], sa["heldout"], sb["retain"], sb["heldout"], nb, seed
             )
     if lira is not None:
