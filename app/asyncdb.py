@@ -86,6 +86,8 @@ class AsyncPool:
         self.conninfo = conninfo
         self._idle: list[AsyncConnection[Any]] = []
         self._slots = asyncio.Semaphore(size)
+        # What the hot paths build once per pool (app.requests.intake keeps its batcher here).
+        self.state: dict[str, Any] = {}
 
     async def _take_slot(self) -> None:
         if not self._slots.locked():
@@ -145,16 +147,26 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncPool
 )
 
 
+# The pool pool() answered last, with its loop: every request asks, and a weak-keyed lookup costs
+# more than the rest of pool() together.
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], str, AsyncPool] | None = None
+
+
 def pool() -> AsyncPool | None:
     """The running loop's pool for the configured database; None when it is not Postgres."""
+    global _last
     settings = get_settings()
     conninfo = conninfo_of(settings.database_url)
     if conninfo is None:
         return None
-    pools = _pools.setdefault(asyncio.get_running_loop(), {})
+    loop = asyncio.get_running_loop()
+    if _last is not None and _last[0]() is loop and _last[1] == conninfo:
+        return _last[2]
+    pools = _pools.setdefault(loop, {})
     found = pools.get(conninfo)
     if found is None:
         found = pools[conninfo] = AsyncPool(conninfo, settings.db_pool_size)
+    _last = (weakref.ref(loop), conninfo, found)
     return found
 
 

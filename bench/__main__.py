@@ -71,7 +71,7 @@ class Settings:
     batching_window_seconds: float = 2.0
     intake_runs: int = 3
     intake_duration: int = 5
-    intake_connections: int = 16
+    intake_connections: str = "8,16,32,64"  # the load levels (bench.intake sweeps them)
     intake_subjects: int = 2000
     provenance_runs: int = 3
     provenance_samples: int = 100_000
@@ -109,7 +109,7 @@ MODES = {
         batching_requests=3,
         intake_runs=1,
         intake_duration=2,
-        intake_connections=8,
+        intake_connections="4,8",
         intake_subjects=300,
         provenance_runs=1,
         provenance_samples=20_000,
@@ -248,11 +248,36 @@ def _by_name(run: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def _intake_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     loads = {"ceiling": "bare FastAPI", "intake": "POST /v1/deletion-requests", "polling": "GET "}
+    fields = ("requests_per_second", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_request")
     summary: dict[str, Any] = {"intake_vs_ceiling": spread(r["intake_vs_ceiling"] for r in runs)}
     for key, prefix in loads.items():
-        for field in ("requests_per_second", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_request"):
+        for field in fields:
             if field in runs[0]["results"][0]:
                 summary[f"{key}_{field}"] = spread(_by_name(r, prefix)[field] for r in runs)
+    if all("levels" in r for r in runs):  # the load sweep: per level, then the capacity under the SLO
+        levels = []
+        for index, level in enumerate(runs[0]["levels"]):
+            at = [r["levels"][index] for r in runs]
+            entry: dict[str, Any] = {"connections": level["connections"]}
+            for key in ("ceiling", "intake"):
+                for field in fields:
+                    entry[f"{key}_{field}"] = spread(a[key][field] for a in at)
+            entry["intake_vs_ceiling"] = spread(
+                a["intake"]["requests_per_second"] / a["ceiling"]["requests_per_second"] for a in at
+            )
+            levels.append(entry)
+        capacities = [r["capacity"] for r in runs]
+        summary["levels"] = levels
+        summary["capacity"] = {
+            "slo_p99_ms": capacities[0]["slo_p99_ms"],
+            "share": spread(c["share"] for c in capacities),
+            "intake_requests_per_second": spread(c["intake_requests_per_second"] for c in capacities),
+            "ceiling_requests_per_second": spread(c["ceiling_requests_per_second"] for c in capacities),
+            "intake_connections": [c["intake_connections"] for c in capacities],
+            "intake_p99_ms": [c["intake_p99_ms"] for c in capacities],
+        }
+        summary["requests_stored"] = [r["intake_requests_stored"] for r in runs]
+        summary["requests_answered"] = [r["intake_requests_answered"] for r in runs]
     return summary
 
 

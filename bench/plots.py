@@ -3,7 +3,9 @@
 - speedup_vs_forget_quality.png: per workload, each method's speedup over retraining (x, log) against its
   forget quality (y), one point per forget-set size, the marker telling the gate's verdict;
 - time_vs_forget_size.png: per workload, wall time (top) and forget quality (bottom) against the number of
-  subjects forgotten, retraining included, bars from the fastest to the slowest repeat.
+  subjects forgotten, retraining included, bars from the fastest to the slowest repeat;
+- intake_sweep.png: requests/s (left) and p99 latency (right) of POST /v1/deletion-requests and of the bare
+  FastAPI endpoint against the number of concurrent connections, with the latency goal.
 
 Forget quality is the gated attack's forget AUC minus the exact-retrain reference's (0 = like retraining,
 above = remembers, below = over-unlearned) when the gate ran; otherwise how far the forget-set loss moved
@@ -199,9 +201,55 @@ def time_vs_size(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def intake_sweep(results: dict[str, Any], path: Path) -> bool:
+    intake = results.get("sections", {}).get("api", {}).get("intake", {})
+    summary = intake.get("summary", {})
+    levels, capacity = summary.get("levels"), summary.get("capacity")
+    if not levels or not capacity:
+        return False
+    plt = _pyplot()
+    xs = [level["connections"] for level in levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.4, 4.2))
+    for key, label, color in (
+        ("ceiling", "bare FastAPI POST", "tab:gray"),
+        ("intake", "Lethe intake", "tab:blue"),
+    ):
+        for axis, field in ((left, "requests_per_second"), (right, "p99_ms")):
+            spreads = [level[f"{key}_{field}"] for level in levels]
+            med = [sp["median"] for sp in spreads]
+            err = [
+                [m - sp["min"] for m, sp in zip(med, spreads, strict=True)],
+                [sp["max"] - m for m, sp in zip(med, spreads, strict=True)],
+            ]
+            axis.errorbar(xs, med, yerr=err, capsize=3, marker="o", color=color, label=label)
+    quarter = [0.25 * level["ceiling_requests_per_second"]["median"] for level in levels]
+    left.plot(xs, quarter, color="tab:gray", linestyle=":", label="25 % of the bare endpoint")
+    right.axhline(capacity["slo_p99_ms"], color="tab:red", linestyle="--", linewidth=1, label="p99 goal")
+    for axis in (left, right):
+        axis.set_xscale("log")
+        _plain_log_axis(axis.xaxis, xs)
+        axis.set_xlabel("concurrent connections (log)")
+        axis.grid(alpha=0.3)
+    left.set_ylim(bottom=0)
+    left.set_ylabel("requests/s")
+    right.set_ylabel("p99 latency (ms)")
+    right.set_yscale("log")
+    _plain_log_axis(right.yaxis)
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.suptitle(
+        "Intake against the load, beside the bare endpoint (one run per level and server)", fontsize=11
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 PLOTS = {
     "speedup_vs_forget_quality": speedup_vs_quality,
     "time_vs_forget_size": time_vs_size,
+    "intake_sweep": intake_sweep,
 }
 
 

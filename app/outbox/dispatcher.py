@@ -1,5 +1,6 @@
-"""A thread that empties the outbox: woken right after a commit that enqueued work, and polling on an
-interval so rows left behind by a broker outage (or written by another process) go out later."""
+"""A thread that empties the outbox: woken by a commit that enqueued work (its pass follows GATHER_SECONDS
+later, so that under load one pass sends many commits' rows), and polling on an interval so rows left
+behind by a broker outage (or written by another process) go out later."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ log = logging.getLogger("lethe.outbox")
 
 # How long a woken dispatcher waits for more commits before its pass (planning waits seconds for its
 # batching window anyway).
-GATHER_SECONDS = 0.1
+GATHER_SECONDS = 0.5
 
 
 class OutboxDispatcher:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -621,19 +620,13 @@ def _outcomes(
     return outcomes
 
 
-_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, IntakeBatcher]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def batcher() -> IntakeBatcher | None:
     """The running loop's batcher for the configured database; None when it is not Postgres (the ORM
     path records the request then)."""
     pool = asyncdb.pool()
     if pool is None:
         return None
-    batchers = _batchers.setdefault(asyncio.get_running_loop(), {})
-    found = batchers.get(id(pool))
-    if found is None or found.pool is not pool:
-        found = batchers[id(pool)] = IntakeBatcher(pool)
+    found = pool.state.get("intake")
+    if found is None:
+        found = pool.state["intake"] = IntakeBatcher(pool)
     return found

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
@@ -28,7 +27,7 @@ class ParsedKey:
 
 def hash_api_key(plaintext: str) -> str:
     secret_key = get_settings().secret_key.get_secret_value().encode()
-    return hmac.new(secret_key, plaintext.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(secret_key, plaintext.encode(), "sha256").hex()  # one C call
 
 
 def parse_api_key(plaintext: str) -> ParsedKey | None:

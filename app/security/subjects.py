@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import unicodedata
 from functools import lru_cache
@@ -25,4 +24,4 @@ def _subject_key(raw_key: str) -> bytes:
 def subject_hmac(subject_id: str) -> str:
     """Hex HMAC-SHA256 of the normalised subject id under settings.subject_hmac_key."""
     key = _subject_key(get_settings().subject_hmac_key.get_secret_value())
-    return hmac.new(key, normalize_subject_id(subject_id).encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, normalize_subject_id(subject_id).encode(), "sha256").hex()
