@@ -117,7 +117,7 @@ def dispatch_pending(
     The rows are locked (SKIP LOCKED) while they are sent, so several dispatchers (API processes, the
     worker's periodic pass) share the work instead of sending a row twice. The first broker failure ends
     the pass: the failed rows and the rest stay pending for the next pass. Core statements, not ORM
-    objects: an API process runs a pass every few tens of milliseconds under load.
+    objects: under load an API process runs passes all the while, beside the requests it serves.
     """
     sent: list[int] = []
     failed: list[int] = []
