@@ -38,7 +38,14 @@ demo: $(VENV)/.installed
 
 # Regenerates docs/benchmarks.md, its plots and bench/results/<mode>.json (BENCH_ARGS=--full: full settings).
 BENCH_ARGS ?= --quick
-bench: $(VENV)/.installed
+# The intake benchmark's load generator, from Debian's packages.
+WRK ?= /usr/bin/wrk
+
+$(WRK):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends wrk
+
+bench: $(VENV)/.installed $(WRK)
 	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed

@@ -91,19 +91,22 @@ def _messages(rows: Sequence[_PendingRow]) -> list[_Message]:
     """The rows as messages in row order; the rows of a MERGEABLE_TASKS task whose payload is just its
     list go out as one message, at the place of the first."""
     messages: list[_Message] = []
-    merged: dict[str, _Message] = {}
+    # Per merged task: its message and the items it carries, each once (a pass joins thousands).
+    merged: dict[str, tuple[_Message, dict[Any, None]]] = {}
     for row in rows:
         key = MERGEABLE_TASKS.get(row.task_name)
         items = row.payload.get(key) if key is not None and row.payload.keys() == {key} else None
         if not isinstance(items, list):
             messages.append(_Message(row.task_name, dict(row.payload), [row.id]))
             continue
-        message = merged.get(row.task_name)
-        if message is None:
-            message = merged[row.task_name] = _Message(row.task_name, {key: []}, [])
-            messages.append(message)
-        message.payload[key].extend(item for item in items if item not in message.payload[key])
+        if row.task_name not in merged:
+            merged[row.task_name] = (_Message(row.task_name, {}, []), {})
+            messages.append(merged[row.task_name][0])
+        message, carried = merged[row.task_name]
+        carried.update(dict.fromkeys(items))
         message.row_ids.append(row.id)
+    for message, carried in merged.values():
+        message.payload[MERGEABLE_TASKS[message.task_name]] = list(carried)
     return messages
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import make_engine
@@ -327,5 +328,59 @@ def test_the_demo_sqlite_database_registers_samples_the_same_way(tmp_path) -> No
             found = service.subject_provenance(session, tenant.id, " ZOE ")
             assert [sample.external_id for sample in found.samples] == ["s-Zoe-0", "s-Zoe-1"]
             assert session.scalar(select(func.count()).select_from(DataSubject)) == 2
+    finally:
+        engine.dispose()
+
+
+# --- samples name existing datasets (checked per statement on Postgres, per row on SQLite) ---------------
+
+
+@pytest.mark.parametrize("database", ["postgres", "sqlite"])
+def test_samples_must_name_an_existing_dataset_and_keep_it(database, database_url, tmp_path) -> None:
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'demo.db'}"
+        run_migrations(url)
+    else:
+        url = database_url
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            tenant = create_tenant(session, unique("t"))
+            principal = Principal(tenant_id=tenant.id, key_id="k" * 16, scopes=frozenset())
+            dataset = service.create_dataset(session, principal, DatasetIn(name=unique("d"), kind="text"))
+            batch = [SampleIn(**sample) for sample in text_samples({"ines": 2})]
+            service.register_samples(session, principal, dataset, batch)
+            empty = service.create_dataset(session, principal, DatasetIn(name=unique("d"), kind="text"))
+            session.commit()
+            stray = (
+                "INSERT INTO samples (tenant_id, dataset_id, external_id, subject_hmac, content_hash,"
+                " created_at) VALUES (:tenant, :dataset, 'x', 'h', 'c', CURRENT_TIMESTAMP)"
+            )
+            refused = [
+                (stray, {"tenant": tenant.id, "dataset": "no-such-dataset"}),
+                (
+                    "UPDATE samples SET dataset_id = 'no-such-dataset' WHERE dataset_id = :id",
+                    {"id": dataset.id},
+                ),
+                ("DELETE FROM datasets WHERE id = :id", {"id": dataset.id}),
+                ("UPDATE datasets SET id = 'renumbered' WHERE id = :id", {"id": dataset.id}),
+            ]
+            for statement, params in refused:
+                with pytest.raises(IntegrityError):
+                    session.execute(text(statement), params)
+                session.rollback()
+            assert (
+                session.scalar(
+                    select(func.count()).select_from(Sample).where(Sample.dataset_id == dataset.id)
+                )
+                == 2
+            )
+            # What the rules allow: moving samples to another dataset, deleting a dataset without samples.
+            session.execute(
+                text("UPDATE samples SET dataset_id = :to WHERE dataset_id = :id"),
+                {"to": empty.id, "id": dataset.id},
+            )
+            session.execute(text("DELETE FROM datasets WHERE id = :id"), {"id": dataset.id})
+            session.rollback()
     finally:
         engine.dispose()
