@@ -1,10 +1,13 @@
 """Samples name an existing dataset: checked once per statement instead of once per row.
 
-A foreign key checks each inserted row on its own (one lookup and lock of the dataset per sample), which
-cost bulk registration about a third of its database time. On Postgres, statement-level triggers check
-the distinct datasets a statement's samples name, locking them as the foreign key did (FOR KEY SHARE,
-so a concurrent delete of the dataset waits), and datasets that samples name cannot be deleted or
-renumbered. On SQLite (the demo's embedded database) row-level triggers keep the same rules.
+A foreign key checks each inserted row on its own (one lookup and lock of the dataset per sample): a
+fifth of bulk registration's database time (Postgres CPU per sample 12.9 us with the key, 10.3 us with
+these triggers; `python -m bench.provenance --samples 200000`, three runs of each, alternated).
+
+On Postgres, statement-level triggers check the distinct datasets a statement's samples name, locking
+them as the foreign key did (FOR KEY SHARE, so a concurrent delete of the dataset waits), and a dataset
+that samples name cannot be deleted or renumbered. On SQLite (the demo's embedded database) row-level
+triggers keep the same rules.
 
 Revision ID: 0002
 Revises: 0001

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
@@ -384,3 +385,32 @@ def test_samples_must_name_an_existing_dataset_and_keep_it(database, database_ur
             session.rollback()
     finally:
         engine.dispose()
+
+
+def test_a_dataset_cannot_be_deleted_under_samples_being_registered(database_url) -> None:
+    """The per-statement check locks the datasets it found, as a foreign key would: a delete waits for
+    the registering transaction, then sees its samples and is refused."""
+    raw_url = database_url.replace("postgresql+psycopg", "postgresql")
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            tenant = create_tenant(session, unique("t"))
+            principal = Principal(tenant_id=tenant.id, key_id="k" * 16, scopes=frozenset())
+            dataset = service.create_dataset(session, principal, DatasetIn(name=unique("d"), kind="text"))
+            session.commit()
+            tenant_id, dataset_id = tenant.id, dataset.id
+    finally:
+        engine.dispose()
+    with psycopg.connect(raw_url) as registering, psycopg.connect(raw_url) as deleting:
+        registering.execute(
+            "INSERT INTO samples (tenant_id, dataset_id, external_id, subject_hmac, content_hash, created_at)"
+            " VALUES (%s, %s, 'x', 'h', 'c', now())",
+            (tenant_id, dataset_id),
+        )
+        deleting.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            deleting.execute("DELETE FROM datasets WHERE id = %s", (dataset_id,))
+        deleting.rollback()
+        registering.commit()
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            deleting.execute("DELETE FROM datasets WHERE id = %s", (dataset_id,))
