@@ -15,7 +15,7 @@ from app.db import make_engine
 from app.errors import ProblemError
 from app.main import create_app
 from app.provenance import service
-from app.provenance.models import DataSubject, Sample
+from app.provenance.models import Dataset, DataSubject, Sample
 from app.provenance.schemas import DatasetIn, SampleIn
 from app.security.auth import Principal
 from app.security.subjects import subject_hmac
@@ -336,6 +336,13 @@ def test_the_demo_sqlite_database_registers_samples_the_same_way(tmp_path) -> No
 # --- samples name existing datasets (checked per statement on Postgres, per row on SQLite) ---------------
 
 
+def new_dataset(session: Session, tenant_id: str | None = None) -> tuple[Principal, Dataset]:
+    """A dataset of a new tenant (or of `tenant_id`), through the service layer."""
+    tenant_id = tenant_id or create_tenant(session, unique("t")).id
+    principal = Principal(tenant_id=tenant_id, key_id="k" * 16, scopes=frozenset())
+    return principal, service.create_dataset(session, principal, DatasetIn(name=unique("d"), kind="text"))
+
+
 @pytest.mark.parametrize("database", ["postgres", "sqlite"])
 def test_samples_must_name_an_existing_dataset_and_keep_it(database, database_url, tmp_path) -> None:
     if database == "sqlite":
@@ -346,19 +353,17 @@ def test_samples_must_name_an_existing_dataset_and_keep_it(database, database_ur
     engine = make_engine(url)
     try:
         with Session(engine) as session:
-            tenant = create_tenant(session, unique("t"))
-            principal = Principal(tenant_id=tenant.id, key_id="k" * 16, scopes=frozenset())
-            dataset = service.create_dataset(session, principal, DatasetIn(name=unique("d"), kind="text"))
+            principal, dataset = new_dataset(session)
             batch = [SampleIn(**sample) for sample in text_samples({"ines": 2})]
             service.register_samples(session, principal, dataset, batch)
-            empty = service.create_dataset(session, principal, DatasetIn(name=unique("d"), kind="text"))
+            _, empty = new_dataset(session, principal.tenant_id)
             session.commit()
             stray = (
                 "INSERT INTO samples (tenant_id, dataset_id, external_id, subject_hmac, content_hash,"
                 " created_at) VALUES (:tenant, :dataset, 'x', 'h', 'c', CURRENT_TIMESTAMP)"
             )
             refused = [
-                (stray, {"tenant": tenant.id, "dataset": "no-such-dataset"}),
+                (stray, {"tenant": principal.tenant_id, "dataset": "no-such-dataset"}),
                 (
                     "UPDATE samples SET dataset_id = 'no-such-dataset' WHERE dataset_id = :id",
                     {"id": dataset.id},
@@ -394,11 +399,9 @@ def test_a_dataset_cannot_be_deleted_under_samples_being_registered(database_url
     engine = make_engine(database_url)
     try:
         with Session(engine) as session:
-            tenant = create_tenant(session, unique("t"))
-            principal = Principal(tenant_id=tenant.id, key_id="k" * 16, scopes=frozenset())
-            dataset = service.create_dataset(session, principal, DatasetIn(name=unique("d"), kind="text"))
+            principal, dataset = new_dataset(session)
             session.commit()
-            tenant_id, dataset_id = tenant.id, dataset.id
+            tenant_id, dataset_id = principal.tenant_id, dataset.id
     finally:
         engine.dispose()
     with psycopg.connect(raw_url) as registering, psycopg.connect(raw_url) as deleting:
