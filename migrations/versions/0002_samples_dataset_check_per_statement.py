@@ -27,19 +27,21 @@ depends_on: str | Sequence[str] | None = None
 FOREIGN_KEY = "fk_samples_dataset_id_datasets"
 
 _POSTGRES_UPGRADE = [
-    """
+    # The statement's rows are read once (into `named`); the datasets found are locked as the key did.
+    f"""
     CREATE FUNCTION samples_check_datasets() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
+        named text[];
         missing text;
     BEGIN
-        PERFORM 1 FROM datasets WHERE id IN (SELECT DISTINCT dataset_id FROM new_samples) FOR KEY SHARE;
-        SELECT named.dataset_id INTO missing
-        FROM (SELECT DISTINCT dataset_id FROM new_samples) AS named
-        WHERE NOT EXISTS (SELECT 1 FROM datasets WHERE datasets.id = named.dataset_id)
+        SELECT array_agg(DISTINCT dataset_id) INTO named FROM new_samples;
+        PERFORM 1 FROM datasets WHERE id = ANY(named) FOR KEY SHARE;
+        SELECT wanted INTO missing FROM unnest(named) AS wanted
+        WHERE NOT EXISTS (SELECT 1 FROM datasets WHERE datasets.id = wanted)
         LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'samples name dataset % which does not exist', missing
-                USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'fk_samples_dataset_id_datasets',
+                USING ERRCODE = 'foreign_key_violation', CONSTRAINT = '{FOREIGN_KEY}',
                       TABLE = 'samples', COLUMN = 'dataset_id';
         END IF;
         RETURN NULL;
@@ -54,7 +56,7 @@ _POSTGRES_UPGRADE = [
     CREATE TRIGGER samples_check_datasets_on_update AFTER UPDATE ON samples
     REFERENCING NEW TABLE AS new_samples FOR EACH STATEMENT EXECUTE FUNCTION samples_check_datasets()
     """,
-    """
+    f"""
     CREATE FUNCTION datasets_keep_samples() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP = 'UPDATE' AND NEW.id = OLD.id THEN
@@ -62,7 +64,7 @@ _POSTGRES_UPGRADE = [
         END IF;
         IF EXISTS (SELECT 1 FROM samples WHERE dataset_id = OLD.id) THEN
             RAISE EXCEPTION 'dataset % still has samples', OLD.id
-                USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'fk_samples_dataset_id_datasets',
+                USING ERRCODE = 'foreign_key_violation', CONSTRAINT = '{FOREIGN_KEY}',
                       TABLE = 'datasets';
         END IF;
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
