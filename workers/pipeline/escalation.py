@@ -9,11 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.jobs.models import Job, JobAttempt
-from app.requests.models import RequestStatus
-from workers.pipeline.jobs import audit_job, enqueue_stage, fail_job, set_model_rows, sync_requests
+from app.jobs.models import Job, JobAttempt, Stage
+from app.requests.lifecycle import move_models
+from app.requests.models import ModelStatus
+from workers.pipeline.jobs import audit_job, enqueue_stage, fail_job
 from workers.pipeline.leases import release_lease
-from workers.pipeline.stages import Stage
+from workers.pipeline.stages import ACTOR
 
 # How an attempt ended.
 CANDIDATE = "candidate"  # a candidate version was written; verification follows
@@ -95,8 +96,8 @@ def escalate(session: Session, job: Job, token: str, reason: str) -> bool:
     job.method = chain[index + 1]
     job.stage = Stage.UNLEARNING
     job.candidate_version_id = None
-    set_model_rows(session, job, RequestStatus.UNLEARNING)
-    sync_requests(session, job, {"job_id": job.id, "escalated_to": job.method, "reason": reason[:300]})
+    detail = {"job_id": job.id, "escalated_to": job.method, "reason": reason[:300]}
+    move_models(session, job, ModelStatus.UNLEARNING, actor=ACTOR, detail=detail)
     audit_job(session, job, "escalated", {"to": job.method, "reason": reason[:300]})
     release_lease(job, token)
     enqueue_stage(session, job)

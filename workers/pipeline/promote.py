@@ -16,13 +16,19 @@ import logging
 from sqlalchemy.orm import Session
 
 from app.db import get_session_factory
-from app.errors import ProblemError
-from app.jobs.models import Job, JobKind
+from app.jobs.models import Job, JobKind, Stage
 from app.outbox.service import enqueue
 from app.provenance.membership import versions_trained_on
 from app.registry.models import Model, ModelVersion, VersionStatus
-from app.registry.service import set_alias, set_version_status, taint_version
-from app.requests.models import RequestStatus
+from app.registry.service import (
+    AliasMoved,
+    VersionNotPromotable,
+    set_alias,
+    set_version_status,
+    taint_version,
+)
+from app.requests.lifecycle import move_models
+from app.requests.models import ModelStatus
 from app.webhooks.events import EventType
 from app.webhooks.service import enqueue_event
 from workers.pipeline.escalation import STALE, chain_position, current_attempt, finish_attempt
@@ -32,9 +38,7 @@ from workers.pipeline.jobs import (
     fail_job,
     job_requests,
     job_sample_ids,
-    set_model_rows,
     succeed_job,
-    sync_requests,
 )
 from workers.pipeline.leases import (
     AttemptsExhausted,
@@ -45,7 +49,7 @@ from workers.pipeline.leases import (
     release_lease,
     take_lease,
 )
-from workers.pipeline.stages import ACTOR, PURGE_TASK, Stage
+from workers.pipeline.stages import ACTOR, PURGE_TASK
 
 log = logging.getLogger("lethe.pipeline")
 
@@ -80,10 +84,8 @@ def promote(session: Session, job: Job, token: str) -> None:
             set_alias(
                 session, model, job.params["alias"], candidate, job.params.get("alias_version"), reason, ACTOR
             )
-    except ProblemError as refused:
-        if refused.status_code != 409:
-            raise
-        _restart_on_new_served_version(session, job, candidate, token, str(refused.detail))
+    except (AliasMoved, VersionNotPromotable) as refused:  # the candidate can no longer serve as planned
+        _restart_on_new_served_version(session, job, candidate, token, refused.detail)
         return
     complete_deletion(session, job, model, base, candidate)
 
@@ -104,8 +106,8 @@ def _restart_on_new_served_version(
     job.params = params
     job.candidate_version_id = None
     job.stage = Stage.UNLEARNING
-    set_model_rows(session, job, RequestStatus.UNLEARNING)
-    sync_requests(session, job, {"job_id": job.id, "reason": "the served version changed"})
+    detail = {"job_id": job.id, "reason": "the served version changed"}
+    move_models(session, job, ModelStatus.UNLEARNING, actor=ACTOR, detail=detail)
     audit_job(session, job, "restarted", {"reason": why[:300], "chain": chain})
     release_lease(job, token)
     enqueue_stage(session, job)
@@ -141,8 +143,8 @@ def complete_deletion(
              "to_version": candidate.version, "method": candidate.method, "exact": candidate.exact,
              "job_id": job.id, "tainted_versions": tainted},
         )  # fmt: skip
-    set_model_rows(session, job, RequestStatus.COMPLETED, to_version_id=serving.id)
-    sync_requests(session, job, {"job_id": job.id, "model": model.name, "version": serving.version})
+    detail = {"job_id": job.id, "model": model.name, "version": serving.version}
+    move_models(session, job, ModelStatus.COMPLETED, actor=ACTOR, detail=detail, to_version_id=serving.id)
     succeed_job(
         session,
         job,

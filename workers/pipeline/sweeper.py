@@ -19,15 +19,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.db import get_session_factory, utcnow
+from app.db import for_update, get_session_factory, utcnow
 from app.jobs.models import Job, JobStatus
 from app.outbox.service import enqueue
-from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
-from app.requests.service import MODEL_PENDING, plan_task_payload
+from app.requests.models import DeletionRequest, DeletionRequestModel, ModelStatus, RequestStatus
+from app.requests.service import plan_task_payload
 from app.settings import get_settings
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 from workers.pipeline.jobs import enqueue_stage, fail_job
-from workers.pipeline.leases import for_update, lease_delta
+from workers.pipeline.leases import lease_delta
 from workers.pipeline.purge import run_purge
 from workers.pipeline.stages import DELIVER_WEBHOOK_TASK, PLAN_TASK
 
@@ -123,7 +123,8 @@ def replan_lost_requests(session: Session, now: datetime, result: SweepResult) -
                 DeletionRequest.updated_at < stale,
                 DeletionRequest.id.in_(
                     select(DeletionRequestModel.request_id).where(
-                        DeletionRequestModel.status == MODEL_PENDING, DeletionRequestModel.job_id.is_(None)
+                        DeletionRequestModel.status == ModelStatus.PENDING,
+                        DeletionRequestModel.job_id.is_(None),
                     )
                 ),
             )

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.db import get_session_factory
-from app.jobs.models import Job, JobKind
+from app.jobs.models import Job, JobKind, Stage
 from app.registry.models import Model, ModelVersion, VersionStatus
 from app.registry.service import set_version_status
 from workers.pipeline import data, store
@@ -31,7 +31,7 @@ from workers.pipeline.leases import (
     new_token,
     take_lease,
 )
-from workers.pipeline.stages import ACTOR, Stage
+from workers.pipeline.stages import ACTOR
 
 log = logging.getLogger("lethe.pipeline")
 

@@ -27,7 +27,8 @@ from app.provenance.membership import training_sample_ids
 from app.provenance.models import Sample
 from app.registry.models import PROMOTABLE_STATUSES, Alias, Model, ModelVersion, VersionStatus
 from app.registry.service import create_derived_version
-from app.requests.models import RequestStatus
+from app.requests.lifecycle import move_models
+from app.requests.models import ModelStatus, RequestStatus
 from workers.pipeline import data, store
 from workers.pipeline.chain import Capabilities, choose_chain, is_exact, method_config
 from workers.pipeline.escalation import (
@@ -46,8 +47,6 @@ from workers.pipeline.jobs import (
     job_requests,
     job_sample_ids,
     running_unlearn_job,
-    set_model_rows,
-    sync_requests,
 )
 from workers.pipeline.leases import (
     AttemptsExhausted,
@@ -192,8 +191,8 @@ def choose_base(session: Session, job: Job) -> bool:
         "chain_index": 0,
     }
     job.method = chain[0]
-    set_model_rows(session, job, RequestStatus.UNLEARNING, from_version_id=base.id)
-    sync_requests(session, job, {"job_id": job.id, "method": job.method})
+    detail = {"job_id": job.id, "method": job.method}
+    move_models(session, job, ModelStatus.UNLEARNING, actor=ACTOR, detail=detail, from_version_id=base.id)
     if not _holds_any(session, base, job_sample_ids(session, job)):
         # The served version never saw these samples: nothing to unlearn, only older versions to taint.
         complete_deletion(session, job, model, base, None)
@@ -381,7 +380,7 @@ def _store_candidate(
         job.candidate_version_id = candidate.id
         job.stage = Stage.VERIFYING
         job.progress = METHOD_PROGRESS[1]
-        set_model_rows(session, job, RequestStatus.VERIFYING)
-        sync_requests(session, job, {"job_id": job.id, "candidate_version": candidate.version})
+        detail = {"job_id": job.id, "candidate_version": candidate.version}
+        move_models(session, job, ModelStatus.VERIFYING, actor=ACTOR, detail=detail)
         release_lease(job, token)
         enqueue_stage(session, job)

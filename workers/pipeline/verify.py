@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.db import get_session_factory
-from app.jobs.models import Job, JobAttempt, JobKind
+from app.jobs.models import Job, JobAttempt, JobKind, Stage
 from app.jobs.service import report_url
 from app.registry.models import Model, ModelVersion, VersionStatus
 from app.registry.service import set_version_status, taint_version
@@ -40,7 +40,7 @@ from workers.pipeline.leases import (
     release_lease,
     take_lease,
 )
-from workers.pipeline.stages import ACTOR, Stage
+from workers.pipeline.stages import ACTOR
 
 log = logging.getLogger("lethe.pipeline")
 
