@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -16,6 +17,7 @@ from app.db import utcnow
 from app.domain import DomainError
 from app.errors import conflict, not_found, unprocessable
 from app.jobs.models import Job, JobKind, JobStatus, Stage
+from app.jobs.params import TrainParams
 from app.outbox.celery_client import TRAIN_TASK
 from app.outbox.service import enqueue
 from app.pagination import PageParams, paginate
@@ -149,6 +151,11 @@ def request_training(
 ) -> tuple[Job, ModelVersion]:
     """A version in status training with its provenance recorded now, a train job, and its task in the
     outbox; the workers fill in the artifact."""
+    try:
+        params = TrainParams.model_validate(body.params)
+    except ValidationError as exc:  # a key the job itself keeps (redispatches, ...) with another type
+        names = ", ".join(sorted({str(error["loc"][0]) for error in exc.errors()}))
+        raise unprocessable(f"params: {names} cannot be set", "invalid-params") from exc
     training_set = resolve_training_set(
         session, principal.tenant_id, body.training_set.dataset, body.training_set.external_ids
     )
@@ -162,8 +169,9 @@ def request_training(
         status=JobStatus.QUEUED,
         stage=Stage.QUEUED,
         candidate_version_id=version.id,
-        params={"version_id": version.id, "dataset_id": training_set.dataset_id, **body.params},
     )
+    params.version_id, params.dataset_id = version.id, training_set.dataset_id
+    params.write(job)
     session.add(job)
     session.flush()
     enqueue(

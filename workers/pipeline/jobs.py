@@ -1,4 +1,5 @@
-"""Job state shared by every stage: sending a job's next task, ending a job, the job's requests and samples.
+"""Job state shared by every stage: claiming a job, sending its next task, ending it, its requests and
+samples.
 
 A request's status follows its per-model rows: the stages move those rows through
 app.requests.lifecycle (`move_models`), which brings each request of the job along.
@@ -7,21 +8,98 @@ app.requests.lifecycle (`move_models`), which brings each request of the job alo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.db import utcnow
+from app.db import get_session_factory, utcnow
 from app.jobs.models import Job, JobKind, JobRequest, JobStatus, Stage
 from app.outbox.service import enqueue
 from app.requests.lifecycle import move_models, requests_of_job
 from app.requests.models import DeletionRequest, DeletionRequestModel, DeletionRequestSample, ModelStatus
-from workers.pipeline.leases import lease_delta
+from workers.pipeline.leases import (
+    AttemptsExhausted,
+    ClaimRefused,
+    check_holder,
+    lease_delta,
+    lock_job,
+    new_token,
+    take_lease,
+)
 from workers.pipeline.stages import ACTOR, task_for
 
 log = logging.getLogger("lethe.pipeline")
+
+
+# ------------------------------------------------------------------------------------------- claiming
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this task execution holds the lease of, in the transaction that claimed it."""
+
+    session: Session
+    job: Job
+    token: str
+
+
+@contextmanager
+def claimed_job(
+    job_id: str,
+    kind: JobKind,
+    stages: Container[str],
+    *,
+    may_claim: Callable[[Session, Job], bool] | None = None,
+    fail: Callable[[Session, Job, str], None] | None = None,
+) -> Iterator[Claim | None]:
+    """The opening of every stage's task: lock the job and take its lease for a new token, in one
+    transaction that commits when the block ends. Yields None when the job is not this task's to work
+    on: gone, of another kind, at another stage, turned down by `may_claim` (which may write why), held
+    by a live worker, or its runs spent (then failed by `fail`, by default fail_job)."""
+    token = new_token()
+    with get_session_factory()() as session, session.begin():
+        yield _claim(session, job_id, token, kind, stages, may_claim, fail or fail_job)
+
+
+def _claim(
+    session: Session,
+    job_id: str,
+    token: str,
+    kind: JobKind,
+    stages: Container[str],
+    may_claim: Callable[[Session, Job], bool] | None,
+    fail: Callable[[Session, Job, str], None],
+) -> Claim | None:
+    job = lock_job(session, job_id)
+    if job is None or job.kind != kind or job.stage not in stages:
+        return None
+    if may_claim is not None and not may_claim(session, job):
+        return None
+    try:
+        take_lease(job, token)
+    except ClaimRefused as refused:
+        log.info("%s", refused)
+        return None
+    except AttemptsExhausted as exhausted:
+        fail(session, job, f"worker lost too often: {exhausted}")
+        return None
+    return Claim(session, job, token)
+
+
+@contextmanager
+def held_job(job_id: str, token: str) -> Iterator[tuple[Session, Job]]:
+    """A later transaction of a task that claimed the job: the job locked, still held by `token`
+    (LeaseLost otherwise, and nothing is written)."""
+    with get_session_factory()() as session, session.begin():
+        job = lock_job(session, job_id)
+        assert job is not None, f"job {job_id} is gone"
+        check_holder(job, token)
+        yield session, job
 
 
 def enqueue_stage(session: Session, job: Job) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import for_update, get_session_factory, utcnow
 from app.jobs.models import Job, JobKind, JobRequest, JobStatus, Stage
+from app.jobs.params import UnlearnParams
 from app.outbox.service import enqueue
 from app.registry.models import Model
 from app.requests.lifecycle import PLANNABLE, join_job, sync_request
@@ -101,7 +102,7 @@ def _open_batch(session: Session, model: Model, method: str) -> Job | None:
         )
         .order_by(Job.created_at)
     )
-    return next((job for job in candidates if job.params.get("requested_method") == method), None)
+    return next((job for job in candidates if UnlearnParams.of(job).requested_method == method), None)
 
 
 def _new_batch(session: Session, model: Model, method: str) -> Job:
@@ -117,8 +118,8 @@ def _new_batch(session: Session, model: Model, method: str) -> Job:
         max_attempts=settings.job_max_attempts,
         # The sweeper re-sends the task if no worker claimed the job by then (message lost).
         lease_expires_at=not_before + lease_delta(),
-        params={"requested_method": method, "not_before": not_before.isoformat()},
     )
+    UnlearnParams(requested_method=method, not_before=not_before).write(job)
     session.add(job)
     session.flush()
     enqueue_stage(session, job)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.db import for_update, get_session_factory, utcnow
 from app.jobs.models import Job, JobStatus
+from app.jobs.params import params_of
 from app.outbox.service import enqueue
 from app.requests.models import DeletionRequest, DeletionRequestModel, ModelStatus, RequestStatus
 from app.requests.service import plan_task_payload
@@ -91,8 +92,8 @@ def resend_expired_jobs(session: Session, now: datetime, result: SweepResult) ->
             )
             result.failed_jobs.append(job.id)
             continue
-        last_sent = job.params.get("redispatched_at")
-        if last_sent and now - datetime.fromisoformat(last_sent) < lease_delta():
+        params = params_of(job)
+        if params.redispatched_at is not None and now - params.redispatched_at < lease_delta():
             continue  # sent again recently: give that message a lease period to be claimed
         if lost_worker:
             # the dead worker's lease stays expired, so that the next claim takes over (and counts a run)
@@ -104,11 +105,9 @@ def resend_expired_jobs(session: Session, now: datetime, result: SweepResult) ->
             )
         else:
             job.lease_expires_at = now + lease_delta()
-        job.params = {
-            **job.params,
-            "redispatches": int(job.params.get("redispatches") or 0) + 1,
-            "redispatched_at": now.isoformat(),
-        }
+        params.redispatches += 1
+        params.redispatched_at = now
+        params.write(job)
         enqueue_stage(session, job)
         result.redispatched_jobs.append(job.id)
 
