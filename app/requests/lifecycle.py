@@ -9,22 +9,23 @@ spent, `completed` once every model it concerns serves a version without its sam
 the deletion certificate in the same transaction.
 
 The API (intake, cancellation) and the workers (planning, the pipeline's stages) change requests only
-through this module, and every change writes its timeline row, audit event and webhooks (`change_status`).
-Adding a transition is one entry in TRANSITIONS. The state names are the columns' vocabularies, in
-app.requests.models.
+through this module. What a change writes (timeline row, webhook deliveries, audit event) is decided
+once, by `status_change`; `change_status` writes it in a session, the batched intake
+(app.requests.intake) with its batch. Adding a transition is one entry in TRANSITIONS. The state names
+are the columns' vocabularies, in app.requests.models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from app.audit.service import record
+from app.audit.service import AuditEntry, queue_entries
 from app.db import for_update, utcnow
 from app.domain import DomainError
 from app.jobs.models import Job, JobRequest
@@ -38,7 +39,15 @@ from app.requests.models import (
     RequestStatus,
 )
 from app.webhooks.events import EventType, request_event
-from app.webhooks.service import enqueue_event
+from app.webhooks.service import (
+    SubscriptionTarget,
+    active_subscriptions,
+    delivery_rows,
+    delivery_targets,
+    enqueue_event,
+    event_envelope,
+    write_deliveries,
+)
 
 # The entity of a request's audit events.
 ENTITY_TYPE = "deletion_request"
@@ -113,7 +122,7 @@ class RequestSnapshot:
     received_at: datetime
     due_at: datetime
     updated_at: datetime
-    status: str = ""
+    status: str | None = None  # none until received
     extension_reason: str | None = None
     extended_at: datetime | None = None
     completed_at: datetime | None = None
@@ -158,19 +167,41 @@ def is_overdue_request(request: RequestState, now: datetime | None = None) -> bo
 # ---------------------------------------------------------------- status changes
 
 
-def change_status(
-    session: Session,
-    request: DeletionRequest,
+@dataclass
+class StatusChange:
+    """What one status change of a request writes besides the request's own columns."""
+
+    request_id: str
+    timeline: TimelineEntryRow
+    audit: AuditEntry
+    deliveries: list[dict[str, Any]] = field(default_factory=list)  # webhooks (delivery_rows)
+
+    def event_row(self) -> dict[str, Any]:
+        """The timeline row as a row of request_events."""
+        step = self.timeline
+        return {
+            "request_id": self.request_id,
+            "from_status": step.from_status,
+            "to_status": step.to_status,
+            "at": step.at,
+            "detail": step.detail,
+        }
+
+
+def status_change(
+    request: RequestState,
     to_status: str,
     *,
     actor: str,
-    detail: dict[str, Any] | None = None,
-) -> RequestEvent | None:
-    """Move `request` to `to_status` with its timeline row, audit event and webhooks; answers the
-    timeline row.
+    detail: dict[str, Any] | None,
+    subscriptions: Callable[[], Iterable[SubscriptionTarget]],
+    now: datetime,
+) -> StatusChange | None:
+    """Move `request` (its columns) to `to_status` and answer what the change writes; `subscriptions`
+    answers the tenant's active webhook subscriptions, asked only when the change is announced.
 
-    Answers None (and writes nothing) when the request already has that status, so a redelivered task
-    can call it again; raises InvalidTransition for a change the life cycle does not allow.
+    None when the request already has that status (a redelivered task may ask again); InvalidTransition
+    for a change the life cycle does not allow.
     """
     from_status = request.status
     to_status = RequestStatus(to_status)
@@ -179,31 +210,54 @@ def change_status(
     if to_status not in TRANSITIONS.get(from_status, frozenset()):
         raise InvalidTransition(f"a {from_status} request cannot become {to_status}")
     detail = dict(detail or {})
-    now = utcnow()
     request.status = to_status
     request.updated_at = now
     if to_status == S.COMPLETED:
         request.completed_at = now
     if to_status == S.FAILED:
         request.failure_reason = str(detail.get("reason") or "unlearning failed")
-    timeline_row = RequestEvent(
-        request_id=request.id, from_status=from_status, to_status=to_status, at=now, detail=detail
+    action = f"{ENTITY_TYPE}.{to_status}"
+    data = {"from": from_status, "to": to_status, **detail}
+    change = StatusChange(
+        request.id,
+        TimelineEntryRow(from_status, to_status, now, detail),
+        AuditEntry(request.tenant_id, ENTITY_TYPE, request.id, action, data, actor),
     )
-    session.add(timeline_row)
     event = request_event(to_status)
-    if event is not None:
-        announce(session, request, event, {"previous_status": from_status, **detail})
+    targets = delivery_targets(subscriptions(), event, request.callback_url) if event is not None else ()
+    if event is not None and targets:
+        envelope = event_envelope(event, announcement(request, {"previous_status": from_status, **detail}))
+        change.deliveries = delivery_rows(request.tenant_id, event, envelope, targets, request.id, now)
+    return change
+
+
+def change_status(
+    session: Session,
+    request: DeletionRequest,
+    to_status: str,
+    *,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+) -> TimelineEntryRow | None:
+    """Move `request` to `to_status` with its timeline row, audit event and webhooks, in the session's
+    transaction; answers the timeline row (None, and nothing written, when it already had that status).
+    """
+    now = utcnow()
+    change = status_change(
+        request,
+        to_status,
+        actor=actor,
+        detail=detail,
+        subscriptions=lambda: active_subscriptions(session, request.tenant_id),
+        now=now,
+    )
+    if change is None:
+        return None
+    session.execute(insert(RequestEvent.__table__), [change.event_row()])
+    write_deliveries(session, change.deliveries, now)
     # Chained into the tenant's audit trail when the transaction commits (app.audit.service).
-    action, data = audit_change(from_status, to_status, detail)
-    record(session, request.tenant_id, ENTITY_TYPE, request.id, action, data, actor)
-    return timeline_row
-
-
-def audit_change(
-    from_status: str | None, to_status: str, detail: dict[str, Any]
-) -> tuple[str, dict[str, Any]]:
-    """The audit action and data of a status change."""
-    return f"{ENTITY_TYPE}.{to_status}", {"from": from_status, "to": to_status, **detail}
+    queue_entries(session, [change.audit])
+    return change.timeline
 
 
 def announcement(request: RequestState, extra: dict[str, Any]) -> dict[str, Any]:
@@ -222,6 +276,11 @@ def announce(session: Session, request: DeletionRequest, event: EventType, extra
     """Queue `event` about the request's current state for the tenant's subscribers and its callback."""
     payload = announcement(request, extra)
     enqueue_event(session, request.tenant_id, event, payload, request.callback_url, request.id)
+
+
+def plan_task_payload(request_ids: Iterable[str]) -> dict[str, Any]:
+    """The planning task of resolved requests (one task may plan many: see MERGEABLE_TASKS)."""
+    return {"request_ids": list(request_ids)}
 
 
 def cancel(session: Session, request: DeletionRequest, *, actor: str, reason: str | None = None) -> None:

@@ -18,7 +18,6 @@ from app.idempotency.service import (
     IDEMPOTENCY_HEADER,
     Idempotency,
     IdempotencyKeyHeader,
-    check_key,
     idempotent,
     request_digest,
     validated_key,
@@ -36,7 +35,6 @@ from app.requests.schemas import (
 )
 from app.security.auth import Principal, require_scope
 from app.security.scopes import Scope
-from app.webhooks.service import callback_secret
 
 
 class IntakeRoute(APIRoute):
@@ -128,13 +126,9 @@ def _create_with_orm(
 ) -> DeletionRequestCreated:
     """Intake on databases other than Postgres: one transaction per request."""
     with get_session_factory()() as session:
-        if key is not None:
-            check_key(session, principal.tenant_id, key, digest)
-        created = service.create_request(session, principal, body)
-        secret = callback_secret(created.request.id) if created.request.callback_url else None
-        return Idempotency(session, principal, key, "POST", path, digest).finish(
-            views.created(created, secret), 202
-        )
+        _, answer = intake.record_on_session(session, intake.Submission(principal, body, path, key, digest))
+        session.commit()
+        return answer
 
 
 @router.get("", response_model=DeletionRequestPage)

@@ -13,8 +13,7 @@ from app.db import session_scope
 from app.jobs.models import Job, JobAttempt, JobRequest
 from app.outbox.models import OutboxMessage
 from app.registry.models import ModelVersion, VersionStatus
-from app.requests import lifecycle
-from app.requests import service as request_service
+from app.requests import intake, lifecycle
 from app.requests.deadlines import add_months, days_left, deadline_for, extended_due_at, is_overdue
 from app.requests.models import (
     DeletionRequest,
@@ -207,7 +206,7 @@ def test_gdpr_request_received_on_january_31_is_due_on_the_last_day_of_february(
 ) -> None:
     subject = unique_subject()
     seed(tenant_a, {subject: 1})
-    monkeypatch.setattr(request_service, "utcnow", lambda: _utc(2028, 1, 31, 15, 30))
+    monkeypatch.setattr(intake, "utcnow", lambda: _utc(2028, 1, 31, 15, 30))
     body = client.post(URL, json={"subject_id": subject}, headers=auth_a).json()
     assert body["due_at"].startswith("2028-02-29T15:30")
 

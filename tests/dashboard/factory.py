@@ -20,8 +20,8 @@ from app.db import session_scope, utcnow
 from app.jobs.models import Job, JobAttempt, JobRequest
 from app.registry.models import Model, ModelVersion, VersionStatus
 from app.registry.service import create_derived_version, set_alias
+from app.requests.lifecycle import change_status
 from app.requests.models import DeletionRequest, DeletionRequestModel, DeletionRequestSample
-from app.requests.service import change_status
 from tests.api.seeding import Seeded, seed, unique_subject
 
 ACTOR = "worker:gpu-1"

@@ -23,8 +23,8 @@ from app.db import for_update, get_session_factory, utcnow
 from app.jobs.models import Job, JobStatus
 from app.jobs.params import params_of
 from app.outbox.service import enqueue
+from app.requests.lifecycle import plan_task_payload
 from app.requests.models import DeletionRequest, DeletionRequestModel, ModelStatus, RequestStatus
-from app.requests.service import plan_task_payload
 from app.settings import get_settings
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 from workers.pipeline.jobs import enqueue_stage, fail_job
