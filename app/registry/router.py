@@ -19,6 +19,7 @@ from app.registry.schemas import (
     AliasPut,
     ModelIn,
     ModelOut,
+    ModelPatch,
     RollbackIn,
     TrainIn,
     VersionIn,
@@ -31,6 +32,7 @@ router = APIRouter(prefix="/v1/models", tags=["registry"])
 ModelsReader = Annotated[Principal, Depends(require_scope(Scope.MODELS_READ))]
 ModelsPromoter = Annotated[Principal, Depends(require_scope(Scope.MODELS_PROMOTE))]
 ModelsWriter = Annotated[Idempotency, Depends(idempotent(Scope.MODELS_WRITE))]
+ModelsEditor = Annotated[Principal, Depends(require_scope(Scope.MODELS_WRITE))]
 AliasName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=100)]
 
 
@@ -52,6 +54,18 @@ def list_models(
 @router.get("/{model}", response_model=ModelOut, summary="A model")
 def get_model(model: str, principal: ModelsReader, session: SessionDep) -> ModelOut:
     found = service.get_model(session, principal.tenant_id, model)
+    return ModelOut.model_validate(found, from_attributes=True)
+
+
+@router.patch(
+    "/{model}",
+    response_model=ModelOut,
+    summary="Change a model's description or policy (a policy change applies to stages starting after it)",
+)
+def update_model(model: str, body: ModelPatch, principal: ModelsEditor, session: SessionDep) -> ModelOut:
+    found = service.get_model(session, principal.tenant_id, model, lock=True)
+    service.update_model(session, principal, found, body)
+    session.commit()
     return ModelOut.model_validate(found, from_attributes=True)
 
 

@@ -9,6 +9,7 @@ from app.names import Name
 from app.pagination import Page
 from app.provenance.schemas import ExternalId
 from app.registry.models import ModelTask, VersionStatus
+from app.registry.policy import ModelPolicy
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
@@ -20,9 +21,18 @@ class ModelIn(BaseModel):
     name: Name
     task: ModelTask
     description: Annotated[str | None, Field(max_length=2000)] = None
-    policy: dict[str, Any] = Field(
-        default_factory=dict, description="unlearning method and gate overrides, e.g. {method: 'auto'}"
+    policy: ModelPolicy = Field(
+        default_factory=ModelPolicy, description="unlearning method and gate overrides, e.g. {method: 'auto'}"
     )
+
+
+class ModelPatch(BaseModel):
+    """Changes to a model; a key left out keeps its value. `policy` replaces the whole policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: Annotated[str | None, Field(max_length=2000)] = None
+    policy: ModelPolicy | None = None
 
 
 class ModelOut(BaseModel):

@@ -23,7 +23,8 @@ from app.outbox.service import enqueue
 from app.pagination import PageParams, paginate
 from app.provenance.membership import attach_training_set, derive_training_set, resolve_training_set
 from app.registry.models import Alias, AliasHistory, Model, ModelTask, ModelVersion, VersionStatus
-from app.registry.schemas import AliasChange, AliasOut, ModelIn, TrainIn, VersionIn, VersionOut
+from app.registry.policy import stored_policy
+from app.registry.schemas import AliasChange, AliasOut, ModelIn, ModelPatch, TrainIn, VersionIn, VersionOut
 from app.security.auth import Principal
 
 # --- models ---------------------------------------------------------------------------------------------
@@ -37,7 +38,7 @@ def create_model(session: Session, principal: Principal, body: ModelIn) -> Model
         name=body.name,
         task=body.task,
         description=body.description,
-        policy=body.policy,
+        policy=stored_policy(body.policy),
     )
     session.add(model)
     try:
@@ -47,6 +48,20 @@ def create_model(session: Session, principal: Principal, body: ModelIn) -> Model
     record(
         session, principal.tenant_id, "model", model.id, "model.created",
         {"name": model.name, "task": model.task}, principal.actor,
+    )  # fmt: skip
+    return model
+
+
+def update_model(session: Session, principal: Principal, model: Model, body: ModelPatch) -> Model:
+    """Apply the keys the patch sets (the caller holds the model row locked); the policy is replaced whole."""
+    changed = sorted(body.model_fields_set)
+    if "description" in body.model_fields_set:
+        model.description = body.description
+    if "policy" in body.model_fields_set:
+        model.policy = stored_policy(body.policy) if body.policy is not None else {}
+    record(
+        session, principal.tenant_id, "model", model.id, "model.updated",
+        {"name": model.name, "changed": changed}, principal.actor,
     )  # fmt: skip
     return model
 

@@ -48,10 +48,10 @@ def taint(model_version_id: str) -> None:
 
 def test_create_get_list_models(client, auth_a, auth_b) -> None:
     name = unique("model")
-    body = {"name": name, "task": "sequence-classification", "policy": {"method": "scrub"}}
+    body = {"name": name, "task": "sequence-classification", "policy": {"method": "nabla_tau"}}
     created = client.post("/v1/models", json=body, headers=auth_a)
     assert created.status_code == 201
-    assert client.get(f"/v1/models/{name}", headers=auth_a).json()["policy"] == {"method": "scrub"}
+    assert client.get(f"/v1/models/{name}", headers=auth_a).json()["policy"] == {"method": "nabla_tau"}
     other = create_model(client, auth_a, task="causal-lm")
     listed = client.get("/v1/models?limit=1", headers=auth_a).json()
     assert [item["name"] for item in listed["items"]] == [name]

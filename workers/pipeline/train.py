@@ -19,6 +19,7 @@ from app.db import get_session_factory
 from app.jobs.models import Job, JobKind, Stage
 from app.jobs.params import TrainParams
 from app.registry.models import Model, ModelVersion, VersionStatus
+from app.registry.policy import model_policy
 from app.registry.service import set_version_status
 from workers.pipeline import data, store
 from workers.pipeline.jobs import audit_job, claimed_job, fail_job, held_job, succeed_job
@@ -38,7 +39,7 @@ def training_spec(params: Mapping[str, Any], policy: Mapping[str, Any]) -> tuple
     """(adapter kind, adapter config, TrainingRecipe) for a training job."""
     from workers.modeling.training import TrainingRecipe
 
-    spec = {**(policy.get("training") or {}), **params}
+    spec = {**model_policy(policy).training_overrides(), **params}
     if spec.get("workload"):
         from workers.workloads import load_workload
 

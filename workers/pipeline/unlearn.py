@@ -26,12 +26,14 @@ from app.jobs.models import Job, JobKind
 from app.jobs.params import UnlearnParams
 from app.provenance.membership import training_sample_ids
 from app.provenance.models import Sample
+from app.registry.methods import MethodName
 from app.registry.models import PROMOTABLE_STATUSES, Alias, Model, ModelVersion, VersionStatus
+from app.registry.policy import ModelPolicy, model_policy
 from app.registry.service import create_derived_version
 from app.requests.lifecycle import move_models
 from app.requests.models import ModelStatus, RequestStatus
 from workers.pipeline import data, store
-from workers.pipeline.chain import Capabilities, choose_chain, is_exact, method_config
+from workers.pipeline.chain import Capabilities, choose_chain, is_exact
 from workers.pipeline.escalation import (
     CANDIDATE,
     ERROR,
@@ -64,7 +66,6 @@ from workers.pipeline.stages import ACTOR, Stage
 
 log = logging.getLogger("lethe.pipeline")
 
-DEFAULT_ALIAS = "production"
 # Progress of an unlearn job: loading 0-5, the method 5-60, verification 60-95, promotion 95-100.
 METHOD_PROGRESS = (5, 60)
 
@@ -118,7 +119,7 @@ def _model_free(session: Session, job: Job) -> bool:
 def served_version(session: Session, model: Model) -> tuple[str, ModelVersion | None, int | None]:
     """(alias name, the version it serves, its number); without the alias the newest promotable version
     (the alias is then created at promotion)."""
-    alias_name = str((model.policy or {}).get("alias") or DEFAULT_ALIAS)
+    alias_name = model_policy(model.policy).alias
     alias = session.scalars(select(Alias).where(Alias.model_id == model.id, Alias.name == alias_name)).first()
     if alias is not None:
         version = session.get(ModelVersion, alias.version_id)
@@ -156,18 +157,22 @@ def choose_base(session: Session, job: Job) -> bool:
     """Fix the version to unlearn (the alias target now) and the method chain for it."""
     model = session.get(Model, job.model_id)
     assert model is not None
+    try:
+        policy = model_policy(model.policy)
+    except ValueError as invalid:  # a policy stored before policies were validated
+        fail_job(session, job, f"model {model.name} has an invalid policy: {invalid}")
+        return False
     alias_name, base, alias_version = served_version(session, model)
     if base is None:
         fail_job(
             session, job, f"model {model.name} has no version that may serve (none registered or verified)"
         )
         return False
-    policy = model.policy or {}
     lineage = store.lineage_record(session, base)
     capabilities = Capabilities(
         task=model.task,
         has_checkpoints=lineage is not None and lineage[1].has_checkpoints,
-        has_recipe=lineage is not None or bool(policy.get("retrain_recipe")),
+        has_recipe=lineage is not None or policy.retrain_recipe is not None,
     )
     params = UnlearnParams.of(job)
     chain = choose_chain(params.requested_method, policy, capabilities)
@@ -198,7 +203,7 @@ def _holds_any(session: Session, version: ModelVersion, sample_ids: list[int]) -
 
 
 def _run_method(job_id: str, token: str, attempt_id: int) -> None:
-    from workers.unlearning.base import MethodUnavailable, UnlearningContext, unlearn
+    from workers.unlearning.base import MethodUnavailable, UnlearningContext, get_method
 
     factory = get_session_factory()
     with factory() as session:
@@ -207,11 +212,10 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
         base = session.get(ModelVersion, UnlearnParams.of(job).base_version_id)
         model = session.get(Model, job.model_id)
         assert base is not None and model is not None
-        method = job.method or ""
-        policy = model.policy or {}
+        method_name = job.method or ""
+        policy = model_policy(model.policy)
         sets = data.build_sets(session, base, job_sample_ids(session, job))
-        exact = is_exact(method, policy)
-        record, extra_forget = _record_for(session, base, exact, set(sets.forget_ids))
+        record, extra_forget = _record_for(session, base, is_exact(method_name, policy), set(sets.forget_ids))
     started = time.perf_counter()
     scratch: Path | None = None
     with Heartbeat(job_id, token) as heartbeat:
@@ -223,15 +227,13 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
             progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
         )
         try:
-            config = method_config(policy, method)
-            if method == "retrain" and record is None and policy.get("retrain_recipe"):
-                config.setdefault("recipe", policy["retrain_recipe"])
-            if _accepts_workdir(method):  # the method can record its own provenance for the next deletion
-                scratch = store.scratch_directory(f"{method}-{job_id[:8]}")
-                config["workdir"] = str(scratch)
+            method = get_method(method_name, **_method_config(policy, method_name, record))
+            if method.records_provenance:  # the result's own record serves the next deletion
+                scratch = store.scratch_directory(f"{method_name}-{job_id[:8]}")
+                context.workdir = scratch
             served = store.load_adapter_of(base)
-            result = unlearn(
-                method, served, [*sets.forget, *extra_forget], sets.retain, sets.validation, context, config
+            result = method.unlearn(
+                served, [*sets.forget, *extra_forget], sets.retain, sets.validation, context
             )
             heartbeat.check()
             new_record = result.details.get("training_record")
@@ -248,7 +250,7 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
             _attempt_failed(job_id, token, attempt_id, UNAVAILABLE, str(exc), sets.describe())
             return
         except Exception as exc:  # a method that crashes must not end the chain: the next one runs
-            log.exception("job %s: %s failed", job_id, method)
+            log.exception("job %s: %s failed", job_id, method_name)
             _attempt_failed(job_id, token, attempt_id, ERROR, f"{type(exc).__name__}: {exc}", sets.describe())
             return
         finally:
@@ -257,11 +259,12 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
     _store_candidate(job_id, token, attempt_id, result, uri, sha, sets, time.perf_counter() - started)
 
 
-def _accepts_workdir(method: str) -> bool:
-    from workers.unlearning.base import METHODS, get_method
-
-    get_method(method)  # imports the registry; raises for an unknown name
-    return "workdir" in METHODS[method].default_config()
+def _method_config(policy: ModelPolicy, method: str, record: Any | None) -> dict[str, Any]:
+    """The policy's settings of `method`; a model trained elsewhere retrains with the policy's recipe."""
+    config = policy.config_of(method)
+    if method == MethodName.RETRAIN and record is None and policy.retrain_recipe is not None:
+        config.setdefault("recipe", policy.retrain_recipe.model_dump(exclude_unset=True))
+    return config
 
 
 def _record_for(

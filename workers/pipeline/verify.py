@@ -6,7 +6,7 @@ Fail or inconclusive: the candidate is `rejected` and tainted (an approximate ca
 may still hold the forgotten samples, so its artifact is purged like its parent's), and the next method
 of the chain runs.
 
-Model policy keys read here: gate (overrides of workers.verification.gate.Policy), probes ({workload,
+Model policy keys read here (app/registry/policy.py): gate (overrides of GatePolicy), probes ({workload,
 size, seed}: the planted signal of a reference workload whose samples the model was trained on, which
 gives the gate power where membership inference has none).
 """
@@ -24,6 +24,7 @@ from app.jobs.models import Job, JobAttempt, JobKind, Stage
 from app.jobs.params import UnlearnParams
 from app.jobs.service import report_url
 from app.registry.models import Model, ModelVersion, VersionStatus
+from app.registry.policy import GatePolicy, model_policy
 from app.registry.service import set_version_status, taint_version
 from app.security.subjects import subject_hmac
 from app.settings import get_settings
@@ -51,22 +52,20 @@ def run_verify(job_id: str) -> None:
         log.warning("job %s: lost its lease during verification; the new holder carries on", job_id)
 
 
-def gate_policy(model: Model) -> Any:
-    from workers.verification.gate import Policy
-
-    return Policy.from_dict((model.policy or {}).get("gate") or {})
+def gate_policy(model: Model) -> GatePolicy:
+    return model_policy(model.policy).gate_policy()
 
 
 def planted_probes(model: Model, forget: list[Any]) -> Any:
     """The planted signal of the reference workload named by the model's policy, keyed like the service's
     samples (subjects as HMACs); None without such a policy."""
-    spec = (model.policy or {}).get("probes")
-    if not spec:
+    spec = model_policy(model.policy).probes
+    if spec is None:
         return None
     from workers.verification.probes import probes_for_workload
     from workers.workloads import load_workload
 
-    workload = load_workload(spec["workload"], spec.get("size", "small"), int(spec.get("seed", 0)))
+    workload = load_workload(spec.workload, spec.size, spec.seed)
     names = {subject_hmac(name): name for name in [*workload.subjects, *workload.heldout_subjects]}
     forget_names = {names[s.subject] for s in forget if s.subject in names}
     planted = set(workload.reference_backdoors) | set(workload.reference_phrases)

@@ -1,6 +1,7 @@
 """The promotion gate: one policy per model, rules over the checks' numbers, and a three-way verdict.
 
-Every threshold lives in `Policy`; the defaults are VERIFICATION.md's starting gate.
+Every threshold lives in `Policy`, defined as GatePolicy in app/registry/policy.py (the API validates a
+model's gate overrides against it); the defaults are VERIFICATION.md's starting gate.
 
 How a rule decides. A rule compares the candidate with the exact-retrain reference (or, for collateral
 damage, with the served version) through a paired bootstrap interval of the difference. It FAILS only when
@@ -24,77 +25,17 @@ labelled "exact by construction" (`Policy.trust_exact`); its other numbers are s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from app.registry.policy import GatePolicy as Policy
 from workers.verification.checks import CheckResult, metric_name, versus
 from workers.verification.stats import Estimate
 
 PASS, FAIL, INCONCLUSIVE, NOT_CHECKED = "pass", "fail", "inconclusive", "not_checked"
 EXACT_LABEL = "exact by construction"
-
-# LiRA reference models per task in the default policy: each costs about half a training run, once per
-# served version. The fixed-variance LiRA test works from 2; the spread of exact retrains needs 8 (see
-# workers.verification.mia.retrain_band), affordable on the small classifiers, not yet on the text models.
-DEFAULT_LIRA_REFERENCES = {"image-classification": 8, "sequence-classification": 4, "causal-lm": 4}
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Thresholds and measurement settings of the gate for one model. Defaults: the starting gate."""
-
-    # -- membership inference, forget vs held-out, candidate minus retrain reference
-    mia_auc_tolerance: float = 0.03  # candidate AUC may exceed the reference's by this much
-    mia_auc_over_unlearning: float = 0.05  # ... and fall below it by this much (over-unlearning is a tell)
-    mia_tpr_tolerance: float = 0.02  # TPR at `gate_fpr`
-    gate_fpr: float = 0.01
-    # -- membership inference, retain vs held-out, candidate minus served: unlearning must not expose others
-    retain_auc_tolerance: float = 0.02
-    # -- utility: accuracy (classifiers) or perplexity (language models) ratio to the exact-retrain reference,
-    #    to the served version when there is no reference (see workers.verification.utility)
-    min_accuracy_ratio: float = 0.99
-    max_perplexity_ratio: float = 1.05
-    # -- planted signals
-    canary_exposure_tolerance_bits: float = 0.0  # deleted canaries' mean exposure over never-inserted ones'
-    canary_alpha: float = 0.01  # significance of the deleted canaries' exposure (Fisher, uniform-rank null)
-    backdoor_alpha: float = 0.01  # binomial test of the trigger success rate against the clean baseline
-    # -- decisions
-    trust_exact: bool = True  # exact methods: utility decides, "exact by construction"
-    primary_attacks: tuple[str, ...] = ("lira", "ref_ratio", "loss")  # first available one is gated
-    retrain_band_sds: float = 2.0  # exact retrains' spread: their range widened to mean +- this many sd
-    min_band_models: int = 4  # fewer exact retrains than this say too little about their spread to use it
-    # -- measurement
-    fprs: tuple[float, ...] = (0.01, 0.001)
-    n_boot: int = 1000
-    seed: int = 0
-    retain_cap: int = 512  # retain samples scored (a stable subsample)
-    heldout_cap: int = 512
-    lira_references: int = 0  # 0: DEFAULT_LIRA_REFERENCES for the task
-    max_canary_candidates: int = 256  # candidates per canary: exposure at most 8 bits, p >= 2^-8 per canary
-    max_kept_canaries: int = 1  # canaries of retained subjects scored as a collateral-damage view
-    relearn: bool = True
-    relearn_steps: int = 20
-    relearn_lr: float = 1e-3
-    relearn_batch_size: int = 16
-    batch_size: int = 64
-
-    def references_for(self, task: str) -> int:
-        return self.lira_references or DEFAULT_LIRA_REFERENCES.get(task, 4)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Policy:
-        """A policy from stored overrides; unknown keys are an error, not silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown policy settings: {', '.join(sorted(unknown))}")
-        coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**coerced)
 
 
 @dataclass

@@ -12,7 +12,8 @@ deterministic algorithms are requested. So training blocks d.. without the forge
 checkpoint d, is bit-identical to retraining everything without them (blocks before d are unchanged).
 
 One module per concern:
-- `recipe`: TrainingRecipe, everything besides the data and the architecture that fixes the weights;
+- TrainingRecipe, everything besides the data and the architecture that fixes the weights, is defined in
+  app/registry/recipe.py (torch-free: the API validates the recipes a model policy carries);
 - `optimizer`: the optimizer a recipe names and the learning rate of each block;
 - `determinism`: seeds derived from the recipe's seed, deterministic kernels;
 - `layout`: which samples sit in which block, and the order each (block, epoch) visits them in;
@@ -23,13 +24,13 @@ One module per concern:
 - `checkpoints`, `gradients`: the block-checkpoint and first-epoch-gradient files.
 """
 
+from app.registry.recipe import TrainingRecipe
 from workers.modeling.training.checkpoints import CHECKPOINT_DIR
 from workers.modeling.training.determinism import deterministic
 from workers.modeling.training.gradients import GRADIENTS_FILE
 from workers.modeling.training.layout import epoch_order, subject_aligned_blocks
 from workers.modeling.training.loop import BlockHook, BlockRun, GradientSink, Progress, train_blocks
 from workers.modeling.training.optimizer import block_lr, make_optimizer
-from workers.modeling.training.recipe import TrainingRecipe
 from workers.modeling.training.record import MODEL_DIR, RECORD_FILE, TrainingRecord
 from workers.modeling.training.runs import retrain_without, train_fresh, train_with_provenance
 

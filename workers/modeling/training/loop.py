@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.registry.recipe import TrainingRecipe
 from workers.modeling.base import ModelAdapter, Sample, SampleGradient
 from workers.modeling.training.determinism import derive_seed, deterministic
 from workers.modeling.training.layout import epoch_order
 from workers.modeling.training.optimizer import block_lr, make_optimizer
-from workers.modeling.training.recipe import TrainingRecipe
 
 # progress(fraction 0..1, message); same shape as workers.unlearning.base.ProgressCallback.
 Progress = Callable[[float, str], None]

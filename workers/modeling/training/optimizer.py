@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from app.registry.recipe import TrainingRecipe
 from workers.modeling.base import ModelAdapter
-from workers.modeling.training.recipe import TrainingRecipe
 
 
 def make_optimizer(adapter: ModelAdapter, recipe: TrainingRecipe) -> torch.optim.Optimizer:

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
+from app.registry.recipe import TrainingRecipe
 from workers.modeling.base import ModelAdapter, Sample, SampleGradient
 from workers.modeling.training.checkpoints import CHECKPOINT_DIR, read_checkpoint
 from workers.modeling.training.gradients import GRADIENTS_FILE, GradientStore
-from workers.modeling.training.recipe import TrainingRecipe
 
 RECORD_FILE = "record.json"
 MODEL_DIR = "model"

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
+from app.registry.recipe import TrainingRecipe
 from workers.modeling.base import ModelAdapter, Sample, fingerprint_samples
 from workers.modeling.training.checkpoints import CHECKPOINT_DIR, CheckpointWriter
 from workers.modeling.training.gradients import GRADIENTS_FILE, GradientRecorder
 from workers.modeling.training.layout import subject_aligned_blocks
 from workers.modeling.training.loop import BlockRun, Progress, train_blocks
 from workers.modeling.training.optimizer import make_optimizer
-from workers.modeling.training.recipe import TrainingRecipe
 from workers.modeling.training.record import MODEL_DIR, TrainingRecord
 
 

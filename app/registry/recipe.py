@@ -1,11 +1,17 @@
-"""The training recipe: everything that, with the adapter config and the data, determines the weights."""
+"""The training recipe: everything that, with the architecture and the data, determines trained weights.
+
+Defined here, torch-free, because a model's policy carries recipes (`retrain_recipe`, `training.recipe`,
+`method_config.retrain.recipe`) that the API validates; the training code is workers/modeling/training/.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from app.registry.overrides import overrides_model
 
 
 @dataclass
@@ -15,7 +21,7 @@ class TrainingRecipe:
     epochs: int = 3  # per block
     batch_size: int = 32
     lr: float = 1e-3
-    optimizer: str = "adam"  # adam | adamw | sgd
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
     lr_decay: float = 1.0  # the last block trains at lr * lr_decay, geometric in between (per block)
@@ -34,3 +40,6 @@ class TrainingRecipe:
 
     def replace(self, **changes: Any) -> TrainingRecipe:
         return dataclasses.replace(self, **changes)
+
+
+RecipeOverrides = overrides_model(TrainingRecipe)
