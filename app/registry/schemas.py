@@ -27,7 +27,7 @@ class ModelIn(BaseModel):
 
 
 class ModelPatch(BaseModel):
-    """Changes to a model; a key left out keeps its value. `policy` replaces the whole policy."""
+    """Changes to a model; a key left out keeps its value. `policy` replaces the whole policy (null: none)."""
 
     model_config = ConfigDict(extra="forbid")
 
