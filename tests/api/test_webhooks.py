@@ -216,7 +216,7 @@ def _deliveries(request_id: str | None = None, tenant_id: str | None = None) -> 
         if tenant_id:
             stmt = stmt.where(WebhookDelivery.tenant_id == tenant_id)
         rows = list(session.scalars(stmt))
-    return [row for row in rows if request_id is None or row.payload["data"]["id"] == request_id]
+    return [row for row in rows if request_id is None or row.payload["data"].get("id") == request_id]
 
 
 def test_status_changes_queue_signed_deliveries_for_subscribers_and_the_callback(
