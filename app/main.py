@@ -9,7 +9,7 @@ import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.asyncdb import close_pools
 from app.audit.router import router as audit_router
@@ -18,6 +18,7 @@ from app.dashboard.router import router as dashboard_router
 from app.db import get_engine, import_all_models
 from app.errors import install_error_handlers
 from app.idempotency.service import install_idempotency_handler
+from app.inputs import enforce_input_rule
 from app.jobs.router import router as jobs_router
 from app.middleware import BodySizeLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from app.ops.logging import configure_logging
@@ -93,7 +94,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_json)
     # Every mapped class must be known before the first flush resolves foreign keys between domains.
     import_all_models()
-    app = FastAPI(title="Lethe", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan(settings))
+    app = FastAPI(
+        title="Lethe",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan(settings),
+        # Ahead of every route's own dependencies: one input rule for the whole API (app.inputs).
+        dependencies=[Depends(enforce_input_rule)],
+    )
     app.state.settings = settings
     registry, http_metrics = build_registry(get_engine)
     app.state.metrics_registry = registry

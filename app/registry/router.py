@@ -22,6 +22,7 @@ from app.registry.schemas import (
     RollbackIn,
     TrainIn,
     VersionIn,
+    VersionNumber,
     VersionOut,
 )
 from app.security.auth import Principal, require_scope
@@ -96,7 +97,9 @@ def list_versions(
 
 
 @router.get("/{model}/versions/{version}", response_model=VersionOut, summary="A version")
-def get_version(model: str, version: int, principal: ModelsReader, session: SessionDep) -> VersionOut:
+def get_version(
+    model: str, version: VersionNumber, principal: ModelsReader, session: SessionDep
+) -> VersionOut:
     found = service.get_model(session, principal.tenant_id, model)
     return service.describe_version(session, found, service.get_version(session, found, version))
 

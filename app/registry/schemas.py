@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.inputs import INT32_MAX, Int32
 from app.names import Name
 from app.pagination import Page
 from app.provenance.schemas import ExternalId
@@ -12,6 +13,8 @@ from app.registry.models import ModelTask, VersionStatus
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
+# 1, 2, ... per model (a 32-bit column).
+VersionNumber = Annotated[int, Field(ge=1, le=INT32_MAX)]
 
 
 class ModelIn(BaseModel):
@@ -53,8 +56,8 @@ class VersionIn(BaseModel):
     artifact_uri: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     artifact_sha256: Sha256Hex | None = None
     training_set: TrainingSetIn
-    parent_version: int | None = Field(
-        default=None, ge=1, description="lineage: the version this one came from"
+    parent_version: VersionNumber | None = Field(
+        default=None, description="lineage: the version this one came from"
     )
     method: Annotated[str | None, Field(max_length=100)] = None
     training_fingerprint: Annotated[str | None, Field(max_length=64)] = None
@@ -65,7 +68,7 @@ class TrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     training_set: TrainingSetIn
-    parent_version: int | None = Field(default=None, ge=1)
+    parent_version: VersionNumber | None = None
     params: dict[str, Any] = Field(default_factory=dict, description="training recipe (epochs, seed, ...)")
 
 
@@ -94,8 +97,8 @@ class VersionOut(BaseModel):
 class AliasPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
-    expected_version: int | None = Field(
+    version: VersionNumber
+    expected_version: Int32 | None = Field(
         default=None, description="the version the alias points to now (null: the alias must not exist yet)"
     )
     reason: Reason | None = None
@@ -104,7 +107,7 @@ class AliasPut(BaseModel):
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    expected_version: int | None = Field(default=None, description="when given, compare-and-set on it")
+    expected_version: Int32 | None = Field(default=None, description="when given, compare-and-set on it")
     reason: Reason | None = None
 
 
