@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,6 +37,31 @@ log = logging.getLogger("lethe.errors")
 
 class ProblemResponse(JSONResponse):
     media_type = PROBLEM_CONTENT_TYPE
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(
+        description="where: body, path, query or header, then field names or indexes"
+    )
+    msg: str
+    type: str
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error answer (RFC 9457, `application/problem+json`), as problem_body writes it.
+    Further members may appear for some problems (e.g. `checks` of /readyz)."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field(description="a URN naming the kind of problem (urn:lethe:problem:...), or about:blank")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(description="the path of the request")
+    request_id: str | None = Field(description="the request's X-Request-ID, for support and the logs")
+    errors: list[ValidationIssue] | None = Field(
+        default=None, description="validation problems (422 only): each failed field"
+    )
 
 
 class ProblemError(StarletteHTTPException):

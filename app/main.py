@@ -21,6 +21,7 @@ from app.idempotency.service import install_idempotency_handler
 from app.inputs import enforce_input_rule
 from app.jobs.router import router as jobs_router
 from app.middleware import BodySizeLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
+from app.openapi import build_openapi, install_docs, operation_id
 from app.ops.logging import configure_logging
 from app.ops.metrics import build_registry
 from app.ops.ratelimit import build_rate_limiter
@@ -101,6 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan(settings),
         # Ahead of every route's own dependencies: one input rule for the whole API (app.inputs).
         dependencies=[Depends(enforce_input_rule)],
+        generate_unique_id_function=operation_id,
+        docs_url=None,  # served by install_docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     registry, http_metrics = build_registry(get_engine)
@@ -109,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_idempotency_handler(app)
     include_domain_routers(app)
+    install_docs(app)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
 
     # Added innermost first: the request context wraps everything, so rate-limit and size-limit
     # answers carry a request id and are counted.

@@ -30,6 +30,7 @@ def list_audit_events(
     since: Annotated[datetime | None, Query(description="created at or after")] = None,
     until: Annotated[datetime | None, Query(description="created before")] = None,
 ) -> Page[AuditEventOut]:
+    """The tenant's audit events in chain order (seq), filtered by entity, action and time."""
     conditions = list_filters(principal.tenant_id, entity_type, entity_id, action, since, until)
     events, next_cursor = paginate(session, select(AuditEvent).where(*conditions), [AuditEvent.seq], page)
     return Page(items=[AuditEventOut.model_validate(event) for event in events], next_cursor=next_cursor)

@@ -31,7 +31,7 @@ class ModelIn(BaseModel):
 class ModelOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
+    id: str = Field(description="Lethe's own id of the model; the API's paths name a model by its `name`")
     name: str
     task: ModelTask
     description: str | None
@@ -73,9 +73,9 @@ class TrainIn(BaseModel):
 
 
 class VersionOut(BaseModel):
-    id: str
+    id: str = Field(description="Lethe's own id of the version; the API's paths name it by `version`")
     model: str
-    version: int
+    version: int = Field(description="the version's number within its model (1, 2, ...)")
     status: VersionStatus
     promotable: bool
     parent: int | None = Field(description="the version this one was derived from")
