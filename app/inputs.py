@@ -12,8 +12,8 @@ Refused, as a 422 problem naming the field:
 
 Bodies are first scanned as bytes for anything that could break the rule (escapes of control characters,
 surrogates, NaN or Infinity, long digit runs, large exponents); only a body with such a hit is parsed and
-walked to find the field, so a clean body costs a few substring searches (about 1 us for a deletion
-request, 40 ms for a 10 MB sample batch).
+walked to find the field, so a clean body costs a few substring searches (for a batch of samples, about
+a third of what parsing it costs).
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ NDJSON_MEDIA_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "a
 # C0 controls but tab, LF, CR; DEL and the C1 controls; surrogate code points (only ever lone in a str).
 _REFUSED_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _REFUSED_IN_PARAMETER = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# What a body must contain, as bytes, for one of its values to break the rule. Each check is a plain
-# substring search (a regular expression runs only where its first byte occurs): a hit only means
-# "parse and look", but a body without one cannot break the rule.
+# What a body must contain, as bytes, for one of its values to break the rule. Each check is a substring
+# search (a regular expression runs only where its first byte occurs): a hit only means "parse and
+# look", but a body without one cannot break the rule.
 # JSON strings carry control characters and surrogates only as escapes (raw C0 is not JSON), but DEL and
 # the C1 controls may also come raw (UTF-8 C2 80-9F).
 _SUSPECT_ESCAPE = re.compile(rb"\\(?:u00[01][0-9a-fA-F]|u00[7-9][0-9a-fA-F]|[bf]|u[dD][89a-fA-F])")
 _RAW_C1 = re.compile(rb"\xc2[\x80-\x9f]")
+# Literal patterns: the regular expression engine searches for them faster than `in` does.
+_NAN, _INFINITY = re.compile(rb"NaN"), re.compile(rb"Infinity")
 # Numbers: digits become "1", e/E "e", every other byte but "+" a ".", so that a long digit run (an
 # integer past int64 has 19 or more) and a 3-digit positive exponent are substrings to look for.
 _NUMBER_CLASSES = bytes(
@@ -77,12 +79,12 @@ def _may_break_rule(body: bytes) -> bool:
         return True
     if (b"\xc2" in body and _RAW_C1.search(body)) or b"\x7f" in body:
         return True
-    if b"NaN" in body or b"Infinity" in body:
+    if _NAN.search(body) or _INFINITY.search(body):
         return True
     classes = body.translate(_NUMBER_CLASSES)
     if _DIGIT_RUN in classes or _overflowing_literal(body, classes, b"1e111"):
         return True
-    return (b"e+" in body or b"E+" in body) and _overflowing_literal(body, classes, b"1e+111")
+    return b"+" in body and _overflowing_literal(body, classes, b"1e+111")
 
 
 def _overflowing_literal(body: bytes, classes: bytes, marker: bytes) -> bool:
