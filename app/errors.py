@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import Scope
 
+from app.domain import DomainError
 from app.ops.metrics import UNMATCHED_ROUTE
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -182,6 +183,7 @@ def _is_connection_failure(exc: BaseException) -> bool:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _handle_problem)
+    app.add_exception_handler(DomainError, _handle_domain_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(OperationalError, _handle_database_error)
@@ -208,6 +210,13 @@ def render_problem(request: Request, exc: ProblemError) -> ProblemResponse:
 async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, ProblemError)
     return render_problem(request, exc)
+
+
+async def _handle_domain_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, DomainError)
+    return problem_response(
+        request, exc.status, exc.title, exc.detail, exc.type_suffix, extensions=exc.extensions
+    )
 
 
 async def _handle_http_exception(request: Request, exc: Exception) -> ProblemResponse:
