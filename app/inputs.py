@@ -41,6 +41,8 @@ NDJSON_MEDIA_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "a
 # C0 controls but tab, LF, CR; DEL and the C1 controls; surrogate code points (only ever lone in a str).
 _REFUSED_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _REFUSED_IN_PARAMETER = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# A parameter with 19 or more digits in a row may be an integer past int64.
+_LONG_DIGIT_RUN = re.compile(r"\d{19}")
 # What a body must contain, as bytes, for one of its values to break the rule. Each check is a substring
 # search (a regular expression runs only where its first byte occurs): a hit only means "parse and
 # look", but a body without one cannot break the rule.
@@ -75,6 +77,8 @@ _BEFORE_DIGIT = bytes(
 
 
 def _may_break_rule(body: bytes) -> bool:
+    if b"\x00" in body:  # UTF-16 or UTF-32 JSON (which json.loads reads too): the scans below are UTF-8
+        return True
     if b"\\" in body and _SUSPECT_ESCAPE.search(body):
         return True
     if (b"\xc2" in body and _RAW_C1.search(body)) or b"\x7f" in body:
@@ -104,8 +108,6 @@ def _overflowing_literal(body: bytes, classes: bytes, marker: bytes) -> bool:
         at = classes.find(marker, at + 1)
     return False
 
-
-_LONG_DIGIT_RUN = re.compile(r"\d{19}")
 
 Problem = dict[str, Any]
 Location = tuple[str | int, ...]

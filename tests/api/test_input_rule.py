@@ -66,6 +66,9 @@ def test_bodies_are_parsed_only_when_a_byte_scan_finds_a_suspect() -> None:
     assert body_problems(b'{"a": 1e400}', "application/json")[0]["type"] == "finite_number"
     assert body_problems(b'{"a": -Infinity}', "application/json")[0]["type"] == "finite_number"
     assert body_problems(b'{"a": "\\u0000"}', "application/json")[0]["type"] == "control_character"
+    # JSON in UTF-16, which the framework reads as well, is parsed and looked at.
+    utf16 = json.dumps({"a": "x\x00y"}).encode("utf-16")
+    assert body_problems(utf16, "application/json")[0]["loc"] == ["body", "a"]
     # NDJSON lines are numbered as the sample parser numbers them (blank lines count).
     lines = b'{"a": 1}\n\n{"a": "\\b"}\n'
     assert [p["loc"] for p in body_problems(lines, "application/x-ndjson")] == [["body", 2, "a"]]
