@@ -119,6 +119,8 @@ def make_engine(url: str) -> Engine:
         return engine
     return create_engine(
         url,
+        # Error messages name the statement, not its parameters (rows, ids, subject HMACs).
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=settings.db_pool_pre_ping,

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from app.outbox.celery_client import AUDIT_CHECKPOINT_TASK
 from workers.celery_app import app
 from workers.pipeline.housekeeping import dispatch_now
 from workers.pipeline.stages import (
@@ -94,6 +95,15 @@ def deliver_webhook(delivery_id: str) -> None:
     from workers.pipeline.webhooks import deliver
 
     deliver(delivery_id)
+
+
+@app.task(name=AUDIT_CHECKPOINT_TASK, **TRANSIENT)
+def audit_checkpoint(tenant_id: str) -> None:
+    """Sign the tenant's audit head (queued with each issued certificate)."""
+    from app.audit.checkpoints import checkpoint_tenants
+
+    checkpoint_tenants([tenant_id])
+    dispatch_now(app)  # the audit.checkpoint webhook deliveries
 
 
 @app.task(name=SWEEP_TASK)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit.checkpoints import request_checkpoint
 from app.audit.service import current_head, record
 from app.certificates.models import DeletionCertificate
 from app.certificates.signing import sign, signing_key
@@ -211,6 +212,7 @@ def issue_certificate(
         {"sha256": digest, "key_id": key.key_id, "audit_head_seq": head[0]},
         actor,
     )
+    request_checkpoint(session, request.tenant_id)  # the head with this event, anchored outside the database
     session.flush()
     return certificate
 

@@ -21,6 +21,7 @@ TRAIN_TASK = "lethe.train"
 UNLEARN_TASK = "lethe.unlearn"
 VERIFY_TASK = "lethe.verify"
 DELIVER_WEBHOOK_TASK = "lethe.deliver_webhook"
+AUDIT_CHECKPOINT_TASK = "lethe.audit_checkpoint"
 
 TASK_ROUTES: dict[str, dict[str, str]] = {
     TRAIN_TASK: {"queue": GPU_QUEUE},

@@ -23,7 +23,7 @@ class DatasetIn(BaseModel):
 class DatasetOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
+    id: str = Field(description="Lethe's own id of the dataset; the API's paths name a dataset by its `name`")
     name: str
     kind: DatasetKind
     description: str | None

@@ -10,6 +10,7 @@ from app.idempotency.service import Idempotency, idempotent
 from app.jobs.schemas import JobOut
 from app.jobs.service import describe as describe_job
 from app.names import NAME_PATTERN
+from app.openapi import problem_responses
 from app.pagination import Page, PageParamsDep
 from app.registry import service
 from app.registry.models import ModelTask, VersionStatus
@@ -23,6 +24,7 @@ from app.registry.schemas import (
     RollbackIn,
     TrainIn,
     VersionIn,
+    VersionNumber,
     VersionOut,
 )
 from app.security.auth import Principal, require_scope
@@ -38,6 +40,8 @@ AliasName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=100)]
 
 @router.post("", status_code=201, response_model=ModelOut, summary="Register a model")
 def create_model(body: ModelIn, idempotency: ModelsWriter) -> ModelOut:
+    """Register a model by a name unique in the tenant; paths then name it by that name. Its policy sets the
+    unlearning method and gate overrides."""
     model = service.create_model(idempotency.session, idempotency.principal, body)
     return idempotency.finish(ModelOut.model_validate(model, from_attributes=True), 201)
 
@@ -46,6 +50,7 @@ def create_model(body: ModelIn, idempotency: ModelsWriter) -> ModelOut:
 def list_models(
     principal: ModelsReader, session: SessionDep, page: PageParamsDep, task: ModelTask | None = None
 ) -> Page[ModelOut]:
+    """The tenant's models, oldest first; `task` filters."""
     models, next_cursor = service.list_models(session, principal.tenant_id, page, task)
     items = [ModelOut.model_validate(model, from_attributes=True) for model in models]
     return Page(items=items, next_cursor=next_cursor)
@@ -53,6 +58,7 @@ def list_models(
 
 @router.get("/{model}", response_model=ModelOut, summary="A model")
 def get_model(model: str, principal: ModelsReader, session: SessionDep) -> ModelOut:
+    """The model named `model`."""
     found = service.get_model(session, principal.tenant_id, model)
     return ModelOut.model_validate(found, from_attributes=True)
 
@@ -63,6 +69,8 @@ def get_model(model: str, principal: ModelsReader, session: SessionDep) -> Model
     summary="Change a model's description or policy (a policy change applies to stages starting after it)",
 )
 def update_model(model: str, body: ModelPatch, principal: ModelsEditor, session: SessionDep) -> ModelOut:
+    """Change the model's description or replace its policy (validated as at registration; null: none).
+    Jobs already past a stage keep the policy they read; the audit trail records the change."""
     found = service.get_model(session, principal.tenant_id, model, lock=True)
     service.update_model(session, principal, found, body)
     session.commit()
@@ -76,6 +84,8 @@ def update_model(model: str, body: ModelPatch, principal: ModelsEditor, session:
     summary="Register an existing artifact as a new version, with its training set",
 )
 def register_version(model: str, body: VersionIn, idempotency: ModelsWriter) -> VersionOut:
+    """Register an artifact that exists as the model's next version (1, 2, ...), with the samples it was
+    trained on (the whole dataset, or the listed ones); the registrant attests it."""
     session, principal = idempotency.session, idempotency.principal
     found = service.get_model(session, principal.tenant_id, model, lock=True)
     version = service.register_version(session, principal, found, body)
@@ -89,6 +99,8 @@ def register_version(model: str, body: VersionIn, idempotency: ModelsWriter) -> 
     summary="Have the workers train a new version (full provenance); answers the training job",
 )
 def train_version(model: str, body: TrainIn, idempotency: ModelsWriter) -> JobOut:
+    """Queue a training job that makes the next version from the training set, with full provenance; poll the
+    job it answers."""
     session, principal = idempotency.session, idempotency.principal
     found = service.get_model(session, principal.tenant_id, model, lock=True)
     job, _version = service.request_training(session, principal, found, body)
@@ -103,6 +115,7 @@ def list_versions(
     page: PageParamsDep,
     status: VersionStatus | None = None,
 ) -> Page[VersionOut]:
+    """The model's versions, oldest first; `status` filters."""
     found = service.get_model(session, principal.tenant_id, model)
     versions, next_cursor = service.list_versions(session, found, page, status)
     items = [service.describe_version(session, found, version) for version in versions]
@@ -110,7 +123,10 @@ def list_versions(
 
 
 @router.get("/{model}/versions/{version}", response_model=VersionOut, summary="A version")
-def get_version(model: str, version: int, principal: ModelsReader, session: SessionDep) -> VersionOut:
+def get_version(
+    model: str, version: VersionNumber, principal: ModelsReader, session: SessionDep
+) -> VersionOut:
+    """Version number `version` of the model: status, lineage, training-set size, method, verification."""
     found = service.get_model(session, principal.tenant_id, model)
     return service.describe_version(session, found, service.get_version(session, found, version))
 
@@ -119,6 +135,7 @@ def get_version(model: str, version: int, principal: ModelsReader, session: Sess
 def list_aliases(
     model: str, principal: ModelsReader, session: SessionDep, page: PageParamsDep
 ) -> Page[AliasOut]:
+    """The model's aliases and the versions they point to."""
     found = service.get_model(session, principal.tenant_id, model)
     aliases, next_cursor = service.list_aliases(session, found, page)
     return Page(
@@ -131,6 +148,7 @@ def list_aliases(
     "/{model}/aliases/{alias}:rollback",
     response_model=AliasOut,
     summary="Point the alias back at the previous version that may serve",
+    responses=problem_responses(409, e409="`expected_version` is stale, or no earlier version may serve."),
 )
 def rollback_alias(
     model: str,
@@ -139,6 +157,8 @@ def rollback_alias(
     session: SessionDep,
     body: RollbackIn | None = None,
 ) -> AliasOut:
+    """Point the alias back at the previous version that may still serve (verified, untainted); compare-and-
+    set on `expected_version` when given (409 when stale)."""
     body = body or RollbackIn()
     found = service.get_model(session, principal.tenant_id, model)
     moved = service.rollback_alias(session, found, alias, body.expected_version, body.reason, principal.actor)
@@ -148,6 +168,7 @@ def rollback_alias(
 
 @router.get("/{model}/aliases/{alias}", response_model=AliasOut, summary="The version an alias points to")
 def get_alias(model: str, alias: str, principal: ModelsReader, session: SessionDep) -> AliasOut:
+    """The version the alias points to now."""
     found = service.get_model(session, principal.tenant_id, model)
     return service.describe_alias(session, found, service.get_alias(session, found, alias))
 
@@ -155,7 +176,10 @@ def get_alias(model: str, alias: str, principal: ModelsReader, session: SessionD
 @router.put(
     "/{model}/aliases/{alias}",
     response_model=AliasOut,
-    responses={201: {"model": AliasOut, "description": "alias created"}},
+    responses={
+        201: {"model": AliasOut, "description": "alias created"},
+        **problem_responses(409, e409="`expected_version` is stale: the alias points elsewhere now."),
+    },
     summary="Point an alias at a version (compare-and-set on expected_version)",
 )
 def put_alias(
@@ -166,6 +190,8 @@ def put_alias(
     session: SessionDep,
     response: Response,
 ) -> AliasOut:
+    """Point the alias at a verified, untainted version: compare-and-set on `expected_version` (409 when the
+    alias has moved); 201 when the alias is new."""
     found = service.get_model(session, principal.tenant_id, model)
     target = service.get_version(session, found, body.version)
     moved, created = service.set_alias(
@@ -189,6 +215,8 @@ def alias_history(
     page: PageParamsDep,
     at: Annotated[datetime | None, Query(description="a point in time (ISO 8601)")] = None,
 ) -> AliasHistoryPage:
+    """The alias's changes, newest first; with `at`, the change in force at that time and the version that
+    served."""
     found = service.get_model(session, principal.tenant_id, model)
     target = service.get_alias(session, found, alias)
     if at is not None:

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.inputs import INT32_MAX, Int32
 from app.names import Name
 from app.pagination import Page
 from app.provenance.schemas import ExternalId
@@ -13,6 +14,8 @@ from app.registry.policy import ModelPolicy
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
+# 1, 2, ... per model (a 32-bit column).
+VersionNumber = Annotated[int, Field(ge=1, le=INT32_MAX)]
 
 
 class ModelIn(BaseModel):
@@ -38,7 +41,7 @@ class ModelPatch(BaseModel):
 class ModelOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
+    id: str = Field(description="Lethe's own id of the model; the API's paths name a model by its `name`")
     name: str
     task: ModelTask
     description: str | None
@@ -63,8 +66,8 @@ class VersionIn(BaseModel):
     artifact_uri: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     artifact_sha256: Sha256Hex | None = None
     training_set: TrainingSetIn
-    parent_version: int | None = Field(
-        default=None, ge=1, description="lineage: the version this one came from"
+    parent_version: VersionNumber | None = Field(
+        default=None, description="lineage: the version this one came from"
     )
     method: Annotated[str | None, Field(max_length=100)] = None
     training_fingerprint: Annotated[str | None, Field(max_length=64)] = None
@@ -75,14 +78,14 @@ class TrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     training_set: TrainingSetIn
-    parent_version: int | None = Field(default=None, ge=1)
+    parent_version: VersionNumber | None = None
     params: dict[str, Any] = Field(default_factory=dict, description="training recipe (epochs, seed, ...)")
 
 
 class VersionOut(BaseModel):
-    id: str
+    id: str = Field(description="Lethe's own id of the version; the API's paths name it by `version`")
     model: str
-    version: int
+    version: int = Field(description="the version's number within its model (1, 2, ...)")
     status: VersionStatus
     promotable: bool
     parent: int | None = Field(description="the version this one was derived from")
@@ -104,8 +107,8 @@ class VersionOut(BaseModel):
 class AliasPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
-    expected_version: int | None = Field(
+    version: VersionNumber
+    expected_version: Int32 | None = Field(
         default=None, description="the version the alias points to now (null: the alias must not exist yet)"
     )
     reason: Reason | None = None
@@ -114,7 +117,7 @@ class AliasPut(BaseModel):
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    expected_version: int | None = Field(default=None, description="when given, compare-and-set on it")
+    expected_version: Int32 | None = Field(default=None, description="when given, compare-and-set on it")
     reason: Reason | None = None
 
 

@@ -22,6 +22,7 @@ from app.idempotency.service import (
     request_digest,
     validated_key,
 )
+from app.inputs import enforce_input_rule
 from app.pagination import PageParamsDep
 from app.requests import intake, service, views
 from app.requests.models import RequestStatus
@@ -55,6 +56,7 @@ class IntakeRoute(APIRoute):
         async def handle(request: Request) -> Response:
             if intake.batcher() is None or not _is_json(request.headers.get("content-type")):
                 return await standard(request)
+            await enforce_input_rule(request)  # the app's dependency, which this path does not solve
             principal = await authorize(request)
             try:
                 body = DeletionRequestCreate.model_validate_json(await request.body())

@@ -292,6 +292,9 @@ def test_unknown_samples_and_models_are_refused(client, tenant_a, tenant_b, auth
         "http://[::1]/x",
         "ftp://example.com/x",
         "http://2130706433/x",
+        "http://[2002:7f00:1::]/x",
+        "http://1.1.1.1 /",
+        "http://127.0.0.1\t.example.com/",
     ],
 )
 def test_callback_urls_to_private_hosts_are_refused(client, tenant_a, auth_a, url) -> None:
