@@ -11,7 +11,15 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from app.certificates.signing import KeyFormatError, Verification, load_public_key, public_key_pem, verify
+from app.certificates.signing import (
+    KeyFormatError,
+    Verification,
+    is_jws,
+    load_public_key,
+    public_key_pem,
+    verify,
+    verify_jws,
+)
 from app.commands import command_group
 
 EXIT_INVALID = 1
@@ -57,7 +65,7 @@ def report_verification(result: Verification) -> int:
 
 @cli.command("verify")
 def verify_command(
-    file: Annotated[Path, typer.Argument(help="the certificate as downloaded")],
+    file: Annotated[Path, typer.Argument(help="the certificate as downloaded: JSON, or JWS (?format=jws)")],
     public_key_file: Annotated[
         Path | None,
         typer.Option(
@@ -77,6 +85,14 @@ def verify_command(
     except (KeyFormatError, ValueError) as exc:
         print(f"error: the public key is not an Ed25519 PEM key: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if is_jws(data):
+        if public_key is None:
+            print(
+                "error: a JWS certificate is checked against the issuer's key: pass --public-key",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        return report_verification(verify_jws(data, public_key))
     return report_verification(verify(data, public_key))
 
 
