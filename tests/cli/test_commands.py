@@ -7,6 +7,7 @@ them over HTTP."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from rich.console import Console
 from sqlalchemy import create_engine, text
 
 from app.db import session_scope
@@ -30,6 +32,7 @@ from tests.api.seeding import seed, unique_subject
 from tests.conftest import create_scratch_database, drop_scratch_database
 from tests.dashboard.factory import complete, new_request, set_progress, start_job, write_report
 from tests.e2e.stack import REPO_ROOT, Process, free_port, wait_for
+from workers import client_cli
 from workers.cli import COMMANDS, main
 from workers.pipeline.jobs import fail_job
 
@@ -255,7 +258,12 @@ def test_wait_follows_progress_and_exits_nonzero_when_the_request_fails(
 
 
 def test_wait_exits_zero_once_completed_and_names_the_certificate(
-    live_api: str, run: Callable[..., Ran], tenant_a: str, auth_a: dict[str, str], tmp_path: Path
+    live_api: str,
+    run: Callable[..., Ran],
+    tenant_a: str,
+    auth_a: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with httpx.Client(base_url=live_api) as http:
         scenario = new_request(http, tenant_a, auth_a)  # type: ignore[arg-type]
@@ -271,6 +279,13 @@ def test_wait_exits_zero_once_completed_and_names_the_certificate(
 
     models = json.loads(run("models", "list", "--json", api=live_api, key=bare_key(auth_a)).stdout)
     assert {m["name"]: m["aliases"] for m in models}[scenario.model_name] == {"prod": 2}
+
+    # On a terminal: a bar per model, redrawn in place.
+    screen = io.StringIO()
+    monkeypatch.setattr(client_cli, "out", Console(file=screen, force_terminal=True, width=120))
+    assert run("requests", "wait", scenario.request_id).returncode == 0
+    assert f"request {scenario.request_id}: completed" in screen.getvalue()
+    assert f"{scenario.model_name}: done (nabla_tau)" in screen.getvalue() and "100%" in screen.getvalue()
 
 
 def test_wait_gives_up_at_its_timeout_and_when_the_api_is_unreachable(
