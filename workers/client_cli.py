@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from app.commands import command_group, stdout_console, table
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_API = 4
 EXIT_TIMEOUT = 5
 # A request in one of these states changes no more (`failed` may still be retried by an operator).
@@ -85,20 +86,17 @@ def describe_problem(answer: httpx.Response) -> str:
     if not isinstance(problem, dict):
         return f"HTTP {answer.status_code}: {answer.text[:300]}"
     text = f"HTTP {answer.status_code} {problem.get('title', '')}: {problem.get('detail', '')}".rstrip(": ")
-    for error in problem.get("errors") or []:
+    for error in problem.get("errors") or []:  # validation errors: where (loc) and what (msg)
         if isinstance(error, dict):
-            where = ".".join(str(part) for part in error.get("loc") or error.get("field") or [])
-            text += f"\n  {where}: {error.get('msg') or error.get('message') or error}"
+            where = ".".join(str(part) for part in error.get("loc") or [])
+            text += f"\n  {where}: {error.get('msg') or error}"
     return text
 
 
 def fail(message: str, code: int) -> typer.Exit:
+    """Prints the error; answers the exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
-
-
-def connect(api_url: str, api_key: str) -> Client:
-    return Client(api_url, api_key)
 
 
 def print_json(value: Any) -> None:
@@ -137,14 +135,14 @@ def create_request(
 ) -> int:
     """Send a deletion request for a subject (or samples); prints its id and state."""
     if (subject is None) == (not sample_ids):
-        raise fail("give exactly one of --subject and --sample-id", 2)
+        raise fail("give exactly one of --subject and --sample-id", EXIT_USAGE)
     body: dict[str, Any] = {"method": method, "regime": regime}
     body |= {"subject_id": subject} if subject is not None else {"sample_ids": sample_ids}
     if model_names:
         body["models"] = model_names
     if callback_url:
         body["callback_url"] = callback_url
-    client = connect(api_url, api_key)
+    client = Client(api_url, api_key)
     headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
     created = client.call("POST", REQUESTS_PATH, json=body, headers=headers)
     if as_json:
@@ -166,7 +164,7 @@ def get_request(
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> int:
     """A request's state: deadline, per-model progress, verdict, promoted versions, timeline."""
-    request = connect(api_url, api_key).call("GET", f"{REQUESTS_PATH}/{request_id}")
+    request = Client(api_url, api_key).call("GET", f"{REQUESTS_PATH}/{request_id}")
     if as_json:
         print_json(request)
     else:
@@ -192,7 +190,7 @@ def list_requests(
         "model": model,
         "overdue": True if overdue else None,
     }
-    items = list(connect(api_url, api_key).pages(REQUESTS_PATH, params, limit))
+    items = list(Client(api_url, api_key).pages(REQUESTS_PATH, params, limit))
     if as_json:
         print_json(items)
         return 0
@@ -221,7 +219,7 @@ def wait_for_request(
 
     Exit 0 when completed (or no data was held), 1 when it failed or was canceled, 5 at --timeout.
     """
-    return follow(connect(api_url, api_key), request_id, timeout, interval)
+    return follow(Client(api_url, api_key), request_id, timeout, interval)
 
 
 def follow(client: Client, request_id: str, timeout: float, interval: float) -> int:
@@ -351,7 +349,7 @@ def list_models(
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> int:
     """The tenant's models with their aliases (which version each serves)."""
-    client = connect(api_url, api_key)
+    client = Client(api_url, api_key)
     items = list(client.pages("/v1/models", {}, None))
     for item in items:
         aliases = client.pages(f"/v1/models/{item['name']}/aliases", {}, None)
