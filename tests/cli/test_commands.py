@@ -30,7 +30,7 @@ from app.jobs.models import Job
 from app.security.keys import parse_api_key
 from tests.api.seeding import seed, unique_subject
 from tests.conftest import create_scratch_database, drop_scratch_database
-from tests.dashboard.factory import complete, new_request, set_progress, start_job, write_report
+from tests.dashboard.factory import Scenario, complete, new_request, set_progress, start_job, write_report
 from tests.e2e.stack import REPO_ROOT, Process, free_port, wait_for
 from workers import client_cli
 from workers.cli import COMMANDS, main
@@ -138,6 +138,18 @@ def wait_command(request_id: str, env: dict[str, str], *options: str) -> subproc
     )
 
 
+def waiting_on_a_new_request(
+    api: str, tenant_id: str, auth: dict[str, str]
+) -> tuple[Scenario, subprocess.Popen[str], Lines]:
+    """A resolved request (sent over HTTP) and `lethe requests wait` following it."""
+    with httpx.Client(base_url=api) as http:
+        scenario = new_request(http, tenant_id, auth)  # type: ignore[arg-type]
+    waiting = wait_command(scenario.request_id, as_client(api, bare_key(auth)), "--timeout", "120")
+    output = Lines(waiting)
+    output.expect("resolved")
+    return scenario, waiting, output
+
+
 def test_every_command_is_listed_and_the_base_ones_load_without_the_ml_packages() -> None:
     listed = lethe("--help")
     assert listed.returncode == 0, listed.stderr
@@ -239,11 +251,7 @@ def test_app_creates_gets_and_lists_requests(
 def test_wait_follows_progress_and_exits_nonzero_when_the_request_fails(
     live_api: str, tenant_a: str, auth_a: dict[str, str]
 ) -> None:
-    with httpx.Client(base_url=live_api) as http:
-        scenario = new_request(http, tenant_a, auth_a)  # type: ignore[arg-type]
-    waiting = wait_command(scenario.request_id, as_client(live_api, bare_key(auth_a)), "--timeout", "120")
-    output = Lines(waiting)
-    output.expect("resolved")
+    scenario, waiting, output = waiting_on_a_new_request(live_api, tenant_a, auth_a)
     job_id = start_job(scenario)
     set_progress(job_id, 40, "unlearning")
     assert scenario.model_name in output.expect("40%")
@@ -265,11 +273,7 @@ def test_wait_exits_zero_once_completed_and_names_the_certificate(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with httpx.Client(base_url=live_api) as http:
-        scenario = new_request(http, tenant_a, auth_a)  # type: ignore[arg-type]
-    waiting = wait_command(scenario.request_id, as_client(live_api, bare_key(auth_a)), "--timeout", "120")
-    output = Lines(waiting)
-    output.expect("resolved")
+    scenario, waiting, output = waiting_on_a_new_request(live_api, tenant_a, auth_a)
     start_job(scenario)
     write_report(scenario, tmp_path / "report")
     complete(scenario)
