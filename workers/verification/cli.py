@@ -5,48 +5,55 @@
 
 `--method none` verifies the untouched served model and `--method finetune` a short fine-tune on the retain
 set: the gate must refuse both. Prints the verdict, the rules that decided it and key metrics, writes
-report.json and the PNG plots into --out, and exits 0 on pass, 1 on fail, 2 on inconclusive. torch is
-imported only inside the handler.
+report.json and the PNG plots into --out, and exits 0 on pass, 1 on fail, 2 on inconclusive. The
+workers' modules are imported inside the handler.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+
+from app.commands import command_app
+from workers.unlearning.cli import ForgetSubjects, MethodConfig, Seed, Size, Workload, progress_bar
 
 EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 2}
 
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "verify", help="unlearn on a reference workload and run the promotion gate"
-    )
-    parser.add_argument("--workload", required=True, choices=("digits", "bios", "minilm"))
-    parser.add_argument("--method", required=True, help="registered method, 'none' (untouched) or 'finetune'")
-    parser.add_argument("--forget-subjects", type=int, default=1, metavar="N", help="subjects to forget")
-    parser.add_argument("--size", choices=("small", "full"), default="small")
-    parser.add_argument("--out", type=Path, help="report directory (default ./verify-<workload>-<method>)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the unlearning run")
-    parser.add_argument("--config", type=json.loads, default={}, help="method config overrides (JSON object)")
-    parser.set_defaults(func=run_verify)
+cli = command_app()
 
 
-def run_verify(args: argparse.Namespace) -> int:
-    from workers.unlearning.cli import progress_bar
+@cli.command("verify")
+def run_verify(
+    workload: Workload,
+    method: Annotated[str, typer.Option(help="registered method, 'none' (untouched) or 'finetune'")],
+    forget_subjects: ForgetSubjects = 1,
+    size: Size = "small",
+    out: Annotated[
+        Path | None, typer.Option(help="report directory (default ./verify-<workload>-<method>)")
+    ] = None,
+    seed: Seed = 0,
+    config: MethodConfig = None,
+) -> int:
+    """Unlearn subjects of a reference workload, run the promotion gate, write the report and plots.
+
+    `--method none` verifies the untouched served model and `--method finetune` a short fine-tune on the
+    retain set: the gate must refuse both. Exit 0 on pass, 1 on fail, 2 on inconclusive.
+    """
     from workers.verification.workload_case import run_case
 
-    out = args.out or Path(f"verify-{args.workload}-{args.method}")
-    with progress_bar(f"{args.method} on {args.workload}, then verification") as progress:
+    directory = out or Path(f"verify-{workload}-{method}")
+    with progress_bar(f"{method} on {workload}, then verification") as progress:
         case = run_case(
-            args.workload,
-            args.method,
-            args.forget_subjects,
-            args.size,
-            out_dir=out,
-            seed=args.seed,
-            config=args.config,
+            workload,
+            method,
+            forget_subjects,
+            size,
+            out_dir=directory,
+            seed=seed,
+            config=config or {},
             progress=progress,
         )
     summary = case.summary()
