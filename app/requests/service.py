@@ -24,7 +24,7 @@ from app.provenance.models import Sample
 from app.registry.models import Model, VersionStatus
 from app.requests.deadlines import days_left, deadline_for, extended_due_at
 from app.requests.models import (
-    OPEN_STATUSES,
+    DEADLINE_STATUSES,
     DeletionRequest,
     DeletionRequestModel,
     DeletionRequestSample,
@@ -42,7 +42,8 @@ ENTITY_TYPE = "deletion_request"
 
 S = RequestStatus
 # Which status may follow which. Re-entering unlearning from verifying is the escalation chain; going
-# back to queued is a job retried after its worker died.
+# back to queued is a job retried after its worker died; failed back to resolved is a retry
+# (app.requests.retry).
 TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({S.RECEIVED}),
     S.RECEIVED: frozenset({S.RESOLVED, S.NO_DATA, S.CANCELED, S.FAILED}),
@@ -50,6 +51,7 @@ TRANSITIONS: dict[str | None, frozenset[str]] = {
     S.QUEUED: frozenset({S.RESOLVED, S.UNLEARNING, S.COMPLETED, S.CANCELED, S.FAILED}),
     S.UNLEARNING: frozenset({S.QUEUED, S.VERIFYING, S.COMPLETED, S.FAILED}),
     S.VERIFYING: frozenset({S.QUEUED, S.UNLEARNING, S.COMPLETED, S.FAILED}),
+    S.FAILED: frozenset({S.RESOLVED}),
 }
 CANCELABLE = frozenset({S.RECEIVED, S.RESOLVED, S.QUEUED})
 # Per-model progress row states written at intake and on cancellation (the pipeline adds its own).
@@ -123,20 +125,21 @@ class TimelineStep(Protocol):
     detail: dict[str, Any]
 
 
-def is_terminal(status: str) -> bool:
-    return status not in OPEN_STATUSES
+def deadline_runs(status: str) -> bool:
+    """Open and failed requests (DEADLINE_STATUSES) still owe the data subject an answer."""
+    return status in DEADLINE_STATUSES
 
 
 def days_left_of(request: RequestState, now: datetime | None = None) -> int:
     """Days left until due; frozen at the moment a request closed (completed_at, else its last change),
     so a finished request shows the margin it finished with rather than a count going ever negative."""
-    if is_terminal(request.status):
+    if not deadline_runs(request.status):
         return days_left(request.due_at, request.completed_at or request.updated_at)
     return days_left(request.due_at, now)
 
 
 def is_overdue_request(request: RequestState, now: datetime | None = None) -> bool:
-    return not is_terminal(request.status) and request.due_at < (now or utcnow())
+    return deadline_runs(request.status) and request.due_at < (now or utcnow())
 
 
 # ---------------------------------------------------------------- status changes
@@ -399,7 +402,7 @@ def extend_deadline(
 ) -> DeletionRequest:
     """Push due_at back with a recorded reason, within what the regime allows."""
     request = get_request(session, principal.tenant_id, request_id, for_update=True)
-    if is_terminal(request.status):
+    if not deadline_runs(request.status):
         raise conflict(f"the request is {request.status}: its deadline no longer runs", "request-closed")
     settings = get_settings()
     latest = deadline_for(request.regime, request.received_at, settings).latest_due_at

@@ -18,7 +18,7 @@ from app.jobs.models import Job, JobAttempt, JobRequest
 from app.pagination import PageParams, paginate
 from app.registry.models import Model, ModelVersion
 from app.requests.models import (
-    OPEN_STATUSES,
+    DEADLINE_STATUSES,
     DeletionRequest,
     DeletionRequestModel,
     DeletionRequestSample,
@@ -278,9 +278,9 @@ def list_page(
             .where(Model.tenant_id == tenant_id, Model.name == model)
         )
     if overdue is True:
-        stmt = stmt.where(DeletionRequest.status.in_(OPEN_STATUSES), DeletionRequest.due_at < now)
+        stmt = stmt.where(DeletionRequest.status.in_(DEADLINE_STATUSES), DeletionRequest.due_at < now)
     elif overdue is False:
-        stmt = stmt.where(~(DeletionRequest.status.in_(OPEN_STATUSES) & (DeletionRequest.due_at < now)))
+        stmt = stmt.where(~(DeletionRequest.status.in_(DEADLINE_STATUSES) & (DeletionRequest.due_at < now)))
     items, next_cursor = paginate(
         session, stmt, [DeletionRequest.received_at, DeletionRequest.id], page, descending=True
     )

@@ -231,3 +231,24 @@ def complete(scenario: Scenario, completed_at: datetime | None = None) -> None:
         if completed_at is not None:
             request.completed_at = completed_at
         issue_certificate(session, request)
+
+
+# What a worker records when a method cannot read the served model: an exception with a server path.
+STORE_FAILURE = (
+    "FileNotFoundError: [Errno 2] No such file or directory: "
+    "'/srv/lethe/artifacts/versions/4be1c0de/files/model.safetensors'"
+)
+
+
+def fail(scenario: Scenario, reason: str = STORE_FAILURE, method: str = "nabla_tau") -> None:
+    """The escalation chain spent: the running job's attempt ends in an error and the pipeline fails the
+    job (workers.pipeline.jobs.fail_job: model rows and request failed, old version serving on)."""
+    from workers.pipeline.escalation import ERROR, finish_attempt
+    from workers.pipeline.jobs import fail_job
+
+    with session_scope() as session:
+        job = session.get(Job, scenario.job_id)
+        assert job is not None
+        attempt = session.scalars(select(JobAttempt).where(JobAttempt.job_id == job.id)).one()
+        finish_attempt(session, job, attempt, ERROR, None, {"reason": f"{reason}"})
+        fail_job(session, job, f"every method of the chain failed ({method}); last: {method}: {reason}")
