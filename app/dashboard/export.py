@@ -114,9 +114,12 @@ def export_deletion_requests(
     status: RequestStatus | None = None,
     regime: Regime | None = None,
     model: Annotated[str | None, Query(description="affecting this model (name)")] = None,
-    overdue: Annotated[bool, Query(description="only open requests past due_at")] = False,
+    overdue: Annotated[bool, Query(description="only open or failed requests past due_at")] = False,
+    action_needed: Annotated[bool, Query(description="only failed requests (someone has to act)")] = False,
 ) -> StreamingResponse:
     """Columns: request_id, received_at, regime, status, due_at, completed_at, models, method, verdict,
     certificate_sha256 (lists separated by "; ")."""
-    filters = RequestFilters(status=status, regime=regime, model=model, overdue=overdue)
+    filters = RequestFilters(
+        status=status, regime=regime, model=model, overdue=overdue, action_needed=action_needed
+    )
     return csv_response(principal.tenant_id, filters)
