@@ -149,6 +149,16 @@ def test_loss_histogram_labels_never_overlap(
     assert all(len(labels) >= 2 for labels in fig.xlabels)  # readable: at least two numbers on each axis
 
 
+@pytest.mark.parametrize(("low", "high"), [(0.4, 6.0), (0.9, 9.5), (2.0, 3.5)])
+def test_loss_axis_of_about_a_decade_carries_several_numbers(
+    tmp_path: Path, drawn: list[Drawn], low: float, high: float
+) -> None:
+    spread = {split: np.geomspace(low, high, 40) for split in ("forget", "retain", "heldout")}
+    plots.plot_loss_hist(tmp_path / "loss.png", {role: spread for role in ROLES})
+    (fig,) = drawn
+    assert fig.overlaps == [] and all(len(labels) >= 3 for labels in fig.xlabels)
+
+
 def test_loss_histogram_of_few_records_is_skipped_with_the_count(tmp_path: Path) -> None:
     figure = plots.plot_loss_hist(tmp_path / "loss.png", losses(4, -1.0, 0.5))
     assert not figure.drawn and "4 forgotten records" in figure.caption

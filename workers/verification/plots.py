@@ -243,7 +243,9 @@ def _loss_axis(ax: Any, low: float, high: float) -> None:
 
     if high / low >= 10:
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+        # within two decades 1-2-5 steps, so that the axis carries more than one number
+        subs = (1.0, 2.0, 5.0) if high / low <= 100 else (1.0,)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=6))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
