@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEvent
 from app.audit.service import list_filters
-from app.dashboard.failures import redact
+from app.dashboard.text import plain_value
 from app.db import get_session_factory, utcnow
 from app.jobs.models import Job
 from app.pagination import PageParams, paginate
@@ -49,7 +49,6 @@ ENTITY_LABELS = {
 # a distinct over a whole trail of millions of events would cost a scan per page view, and the trail's
 # vocabulary recurs with every request.
 ACTION_CHOICES_WINDOW = 20_000
-DETAIL_VALUE_CHARS = 120
 CSV_COLUMNS = (
     "seq",
     "created_at",
@@ -186,17 +185,6 @@ def _name_from_data(event: AuditEvent) -> EntityName:
 # ---------------------------------------------------------------- details
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        text = ", ".join(_value(item) for item in value)
-    elif isinstance(value, dict):
-        text = json.dumps(value, separators=(", ", ": "), default=str)
-    else:
-        text = str(value)
-    text = redact(text)
-    return text if len(text) <= DETAIL_VALUE_CHARS else text[: DETAIL_VALUE_CHARS - 1] + "…"
-
-
 def event_detail(event: AuditEvent) -> str:
     """One line of what the event recorded: a status change as "from → to", then its other facts."""
     data = dict(event.data or {})
@@ -204,7 +192,9 @@ def event_detail(event: AuditEvent) -> str:
     if "from" in data and "to" in data:
         before, after = data.pop("from"), data.pop("to")
         parts.append(f"{before} → {after}" if before else f"→ {after}")
-    parts += [f"{name}: {_value(value)}" for name, value in data.items() if value not in (None, "", [], {})]
+    parts += [
+        f"{name}: {plain_value(value)}" for name, value in data.items() if value not in (None, "", [], {})
+    ]
     return "; ".join(parts)
 
 

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from app.dashboard.text import plain_value, redact
 from app.jobs.schemas import JobOut, MethodAttempt
 from app.requests.models import RequestStatus
 from app.requests.schemas import DeletionRequestOut
 
-# An absolute path of two or more parts (optionally a file:// URL): shown as "…/<last part>".
-SERVER_PATH = re.compile(r"(?:file://)?(?:/[\w.@+-]+){2,}/?")
 # Outcomes of a method attempt, as workers.pipeline.escalation records them.
 REJECTED = "rejected"
 ERROR = "error"
@@ -93,11 +92,6 @@ class FailureView:
     technical: list[str] = field(default_factory=list)  # redacted technical text, for the toggle
 
 
-def redact(text: str) -> str:
-    """Technical text without server paths (each shortened to its last part)."""
-    return SERVER_PATH.sub(lambda match: "…/" + match.group(0).rstrip("/").rsplit("/", 1)[-1], text)
-
-
 def attempt_cause(attempt: MethodAttempt) -> Cause | None:
     """The cause of one method attempt's failure; None for an attempt that did not fail."""
     reason = str((attempt.details or {}).get("reason") or "")
@@ -168,6 +162,6 @@ class TimelineDetail:
 def timeline_detail(detail: Mapping[str, Any]) -> TimelineDetail:
     """A timeline entry's detail for the main view: its facts in line, its reason (often an exception's
     text) apart, both without server paths."""
-    facts = "; ".join(f"{name}: {value}" for name, value in detail.items() if name != "reason")
+    facts = "; ".join(f"{name}: {plain_value(value)}" for name, value in detail.items() if name != "reason")
     reason = detail.get("reason")
-    return TimelineDetail(redact(facts), redact(str(reason)) if reason else None)
+    return TimelineDetail(facts, redact(str(reason)) if reason else None)

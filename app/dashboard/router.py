@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.certificates.service import get_certificate
 from app.dashboard import audit as audit_views
-from app.dashboard import failures, pages
+from app.dashboard import failures, pages, text
 from app.dashboard.audit import AuditFilters
 from app.dashboard.auth import (
     HOME_PATH,
@@ -83,7 +83,7 @@ templates.env.globals["open_statuses"] = OPEN_STATUSES
 templates.env.globals["deadline_statuses"] = DEADLINE_STATUSES
 templates.env.globals["action_needed_statuses"] = ACTION_NEEDED_STATUSES
 templates.env.globals["progress_text"] = pages.progress_text
-templates.env.globals["redact"] = failures.redact
+templates.env.globals["redact"] = text.redact
 templates.env.globals["timeline_detail"] = failures.timeline_detail
 
 
