@@ -181,12 +181,21 @@ def grey_plots(directory: Path) -> None:
 
 
 def write_report(
-    scenario: Scenario, directory: Path, verdict: str = "pass", draw: Callable[[Path], None] = grey_plots
+    scenario: Scenario,
+    directory: Path,
+    verdict: str = "pass",
+    draw: Callable[[Path], list[dict[str, Any]] | None] = grey_plots,
 ) -> None:
-    """The verifier's output: report.json and its plots, recorded on the job and its attempt."""
+    """The verifier's output: report.json and its plots, recorded on the job and its attempt. `draw`
+    writes the plots; when it answers the report's figures (workers.verification.plots.Figure.to_dict),
+    the report lists those, as the verifier's does."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "report.json").write_text(json.dumps(sample_report(verdict)))
-    draw(directory)
+    report = sample_report(verdict)
+    figures = draw(directory)
+    if figures is not None:
+        report["figures"] = figures
+        report["plots"] = [figure["file"] for figure in figures if figure["file"]]
+    (directory / "report.json").write_text(json.dumps(report))
     with session_scope() as session:
         job = session.get(Job, scenario.job_id)
         assert job is not None
