@@ -8,8 +8,6 @@ gone (a deleted webhook, say) is named from its event's own data.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,10 +23,9 @@ from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEvent
 from app.audit.service import list_filters
+from app.dashboard.export import batches, csv_download, csv_line
 from app.dashboard.text import plain_value
-from app.db import get_session_factory, utcnow
 from app.jobs.models import Job
-from app.pagination import PageParams, paginate
 from app.provenance.models import Dataset
 from app.registry.models import Alias, Model, ModelVersion
 from app.requests.models import DeletionRequest
@@ -231,50 +228,33 @@ def recent_actions(session: Session, tenant_id: str, entity_type: str | None) ->
 # ---------------------------------------------------------------- CSV
 
 
-def _line(values: Sequence[Any]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow(values)
-    return buffer.getvalue()
-
-
 def csv_lines(tenant_id: str, filters: AuditFilters) -> Iterator[str]:
     """The header, then one line per event, oldest first (seq order: the chain's order), streamed in
     batches from a session of its own."""
-    yield _line(CSV_COLUMNS)
+    yield csv_line(CSV_COLUMNS)
     stmt = select(AuditEvent).where(*filters.conditions(tenant_id))
-    cursor: str | None = None
-    with get_session_factory()() as session:
-        while True:
-            events, cursor = paginate(session, stmt, [AuditEvent.seq], PageParams(CSV_BATCH, cursor))
-            names = entity_names(session, tenant_id, events)
-            for event in events:
-                yield _line(
-                    [
-                        event.seq,
-                        event.created_at.isoformat(),
-                        event.entity_type,
-                        event.entity_id,
-                        names[event.entity_type, event.entity_id].label,
-                        event.action,
-                        event.actor or "",
-                        event_detail(event),
-                        json.dumps(event.data or {}, sort_keys=True, default=str),
-                        event.prev_hash,
-                        event.hash,
-                    ]
-                )
-            session.expunge_all()
-            if cursor is None:
-                return
+    for session, events in batches(stmt, [AuditEvent.seq], CSV_BATCH):
+        names = entity_names(session, tenant_id, events)
+        for event in events:
+            yield csv_line(
+                [
+                    event.seq,
+                    event.created_at.isoformat(),
+                    event.entity_type,
+                    event.entity_id,
+                    names[event.entity_type, event.entity_id].label,
+                    event.action,
+                    event.actor or "",
+                    event_detail(event),
+                    json.dumps(event.data or {}, sort_keys=True, default=str),
+                    event.prev_hash,
+                    event.hash,
+                ]
+            )
 
 
 def csv_response(tenant_id: str, filters: AuditFilters) -> StreamingResponse:
-    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
-    return StreamingResponse(
-        csv_lines(tenant_id, filters),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="audit-trail-{stamp}.csv"'},
-    )
+    return csv_download(csv_lines(tenant_id, filters), "audit-trail")
 
 
 router = APIRouter(tags=["audit"])
