@@ -36,6 +36,7 @@ from app.dashboard.export import csv_response
 from app.dashboard.export import router as export_router
 from app.dashboard.queries import RequestFilters, action_needed_count, filtered_requests, models_by_request
 from app.db import SessionDep, utcnow
+from app.domain import DomainError
 from app.errors import ProblemError
 from app.jobs import service as jobs_service
 from app.pagination import PageParams, paginate
@@ -49,7 +50,6 @@ from app.requests.models import (
     Regime,
     RequestStatus,
 )
-from app.requests.retry import retry_request
 from app.requests.views import combined_verdict
 from app.security.keys import find_active_key
 from app.security.scopes import Scope
@@ -98,7 +98,7 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
 
 class DashboardRoute(APIRoute):
     """Dashboard routes answer HTML: a redirect to the login page without a session, an error page for
-    a problem (a missing request, a missing scope) instead of problem+json."""
+    a problem (a missing request, a missing scope, a refused change) instead of problem+json."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -109,7 +109,7 @@ class DashboardRoute(APIRoute):
             except LoginRequired:
                 target = f"{LOGIN_PATH}?{urlencode({'next': request.url.path})}"
                 return RedirectResponse(target, status_code=303)
-            except ProblemError as problem:
+            except (ProblemError, DomainError) as problem:
                 return render(
                     request, "error.html", {"title": problem.title, "detail": problem.detail}, problem.status
                 )
@@ -294,7 +294,7 @@ def retry(request: Request, request_id: str, form: Form, session: SessionDep, pr
     """The request page's retry button (POST /v1/deletion-requests/{id}:retry for the dashboard)."""
     if Scope.REQUESTS_WRITE not in principal.scopes:
         return _missing_scope(request, Scope.REQUESTS_WRITE)
-    retry_request(session, principal, request_id)
+    requests_service.retry_request(session, principal, request_id)
     session.commit()
     return RedirectResponse(f"/dashboard/requests/{request_id}?retried=1", status_code=303)
 

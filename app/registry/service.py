@@ -7,14 +7,17 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
 from app.db import utcnow
-from app.errors import ProblemError, conflict, not_found, unprocessable
-from app.jobs.models import Job, JobKind, JobStatus
+from app.domain import DomainError
+from app.errors import conflict, not_found, unprocessable
+from app.jobs.models import Job, JobKind, JobStatus, Stage
+from app.jobs.params import TrainParams
 from app.outbox.celery_client import TRAIN_TASK
 from app.outbox.service import enqueue
 from app.pagination import PageParams, paginate
@@ -148,6 +151,11 @@ def request_training(
 ) -> tuple[Job, ModelVersion]:
     """A version in status training with its provenance recorded now, a train job, and its task in the
     outbox; the workers fill in the artifact."""
+    try:
+        params = TrainParams.model_validate(body.params)
+    except ValidationError as exc:  # a key the job itself keeps (redispatches, ...) with another type
+        names = ", ".join(sorted({str(error["loc"][0]) for error in exc.errors()}))
+        raise unprocessable(f"params: {names} cannot be set", "invalid-params") from exc
     training_set = resolve_training_set(
         session, principal.tenant_id, body.training_set.dataset, body.training_set.external_ids
     )
@@ -159,10 +167,11 @@ def request_training(
         model_id=model.id,
         kind=JobKind.TRAIN,
         status=JobStatus.QUEUED,
-        stage="queued",
+        stage=Stage.QUEUED,
         candidate_version_id=version.id,
-        params={"version_id": version.id, "dataset_id": training_set.dataset_id, **body.params},
     )
+    params.version_id, params.dataset_id = version.id, training_set.dataset_id
+    params.write(job)
     session.add(job)
     session.flush()
     enqueue(
@@ -302,14 +311,22 @@ def describe_alias(session: Session, model: Model, alias: Alias) -> AliasOut:
     )
 
 
-def _stale(name: str, expected: int | None, current: int | None) -> ProblemError:
+class AliasMoved(DomainError):
+    """The alias no longer points where the caller expected (compare-and-set lost)."""
+
+    type_suffix = "stale-expected-version"
+
+
+class VersionNotPromotable(DomainError):
+    """The version may not serve: tainted, purged, or not registered or verified."""
+
+    type_suffix = "version-not-promotable"
+
+
+def _stale(name: str, expected: int | None, current: int | None) -> AliasMoved:
     shown = "no version (the alias does not exist)" if current is None else f"version {current}"
-    return ProblemError(
-        409,
-        "Conflict",
-        f"alias {name} points to {shown}, not the expected_version {expected}",
-        "stale-expected-version",
-        extensions={"current_version": current},
+    return AliasMoved(
+        f"alias {name} points to {shown}, not the expected_version {expected}", current_version=current
     )
 
 
@@ -317,10 +334,8 @@ def _refuse_unpromotable(version: ModelVersion) -> None:
     if version.promotable:
         return
     why = "tainted" if version.tainted else "purged" if version.purged_at else f"status {version.status}"
-    raise conflict(
-        f"version {version.version} cannot serve ({why}); "
-        "only registered or verified, untainted versions can",
-        "version-not-promotable",
+    raise VersionNotPromotable(
+        f"version {version.version} cannot serve ({why}); only registered or verified, untainted versions can"
     )
 
 
@@ -360,7 +375,8 @@ def set_alias(
     actor: str,
 ) -> tuple[Alias, bool]:
     """Point alias `name` at `target` if it still points at `expected_version` (compare-and-set).
-    Answers the alias and whether it was created. 409 when stale or when `target` may not serve."""
+    Answers the alias and whether it was created. AliasMoved when stale, VersionNotPromotable when
+    `target` may not serve."""
     alias = _find_alias(session, model, name, lock=True)
     current = version_number(session, alias.version_id) if alias else None
     if current != expected_version:

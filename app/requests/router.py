@@ -24,7 +24,7 @@ from app.idempotency.service import (
     validated_key,
 )
 from app.pagination import PageParamsDep
-from app.requests import intake, retry, service, views
+from app.requests import intake, service, views
 from app.requests.models import RequestStatus
 from app.requests.schemas import (
     CancelRequest,
@@ -194,7 +194,7 @@ def cancel_deletion_request(
 def retry_deletion_request(request_id: str, idempotency: WriteGuard) -> DeletionRequestOut:
     """Retry a failed request (409 for any other): the models that failed get a new unlearning job.
     The deadline is not reset; it kept running while the request was failed."""
-    request = retry.retry_request(idempotency.session, idempotency.principal, request_id)
+    request = service.retry_request(idempotency.session, idempotency.principal, request_id)
     return idempotency.finish(views.detailed(idempotency.session, request), 202)
 
 

@@ -16,22 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.db import get_session_factory
-from app.jobs.models import Job, JobKind
+from app.jobs.models import Job, JobKind, Stage
+from app.jobs.params import TrainParams
 from app.registry.models import Model, ModelVersion, VersionStatus
 from app.registry.service import set_version_status
 from workers.pipeline import data, store
-from workers.pipeline.jobs import audit_job, fail_job, succeed_job
-from workers.pipeline.leases import (
-    AttemptsExhausted,
-    ClaimRefused,
-    Heartbeat,
-    LeaseLost,
-    check_holder,
-    lock_job,
-    new_token,
-    take_lease,
-)
-from workers.pipeline.stages import ACTOR, Stage
+from workers.pipeline.jobs import audit_job, claimed_job, fail_job, held_job, succeed_job
+from workers.pipeline.leases import Heartbeat, LeaseLost
+from workers.pipeline.stages import ACTOR
 
 log = logging.getLogger("lethe.pipeline")
 
@@ -71,21 +63,12 @@ def training_spec(params: Mapping[str, Any], policy: Mapping[str, Any]) -> tuple
 
 
 def run_train(job_id: str) -> None:
-    token = new_token()
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        if job is None or job.kind != JobKind.TRAIN or job.stage not in (Stage.QUEUED, Stage.TRAINING):
+    with claimed_job(job_id, JobKind.TRAIN, {Stage.QUEUED, Stage.TRAINING}, fail=_failed) as claim:
+        if claim is None:
             return
-        try:
-            take_lease(job, token)
-        except ClaimRefused as refused:
-            log.info("%s", refused)
-            return
-        except AttemptsExhausted as exhausted:
-            _failed(session, job, f"worker lost too often: {exhausted}")
-            return
-        job.stage = Stage.TRAINING
-        audit_job(session, job, "started", {"version_id": job.candidate_version_id})
+        claim.job.stage = Stage.TRAINING
+        audit_job(claim.session, claim.job, "started", {"version_id": claim.job.candidate_version_id})
+        token = claim.token
     try:
         _train(job_id, token)
     except LeaseLost:
@@ -104,7 +87,7 @@ def _train(job_id: str, token: str) -> None:
         assert version is not None and model is not None
         rows = data.training_rows(session, version)
         samples = [data.engine_sample(row) for row in rows if data.has_content(row)]
-        params, policy = dict(job.params or {}), dict(model.policy or {})
+        params, policy = TrainParams.of(job).requested(), dict(model.policy or {})
     with Heartbeat(job_id, token) as heartbeat:
         heartbeat.progress(TRAIN_PROGRESS[0], force=True)
         workdir = store.scratch_directory(f"train-{job_id[:8]}")
@@ -128,10 +111,7 @@ def _train(job_id: str, token: str) -> None:
         except Exception as exc:
             log.exception("job %s: training failed", job_id)
             shutil.rmtree(workdir, ignore_errors=True)
-            with get_session_factory()() as session, session.begin():
-                job = lock_job(session, job_id)
-                assert job is not None
-                check_holder(job, token)
+            with held_job(job_id, token) as (session, job):
                 _failed(session, job, f"{type(exc).__name__}: {exc}")
             return
     metrics = {
@@ -142,10 +122,7 @@ def _train(job_id: str, token: str) -> None:
         "adapter_kind": kind,
         "job_id": job_id,
     }
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        assert job is not None
-        check_holder(job, token)
+    with held_job(job_id, token) as (session, job):
         version = session.get(ModelVersion, job.candidate_version_id)
         assert version is not None
         set_version_status(
