@@ -21,7 +21,7 @@ from app.requests.models import DeletionRequest
 from app.security.models import ApiKey
 from app.security.scopes import Scope
 from app.security.subjects import subject_hmac
-from tests.dashboard.factory import complete, grey_plots, new_request, start_job, write_report
+from tests.dashboard.factory import complete, fail, grey_plots, new_request, start_job, write_report
 
 pytestmark = pytest.mark.usefixtures("certificates_ready")
 
@@ -239,3 +239,31 @@ def test_pages_behind_other_scopes_say_so(https_client, make_key, tenant_a) -> N
     for path, scope in (("/dashboard/models", "models:read"), ("/dashboard/audit", "audit:read")):
         answer = https_client.get(path)
         assert answer.status_code == 403 and scope in answer.text
+
+
+def test_retry_from_the_dashboard_needs_the_write_scope_and_a_failed_request(
+    client, login, make_key, tenant_a, auth_a
+) -> None:
+    scenario = new_request(client, tenant_a, auth_a)
+    start_job(scenario)
+    fail(scenario)
+    url = f"/dashboard/requests/{scenario.request_id}/retry"
+    reader = login(make_key(tenant_a, [Scope.REQUESTS_READ])["Authorization"].removeprefix("Bearer "))
+    refused = reader.post(url)
+    assert refused.status_code == 403 and "requests:write" in refused.text
+    assert (
+        client.get(f"/v1/deletion-requests/{scenario.request_id}", headers=auth_a).json()["status"]
+        == "failed"
+    )
+
+    writer_key = make_key(tenant_a, [Scope.REQUESTS_READ, Scope.REQUESTS_WRITE])
+    writer = login(writer_key["Authorization"].removeprefix("Bearer "))
+    answer = writer.post(url)
+    assert answer.status_code == 303 and answer.headers["location"].endswith("?retried=1")
+    assert (
+        client.get(f"/v1/deletion-requests/{scenario.request_id}", headers=auth_a).json()["status"]
+        == "resolved"
+    )
+    again = writer.post(url)  # a second click: an error page, not problem+json
+    assert again.status_code == 409 and again.headers["content-type"].startswith("text/html")
+    assert "only a failed request can be retried" in again.text
