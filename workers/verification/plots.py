@@ -56,6 +56,8 @@ ATTACK_LABEL = {
 MIN_ROC_FORGET = 10
 MIN_ROC_HELDOUT = 20
 MIN_HIST_SAMPLES = 10
+# An AUC difference's interval wider than this either way is too coarse to call a match a match.
+WIDE_INTERVAL = 0.1
 # A retrain's AUC this far below chance means the forgotten records differ from the never-seen ones.
 UNUSUAL_AUC = 0.4
 # Above this many canaries a bar each is unreadable: dots per kind instead.
@@ -115,12 +117,16 @@ def _interval(estimate: Estimate | None) -> str:
     return f" (95 % interval {_signed(estimate.low)} to {_signed(estimate.high)})"
 
 
-def _side(estimate: Estimate | None, point: float) -> int:
-    """+1 when significantly above 0, -1 when below, 0 when the interval holds 0 (or, without an
-    interval, when the point is within 0.02 of it)."""
+def _side(estimate: Estimate | None, point: float, above: float = 0.0, below: float = 0.0) -> int:
+    """+1 for a difference beyond +`above` whose interval lies above 0 (material and significant, as the
+    gate reads its rules), -1 for one beyond -`below` whose interval lies below 0, 0 otherwise. Without
+    an interval the point alone decides, with at least 0.02 either way."""
     if estimate is not None and estimate.low == estimate.low:
-        return 1 if estimate.low > 0 else -1 if estimate.high < 0 else 0
-    return 0 if abs(point) <= 0.02 else (1 if point > 0 else -1)
+        value, low, high = estimate.value, estimate.low, estimate.high
+    else:
+        value, low, high = point, point, point
+        above, below = max(above, 0.02), max(below, 0.02)
+    return 1 if value > above and low > 0 else -1 if value < -below and high < 0 else 0
 
 
 # ------------------------------------------------------------------------------------------------ ROC
@@ -131,9 +137,11 @@ def plot_roc(
     attack: str,
     scores: Mapping[str, Mapping[str, np.ndarray]],
     metrics: Mapping[str, Estimate] | None = None,
+    policy: Policy | None = None,
 ) -> Figure:
     """ROC of `attack` (scores: role -> split -> per-record membership score, higher = member);
-    `metrics`: the mia check's estimates, for the intervals the caption quotes."""
+    `metrics`: the mia check's estimates, for the intervals the caption quotes; the title weighs the
+    difference to retraining with `policy`'s tolerances."""
     metrics = metrics or {}
     n_forget = min(np.asarray(s["forget"]).size for s in scores.values())
     n_heldout = min(np.asarray(s["heldout"]).size for s in scores.values())
@@ -159,7 +167,7 @@ def plot_roc(
     ax.set_aspect("equal")
     ax.set_xlabel("never-seen records wrongly flagged as trained on (false positive rate)")
     ax.set_ylabel("forgotten records flagged as trained on\n(true positive rate)")
-    title, caption = _roc_text(attack, aucs, metrics, n_forget, n_heldout)
+    title, caption = _roc_text(attack, aucs, metrics, policy or Policy(), n_forget, n_heldout)
     ax.set_title(_wrap(title, 60), fontsize=10)
     fig.legend(loc="outside lower center", fontsize=8)  # below the axes: never over a curve
     _save(fig, path)
@@ -167,7 +175,12 @@ def plot_roc(
 
 
 def _roc_text(
-    attack: str, aucs: Mapping[str, float], metrics: Mapping[str, Estimate], n_forget: int, n_heldout: int
+    attack: str,
+    aucs: Mapping[str, float],
+    metrics: Mapping[str, Estimate],
+    policy: Policy,
+    n_forget: int,
+    n_heldout: int,
 ) -> tuple[str, str]:
     candidate, reference, served = aucs.get("candidate"), aucs.get("reference"), aucs.get("served")
     attack_words = ATTACK_LABEL.get(attack, f"the {attack} attack")
@@ -180,7 +193,8 @@ def _roc_text(
         return "Membership attack on the forgotten records", read
     if reference is not None:
         difference = metrics.get(metric_name(attack, "forget_auc", "candidate", "reference"))
-        side = _side(difference, candidate - reference)
+        above, below = policy.mia_auc_tolerance, policy.mia_auc_over_unlearning
+        side = _side(difference, candidate - reference, above, below)
         title = {
             0: "An attacker tells the forgotten records from never-seen ones no better than after retraining",
             1: "An attacker still recognises the forgotten records better than after retraining",
@@ -192,10 +206,12 @@ def _roc_text(
             + (f" and the version serving now {_fmt(served)}" if served is not None else "")
             + f" (0.50: a coin toss). Difference to retraining {_signed(candidate - reference)}"
             + _interval(difference)
-            + "."
+            + f"; differences between {_signed(-below)} and {_signed(above)} count as none."
         )
         if side == -1:
             numbers += " Forgetting more than retraining would can itself show that the records were removed."
+        if side == 0 and difference is not None and difference.half_width > WIDE_INTERVAL:
+            numbers += " So few records leave the interval wide: small differences cannot be told apart."
         if reference < UNUSUAL_AUC:
             numbers += (
                 " Retraining gives far below 0.50: these records are unlike the never-seen ones, so even a "
@@ -203,7 +219,7 @@ def _roc_text(
                 "retraining."
             )
         served_gap = metrics.get(metric_name(attack, "forget_auc", "served", "reference"))
-        if served is not None and _side(served_gap, served - reference) == 0:
+        if served is not None and _side(served_gap, served - reference, above, below) == 0:
             numbers += (
                 " The version serving now is not told apart from retraining either: on these records "
                 "this attack has no power, and the other checks decide."
@@ -213,6 +229,7 @@ def _roc_text(
     side = _side(
         Estimate(own.value - 0.5, own.low - 0.5, own.high - 0.5, own.n) if own is not None else None,
         candidate - 0.5,
+        policy.mia_auc_tolerance,
     )
     title = (
         "An attacker cannot tell the forgotten records from never-seen ones"
@@ -600,7 +617,7 @@ def write_figures(results: Mapping[str, CheckResult], directory: Path, policy: P
     mia = results.get("mia")
     if mia is not None and mia.plot_data:
         data = mia.plot_data
-        figures.append(plot_roc(directory / "roc.png", data["attack"], data["scores"], mia.metrics))
+        figures.append(plot_roc(directory / "roc.png", data["attack"], data["scores"], mia.metrics, policy))
         figures.append(plot_loss_hist(directory / "loss_hist.png", data["loss"]))
     canary, backdoor = results.get("canary"), results.get("backdoor")
     if canary is not None and canary.plot_data:
