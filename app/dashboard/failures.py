@@ -14,8 +14,9 @@ from enum import StrEnum
 from typing import Any
 
 from app.dashboard.text import plain_value, redact
+from app.jobs.models import JobKind, JobStatus
 from app.jobs.schemas import JobOut, MethodAttempt
-from app.requests.models import RequestStatus
+from app.requests.models import ModelStatus, RequestStatus
 from app.requests.schemas import DeletionRequestOut
 
 # Outcomes of a method attempt, as workers.pipeline.escalation records them.
@@ -125,10 +126,14 @@ def explain(request: DeletionRequestOut, jobs: Sequence[JobOut]) -> FailureView 
     """The failure of a failed request, in plain words (None for a request that has not failed)."""
     if request.status != RequestStatus.FAILED:
         return None
-    failed_jobs = [job for job in jobs if job.status == "failed" and job.kind == "unlearn"]
+    # the latest failure is the one to act on (a request retried before may have failed more than once)
+    failed_jobs = sorted(
+        (job for job in jobs if job.status == JobStatus.FAILED and job.kind == JobKind.UNLEARN),
+        key=lambda job: job.finished_at or job.created_at,
+    )
     cause, methods = job_cause(failed_jobs[-1]) if failed_jobs else (Cause.UNKNOWN, [])
     text, next_step = CAUSE_TEXT[cause]
-    tried = list(dict.fromkeys(a.method for job in failed_jobs for a in job.method_attempts))
+    tried = list(dict.fromkeys(a.method for a in failed_jobs[-1].method_attempts)) if failed_jobs else []
     if methods:
         sentence = f"The deletion stopped: none of the methods it tried ({_listed(tried)}) succeeded."
     elif tried:
@@ -136,7 +141,7 @@ def explain(request: DeletionRequestOut, jobs: Sequence[JobOut]) -> FailureView 
     else:
         sentence = f"The deletion stopped: {text}."
     technical = [redact(request.failure_reason)] if request.failure_reason else []
-    for job in failed_jobs:
+    for job in failed_jobs[-1:]:
         for attempt in job.method_attempts:
             reason = (attempt.details or {}).get("reason")
             if reason:
@@ -144,7 +149,7 @@ def explain(request: DeletionRequestOut, jobs: Sequence[JobOut]) -> FailureView 
     still_serving = [
         f"{m.model} v{m.from_version}" if m.from_version else m.model
         for m in request.models
-        if m.status == RequestStatus.FAILED
+        if m.status == ModelStatus.FAILED
     ]
     return FailureView(sentence, next_step, still_serving, methods, list(dict.fromkeys(technical)))
 

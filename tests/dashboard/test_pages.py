@@ -267,3 +267,21 @@ def test_retry_from_the_dashboard_needs_the_write_scope_and_a_failed_request(
     again = writer.post(url)  # a second click: an error page, not problem+json
     assert again.status_code == 409 and again.headers["content-type"].startswith("text/html")
     assert "only a failed request can be retried" in again.text
+
+
+def test_a_request_that_failed_again_shows_its_latest_failure(
+    client, login, reader_key, tenant_a, auth_a
+) -> None:
+    scenario = new_request(client, tenant_a, auth_a)
+    start_job(scenario)
+    fail(scenario)  # the artifact store
+    assert (
+        client.post(f"/v1/deletion-requests/{scenario.request_id}:retry", headers=auth_a).status_code == 202
+    )
+    start_job(scenario)  # the new job
+    fail(scenario, reason="RuntimeError: CUDA error: out of memory")
+
+    page = login(reader_key).get(f"/dashboard/requests/{scenario.request_id}").text
+    cause = page.split('data-role="failure-cause">')[1].split("</p>")[0]
+    assert "the unlearning method stopped with an internal error" in cause and "artifact store" not in cause
+    assert "CUDA error: out of memory" in page.split("Technical detail")[1].split("</details>")[0]
