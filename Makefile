@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 COMPOSE ?= docker compose
 COMPOSE_ENV := .lethe/compose.env
 
-.PHONY: venv install test demo bench lint format migrate up down clean distclean
+.PHONY: venv install test demo screenshots bench lint format migrate up down clean distclean
 
 venv install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ test: $(VENV)/.installed $(CHROMIUM)
 
 demo: $(VENV)/.installed
 	$(TEST_ENV) $(PY) scripts/demo.py
+
+# Regenerates docs/screenshots/*.png from this checkout: a scratch database, the API on a loopback port,
+# headless Chromium (needs Postgres, as `make test` does).
+screenshots: $(VENV)/.installed $(CHROMIUM)
+	$(TEST_ENV) $(PY) -m tests.dashboard.screenshots docs/screenshots
 
 # Regenerates docs/benchmarks.md, its plots and bench/results/<mode>.json (BENCH_ARGS=--full: full settings).
 BENCH_ARGS ?= --quick

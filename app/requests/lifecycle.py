@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from app.audit.service import AuditEntry, queue_entries
@@ -31,6 +31,7 @@ from app.domain import DomainError
 from app.jobs.models import Job, JobRequest
 from app.requests.deadlines import days_left
 from app.requests.models import (
+    DEADLINE_STATUSES,
     OPEN_STATUSES,
     DeletionRequest,
     DeletionRequestModel,
@@ -55,7 +56,7 @@ ENTITY_TYPE = "deletion_request"
 S = RequestStatus
 M = ModelStatus
 # Which status may follow which. Re-entering unlearning from verifying is the escalation chain; going
-# back to queued is a job retried after its worker died.
+# back to queued is a job retried after its worker died; failed back to resolved is a retry (`retry`).
 TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({S.RECEIVED}),
     S.RECEIVED: frozenset({S.RESOLVED, S.NO_DATA, S.CANCELED, S.FAILED}),
@@ -63,6 +64,7 @@ TRANSITIONS: dict[str | None, frozenset[str]] = {
     S.QUEUED: frozenset({S.RESOLVED, S.UNLEARNING, S.COMPLETED, S.CANCELED, S.FAILED}),
     S.UNLEARNING: frozenset({S.QUEUED, S.VERIFYING, S.COMPLETED, S.FAILED}),
     S.VERIFYING: frozenset({S.QUEUED, S.UNLEARNING, S.COMPLETED, S.FAILED}),
+    S.FAILED: frozenset({S.RESOLVED}),
 }
 # Before unlearning starts a request may be canceled.
 CANCELABLE = frozenset({S.RECEIVED, S.RESOLVED, S.QUEUED})
@@ -83,6 +85,10 @@ class InvalidTransition(DomainError):
 
 class NotCancelable(DomainError):
     type_suffix = "not-cancelable"
+
+
+class NotRetryable(DomainError):
+    type_suffix = "not-retryable"
 
 
 # ---------------------------------------------------------------- what a request looks like
@@ -152,16 +158,22 @@ def is_terminal(status: str) -> bool:
     return status not in OPEN_STATUSES
 
 
+def deadline_runs(status: str) -> bool:
+    """Open and failed requests (DEADLINE_STATUSES) still owe the data subject an answer."""
+    return status in DEADLINE_STATUSES
+
+
 def days_left_of(request: RequestState, now: datetime | None = None) -> int:
     """Days left until due; frozen at the moment a request closed (completed_at, else its last change),
-    so a finished request shows the margin it finished with rather than a count going ever negative."""
-    if is_terminal(request.status):
+    so a finished request shows the margin it finished with rather than a count going ever negative. A
+    failed request has not closed: its count runs on."""
+    if not deadline_runs(request.status):
         return days_left(request.due_at, request.completed_at or request.updated_at)
     return days_left(request.due_at, now)
 
 
 def is_overdue_request(request: RequestState, now: datetime | None = None) -> bool:
-    return not is_terminal(request.status) and request.due_at < (now or utcnow())
+    return deadline_runs(request.status) and request.due_at < (now or utcnow())
 
 
 # ---------------------------------------------------------------- status changes
@@ -295,6 +307,37 @@ def cancel(session: Session, request: DeletionRequest, *, actor: str, reason: st
     ):
         progress.status = M.CANCELED
     change_status(session, request, S.CANCELED, actor=actor, detail={"reason": reason} if reason else {})
+
+
+def retry(session: Session, request: DeletionRequest, *, actor: str) -> int:
+    """Put a failed request (locked by the caller) back to planning: each failed model pending again (its
+    old job stays on record through job_requests), the request resolved, its deadline unchanged; answers
+    how many models wait for a new job. NotRetryable for a request that has not failed. The caller sends
+    the planning task."""
+    if request.status != S.FAILED:
+        raise NotRetryable(f"the request is {request.status}: only a failed request can be retried")
+    failed = list(
+        session.scalars(
+            for_update(
+                select(DeletionRequestModel).where(
+                    DeletionRequestModel.request_id == request.id, DeletionRequestModel.status == M.FAILED
+                )
+            )
+        )
+    )
+    if not failed:
+        raise NotRetryable("no model of the request failed: there is nothing to retry")
+    for progress in failed:
+        progress.status, progress.job_id = M.PENDING, None
+        progress.from_version_id = progress.to_version_id = None
+    earlier = session.scalar(
+        select(func.count()).where(
+            RequestEvent.request_id == request.id, RequestEvent.from_status == S.FAILED
+        )
+    )
+    change_status(session, request, S.RESOLVED, actor=actor, detail={"retry": (earlier or 0) + 1})
+    request.failure_reason = None  # the reason stays in the timeline and the audit trail
+    return len(failed)
 
 
 # ---------------------------------------------------------------- following the models' progress

@@ -36,6 +36,10 @@ OPEN_STATUSES: tuple[str, ...] = (
     RequestStatus.UNLEARNING,
     RequestStatus.VERIFYING,
 )
+# Failed requests wait for someone to act (retry, extend, or answer the data subject): a failure does
+# not end the obligation, so their deadline keeps running like an open request's.
+ACTION_NEEDED_STATUSES: tuple[str, ...] = (RequestStatus.FAILED,)
+DEADLINE_STATUSES: tuple[str, ...] = (*OPEN_STATUSES, *ACTION_NEEDED_STATUSES)
 
 
 class ModelStatus(StrEnum):

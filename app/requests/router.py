@@ -1,4 +1,4 @@
-"""/v1/deletion-requests: intake, status, lists, cancellation, deadline extension."""
+"""/v1/deletion-requests: intake, status, lists, cancellation, retry, deadline extension."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def list_deletion_requests(
         datetime | None, Query(description="due strictly before this instant (UTC when no offset is given)")
     ] = None,
     model: Annotated[str | None, Query(description="affecting this model (name)")] = None,
-    overdue: Annotated[bool | None, Query(description="true: open and past due_at")] = None,
+    overdue: Annotated[bool | None, Query(description="true: open or failed, and past due_at")] = None,
 ) -> DeletionRequestPage:
     """Newest first."""
     return views.list_page(
@@ -184,6 +184,14 @@ def cancel_deletion_request(
             session, idempotency.principal, request_id, body.reason if body else None
         )
     return idempotency.finish(views.detailed(session, request), 200)
+
+
+@router.post("/{request_id}:retry", response_model=DeletionRequestOut, status_code=202)
+def retry_deletion_request(request_id: str, idempotency: WriteGuard) -> DeletionRequestOut:
+    """Retry a failed request (409 for any other): the models that failed get a new unlearning job.
+    The deadline is not reset; it kept running while the request was failed."""
+    request = service.retry_request(idempotency.session, idempotency.principal, request_id)
+    return idempotency.finish(views.detailed(idempotency.session, request), 202)
 
 
 @router.post("/{request_id}:extend", response_model=DeletionRequestOut)

@@ -113,7 +113,7 @@ class DeletionRequestSummary(BaseModel):
     received_at: datetime
     due_at: datetime
     days_left: int = Field(description="Calendar days (UTC) until due_at; negative once late.")
-    overdue: bool = Field(description="Still open after due_at.")
+    overdue: bool = Field(description="Still open (or failed: its deadline keeps running) after due_at.")
     completed_at: datetime | None = None
     updated_at: datetime
 

@@ -1,4 +1,4 @@
-"""Deletion requests: reading, cancellation, deadline extension (intake is app.requests.intake).
+"""Deletion requests: reading, cancellation, retry, deadline extension (intake is app.requests.intake).
 
 Every status change goes through app.requests.lifecycle, which also writes the timeline row, the audit
 event and the webhook deliveries, in the caller's transaction. The pipeline calls it too.
@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 from app.audit.service import record
 from app.db import utcnow
 from app.errors import conflict, not_found, unprocessable
+from app.outbox.celery_client import PLAN_TASK
+from app.outbox.service import enqueue
 from app.requests import lifecycle
 from app.requests.deadlines import deadline_for, extended_due_at
-from app.requests.lifecycle import ENTITY_TYPE, announce, is_terminal
+from app.requests.lifecycle import ENTITY_TYPE, announce, plan_task_payload
 from app.requests.models import DeletionRequest
 from app.security.auth import Principal
 from app.settings import get_settings
@@ -49,12 +51,22 @@ def cancel_request(
     return request
 
 
+def retry_request(session: Session, principal: Principal, request_id: str) -> DeletionRequest:
+    """Retry a failed request: its failed models back to planning, and the planning task (through the
+    outbox), which gives each a new unlearning job; NotRetryable (409) for any other request."""
+    request = get_request(session, principal.tenant_id, request_id, for_update=True)
+    lifecycle.retry(session, request, actor=principal.actor)
+    enqueue(session, PLAN_TASK, plan_task_payload([request.id]))
+    session.flush()
+    return request
+
+
 def extend_deadline(
     session: Session, principal: Principal, request_id: str, reason: str, days: int | None
 ) -> DeletionRequest:
     """Push due_at back with a recorded reason, within what the regime allows."""
     request = get_request(session, principal.tenant_id, request_id, for_update=True)
-    if is_terminal(request.status):
+    if not lifecycle.deadline_runs(request.status):
         raise conflict(f"the request is {request.status}: its deadline no longer runs", "request-closed")
     settings = get_settings()
     latest = deadline_for(request.regime, request.received_at, settings).latest_due_at

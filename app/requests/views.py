@@ -26,7 +26,7 @@ from app.requests.lifecycle import (
     is_overdue_request,
 )
 from app.requests.models import (
-    OPEN_STATUSES,
+    DEADLINE_STATUSES,
     DeletionRequest,
     DeletionRequestModel,
     DeletionRequestSample,
@@ -280,9 +280,9 @@ def list_page(
             .where(Model.tenant_id == tenant_id, Model.name == model)
         )
     if overdue is True:
-        stmt = stmt.where(DeletionRequest.status.in_(OPEN_STATUSES), DeletionRequest.due_at < now)
+        stmt = stmt.where(DeletionRequest.status.in_(DEADLINE_STATUSES), DeletionRequest.due_at < now)
     elif overdue is False:
-        stmt = stmt.where(~(DeletionRequest.status.in_(OPEN_STATUSES) & (DeletionRequest.due_at < now)))
+        stmt = stmt.where(~(DeletionRequest.status.in_(DEADLINE_STATUSES) & (DeletionRequest.due_at < now)))
     items, next_cursor = paginate(
         session, stmt, [DeletionRequest.received_at, DeletionRequest.id], page, descending=True
     )
