@@ -15,12 +15,40 @@ from app.audit.service import record
 from app.db import utcnow
 from app.errors import ProblemError, conflict, not_found, unprocessable
 from app.jobs.models import Job, JobKind, JobStatus
-from app.outbox.celery_client import TRAIN_TASK
+from app.outbox.celery_client import CHECK_ARTIFACT_TASK, TRAIN_TASK
 from app.outbox.service import enqueue
 from app.pagination import PageParams, paginate
-from app.provenance.membership import attach_training_set, derive_training_set, resolve_training_set
-from app.registry.models import Alias, AliasHistory, Model, ModelTask, ModelVersion, VersionStatus
-from app.registry.schemas import AliasChange, AliasOut, ModelIn, TrainIn, VersionIn, VersionOut
+from app.provenance.membership import (
+    TrainingSet,
+    attach_heldout,
+    attach_training_set,
+    derive_training_set,
+    heldout_sample_ids,
+    reserve_heldout,
+    resolve_heldout,
+    resolve_training_set,
+    with_training_set_of,
+)
+from app.provenance.models import Dataset, DatasetKind, Sample
+from app.registry import artifacts
+from app.registry.models import (
+    Alias,
+    AliasHistory,
+    ArtifactFormat,
+    Model,
+    ModelTask,
+    ModelVersion,
+    VersionStatus,
+)
+from app.registry.schemas import (
+    AliasChange,
+    AliasOut,
+    ModelIn,
+    TrainIn,
+    TrainParams,
+    VersionIn,
+    VersionOut,
+)
 from app.security.auth import Principal
 
 # --- models ---------------------------------------------------------------------------------------------
@@ -116,44 +144,167 @@ def _new_version(session: Session, model: Model, status: VersionStatus, **fields
     return version
 
 
-def register_version(session: Session, principal: Principal, model: Model, body: VersionIn) -> ModelVersion:
-    """Record an existing artifact as a new root version, trained on the named training set."""
+def register_version(
+    session: Session, principal: Principal, model_name: str, body: VersionIn
+) -> tuple[Model, ModelVersion]:
+    """Record an existing artifact as a new root version, trained on the named training set.
+
+    The files are recognised and hashed before the model row is locked (that takes as long as reading
+    them). A version from the artifact store serves at once (the workers wrote and loaded it); any other
+    waits in `checking` for a worker to load it."""
+    info = artifacts.inspect_artifact(
+        body.artifact_uri,
+        ModelTask(get_model(session, principal.tenant_id, model_name).task),
+        body.artifact_sha256,
+    )
+    model = get_model(session, principal.tenant_id, model_name, lock=True)
     training_set = resolve_training_set(
         session, principal.tenant_id, body.training_set.dataset, body.training_set.external_ids
     )
+    heldout: tuple[int, ...] = ()
+    if body.heldout is not None:  # named held-out samples: a whole dataset, or listed ones
+        heldout = resolve_heldout(
+            session, principal.tenant_id, body.heldout.dataset or body.training_set.dataset,
+            body.heldout.external_ids, training_set,
+        )  # fmt: skip
     parent = _parent(session, model, body.parent_version)
+    stored = artifacts.store_artifact_id(body.artifact_uri) is not None
     version = _new_version(
         session,
         model,
-        VersionStatus.REGISTERED,
+        VersionStatus.REGISTERED if stored else VersionStatus.CHECKING,
         parent_id=parent.id if parent else None,
         artifact_uri=body.artifact_uri,
-        artifact_sha256=body.artifact_sha256,
+        artifact_sha256=info.sha256,
+        artifact_format=info.format,
+        status_reason=None if stored else "waiting for a worker to load the artifact",
         method=body.method,
         training_fingerprint=body.training_fingerprint,
         metrics=body.metrics,
     )
     attach_training_set(session, version, training_set)
+    attach_heldout(session, version, heldout)
+    if not stored:
+        enqueue(session, CHECK_ARTIFACT_TASK, {"version_id": version.id})
     record(
         session, principal.tenant_id, "model_version", version.id, "model_version.registered",
         {"model": model.name, "version": version.version, "artifact_uri": version.artifact_uri,
-         "training_set_size": version.training_set_size, "dataset_id": training_set.dataset_id},
+         "artifact_sha256": info.sha256, "artifact_format": info.format, "artifact": info.facts,
+         "training_set_size": version.training_set_size, "heldout_size": len(heldout),
+         "dataset_id": training_set.dataset_id},
         principal.actor,
     )  # fmt: skip
-    return version
+    return model, version
+
+
+# Which kind of dataset each task trains on, and whether its samples must carry features (else text).
+TASK_DATA: dict[ModelTask, tuple[DatasetKind, bool]] = {
+    ModelTask.CAUSAL_LM: (DatasetKind.TEXT, False),
+    ModelTask.SEQUENCE_CLASSIFICATION: (DatasetKind.CLASSIFICATION, False),
+    ModelTask.IMAGE_CLASSIFICATION: (DatasetKind.CLASSIFICATION, True),
+    ModelTask.TABULAR_CLASSIFICATION: (DatasetKind.CLASSIFICATION, True),
+}
+WORKLOAD_TASKS = {
+    "digits": ModelTask.IMAGE_CLASSIFICATION,
+    "bios": ModelTask.CAUSAL_LM,
+    "minilm": ModelTask.SEQUENCE_CLASSIFICATION,
+}
+TEXT_TASKS = frozenset({ModelTask.CAUSAL_LM, ModelTask.SEQUENCE_CLASSIFICATION})
+
+
+def _check_training_data(session: Session, task: ModelTask, training_set: TrainingSet) -> None:
+    """The training set is of the kind the task learns from (text, or feature vectors with labels)."""
+    dataset = session.get(Dataset, training_set.dataset_id)
+    assert dataset is not None
+    kind, needs_features = TASK_DATA[task]
+    if dataset.kind != kind:
+        raise unprocessable(
+            f"training_set.dataset: a {task} model trains on a {kind} dataset, not a {dataset.kind} one",
+            "dataset-task-mismatch",
+        )
+    if dataset.kind != DatasetKind.CLASSIFICATION:
+        return
+    lacking = Sample.features.is_(None) if needs_features else Sample.text.is_(None)
+    stmt = select(Sample.external_id).where(Sample.dataset_id == dataset.id, lacking)
+    stmt = stmt.where(Sample.id <= training_set.upto_sample_id)
+    if training_set.listed_sample_ids is not None:
+        stmt = stmt.where(Sample.id.in_(training_set.listed_sample_ids))
+    unusable = session.scalars(stmt.limit(1)).first()
+    if unusable is not None:
+        needed = "features" if needs_features else "text"
+        raise unprocessable(
+            f"training_set: sample {unusable!r} has no {needed}, which a {task} model learns from",
+            "dataset-task-mismatch",
+        )
+
+
+def _base_spec(
+    session: Session, model: Model, task: ModelTask, params: TrainParams
+) -> tuple[dict[str, Any] | None, ModelVersion | None]:
+    """The base a training job starts from, as the job carries it ({uri, sha256, format, from_scratch}),
+    and the base version when it is one of this model's; 422 when the request cannot train this task."""
+    if params.workload is not None:
+        if WORKLOAD_TASKS[params.workload] != task:
+            raise unprocessable(
+                f"params.workload: {params.workload} trains a {WORKLOAD_TASKS[params.workload]} model, "
+                f"not {task}",
+                "training-spec-invalid",
+            )
+        return None, None
+    if params.base is None:
+        if task in TEXT_TASKS:
+            raise unprocessable(
+                f"params.base: a {task} model is fine-tuned from a base (a Hugging Face save_pretrained "
+                "folder under the models root, or a version of this model); its tokenizer comes from there",
+                "training-spec-invalid",
+            )
+        return None, None
+    if params.architecture is not None:
+        raise unprocessable("params: give base or architecture, not both", "training-spec-invalid")
+    base_version = None
+    if params.base.version is not None:
+        base_version = get_version(session, model, params.base.version)
+        if not base_version.promotable or not base_version.artifact_uri:
+            raise unprocessable(
+                f"params.base.version: version {base_version.version} cannot serve "
+                f"(status {base_version.status}{', tainted' if base_version.tainted else ''})",
+                "training-spec-invalid",
+            )
+        uri, sha256 = base_version.artifact_uri, base_version.artifact_sha256
+        fmt = base_version.artifact_format or ArtifactFormat.LETHE
+    else:
+        assert params.base.path is not None
+        info = artifacts.inspect_artifact(params.base.path, task)
+        uri, sha256, fmt = params.base.path, info.sha256, info.format
+    if params.fine_tuning == "lora" and fmt != ArtifactFormat.HUGGINGFACE:
+        raise unprocessable("params.fine_tuning: lora needs a Hugging Face base", "training-spec-invalid")
+    spec = {"uri": uri, "sha256": sha256, "format": str(fmt), "from_scratch": params.base.from_scratch}
+    return spec, base_version
 
 
 def request_training(
     session: Session, principal: Principal, model: Model, body: TrainIn
 ) -> tuple[Job, ModelVersion]:
-    """A version in status training with its provenance recorded now, a train job, and its task in the
-    outbox; the workers fill in the artifact."""
-    training_set = resolve_training_set(
+    """A version in status training with its provenance recorded now (the training set minus a held-out
+    share of its subjects), a train job, and its task in the outbox; the workers fill in the artifact."""
+    task = ModelTask(model.task)
+    base, base_version = _base_spec(session, model, task, body.params)
+    requested = resolve_training_set(
         session, principal.tenant_id, body.training_set.dataset, body.training_set.external_ids
+    )
+    _check_training_data(session, task, requested)
+    trained, heldout = reserve_heldout(
+        session, requested, body.heldout.fraction, body.params.recipe.seed or 0
     )
     parent = _parent(session, model, body.parent_version)
     version = _new_version(session, model, VersionStatus.TRAINING, parent_id=parent.id if parent else None)
-    attach_training_set(session, version, training_set)
+    # Fine-tuned from one of its versions, the model also holds what that version learnt.
+    attach_training_set(
+        session,
+        version,
+        *(with_training_set_of(session, trained, base_version) if base_version else [trained]),
+    )
+    attach_heldout(session, version, heldout)
     job = Job(
         tenant_id=principal.tenant_id,
         model_id=model.id,
@@ -161,7 +312,13 @@ def request_training(
         status=JobStatus.QUEUED,
         stage="queued",
         candidate_version_id=version.id,
-        params={"version_id": version.id, "dataset_id": training_set.dataset_id, **body.params},
+        params={
+            "version_id": version.id,
+            "dataset_id": requested.dataset_id,
+            "training": body.params.model_dump(mode="json", exclude_none=True),
+            "base": base,
+            "base_version_id": base_version.id if base_version else None,
+        },
     )
     session.add(job)
     session.flush()
@@ -171,7 +328,7 @@ def request_training(
     record(
         session, principal.tenant_id, "model_version", version.id, "model_version.training_requested",
         {"model": model.name, "version": version.version, "job_id": job.id,
-         "training_set_size": version.training_set_size},
+         "training_set_size": version.training_set_size, "heldout_size": len(heldout)},
         principal.actor,
     )  # fmt: skip
     return job, version
@@ -193,6 +350,12 @@ def version_number(session: Session, version_id: str | None) -> int | None:
     return version.version if version is not None else None
 
 
+def heldout_size(session: Session, version: ModelVersion) -> int:
+    if version.training_root_id is None:
+        return 0
+    return session.scalar(select(func.count()).select_from(heldout_sample_ids(version).subquery())) or 0
+
+
 def describe_version(session: Session, model: Model, version: ModelVersion) -> VersionOut:
     return VersionOut(
         id=version.id,
@@ -207,8 +370,11 @@ def describe_version(session: Session, model: Model, version: ModelVersion) -> V
         tainted=version.tainted,
         tainted_at=version.tainted_at,
         taint_reason=version.taint_reason,
+        status_reason=version.status_reason,
         artifact_uri=version.artifact_uri,
         artifact_sha256=version.artifact_sha256,
+        artifact_format=version.artifact_format,
+        heldout_size=heldout_size(session, version),
         training_fingerprint=version.training_fingerprint,
         metrics=version.metrics,
         verification=version.verification,
@@ -260,6 +426,8 @@ def create_derived_version(
     model = session.get(Model, parent.model_id)
     assert model is not None
     session.scalars(select(Model).where(Model.id == model.id).with_for_update()).one()
+    # the candidate is saved by the parent's own kind of adapter: the same format, handed back alike
+    fields.setdefault("artifact_format", parent.artifact_format)
     version = _new_version(session, model, status, parent_id=parent.id, method=method, exact=exact, **fields)
     removed = derive_training_set(session, parent, version, removed_sample_ids)
     record(
