@@ -84,10 +84,13 @@ def refused(detail: str, code: str) -> ProblemError:
 
 @dataclass(frozen=True)
 class Location:
-    """A folder on some filesystem: `fs` is an fsspec filesystem, `root` the folder's path on it."""
+    """A folder on some filesystem: `fs` is an fsspec filesystem, `root` the folder's path on it. A local
+    folder under the models root is `confined` to it: no file may resolve outside (a symlink out would
+    let a registrant read, and download, any file of the host)."""
 
     fs: Any
     root: str
+    confined: Path | None = None
 
     def path(self, relative: str) -> str:
         return posixpath.join(self.root, relative)
@@ -103,14 +106,18 @@ class Location:
         return data
 
 
-def _local(path: Path) -> Location:
+def _local(path: Path, confined: Path | None = None) -> Location:
     from fsspec.implementations.local import LocalFileSystem
 
-    return Location(LocalFileSystem(), str(path))
+    return Location(LocalFileSystem(), str(path), confined)
 
 
 def models_root() -> Path:
     return Path(get_settings().models_root).resolve()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def under_models_root(path: str) -> Path:
@@ -118,7 +125,7 @@ def under_models_root(path: str) -> Path:
     ends up outside the root."""
     root = models_root()
     resolved = (root / path).resolve()
-    if resolved != root and root not in resolved.parents:
+    if not _inside(resolved, root):
         raise refused(
             f"{path!r} is outside the models root (LETHE_MODELS_ROOT); put the artifact below it or use "
             "an fsspec URL",
@@ -150,7 +157,7 @@ def locate(uri: str) -> Location:
         return store_location(stored)
     parts = urlsplit(uri)
     if parts.scheme in ("", "file"):
-        return _local(under_models_root(parts.path if parts.scheme == "file" else uri))
+        return _local(under_models_root(parts.path if parts.scheme == "file" else uri), models_root())
     allowed = get_settings().artifact_url_protocols
     if parts.scheme not in allowed:
         raise refused(
@@ -177,7 +184,16 @@ def list_files(location: Location) -> list[str]:
     except (FileNotFoundError, PermissionError) as exc:
         raise refused(f"cannot read the artifact: {exc}", "artifact-not-found") from exc
     prefix = location.root.rstrip("/") + "/"
-    return sorted(path[len(prefix) :] for path in found if path.startswith(prefix))
+    files = sorted(path[len(prefix) :] for path in found if path.startswith(prefix))
+    if location.confined is not None:
+        escaping = [
+            name for name in files if not _inside(Path(location.path(name)).resolve(), location.confined)
+        ]
+        if escaping:
+            raise refused(
+                f"{escaping[0]!r} links to a file outside the models root", "artifact-outside-models-root"
+            )
+    return files
 
 
 # --- the sha256 of an artifact --------------------------------------------------------------------------

@@ -192,14 +192,24 @@ class TrainParams(BaseModel):
         return self
 
 
+DEFAULT_HELDOUT_FRACTION = 0.2
+
+
 class HeldoutShareIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    fraction: float = Field(
-        default=0.2, ge=0, le=0.9,
-        description="share of the training set's subjects kept out of training for verification; 0 keeps "
-        "none (deletions then end inconclusive unless the dataset has other untrained samples)",
+    fraction: float | None = Field(
+        default=None, ge=0, le=0.9,
+        description=f"share of the training set's subjects kept out of training for verification. Default: "
+        f"{DEFAULT_HELDOUT_FRACTION} for a whole dataset; 0 when training_set lists its samples (the "
+        "dataset's other samples are held out then). 0 keeps none: deletions end inconclusive unless the "
+        "dataset has other untrained samples",
     )  # fmt: skip
+
+    def share(self, listed: bool) -> float:
+        if self.fraction is not None:
+            return self.fraction
+        return 0.0 if listed else DEFAULT_HELDOUT_FRACTION
 
 
 class TrainIn(BaseModel):

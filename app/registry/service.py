@@ -293,9 +293,8 @@ def request_training(
         session, principal.tenant_id, body.training_set.dataset, body.training_set.external_ids
     )
     _check_training_data(session, task, requested)
-    trained, heldout = reserve_heldout(
-        session, requested, body.heldout.fraction, body.params.recipe.seed or 0
-    )
+    share = body.heldout.share(listed=body.training_set.external_ids is not None)
+    trained, heldout = reserve_heldout(session, requested, share, body.params.recipe.seed or 0)
     parent = _parent(session, model, body.parent_version)
     version = _new_version(session, model, VersionStatus.TRAINING, parent_id=parent.id if parent else None)
     # Fine-tuned from one of its versions, the model also holds what that version learnt.

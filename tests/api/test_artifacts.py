@@ -296,6 +296,19 @@ def test_a_symlink_out_of_the_models_root_is_refused(client, auth_a, models_root
     assert_problem(register(client, auth_a, model, body), 422, "artifact-outside-models-root")
 
 
+def test_a_file_linking_out_of_the_models_root_is_refused(client, auth_a, models_root, tmp_path) -> None:
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("not for tenants")
+    folder = models_root / unique("gpt2")
+    make_gpt2(folder)
+    (folder / "README.md").symlink_to(secret)
+    model = create_model(client, auth_a)
+    dataset = dataset_for(client, auth_a, "text", {"ann": 1})
+    body = {"artifact_uri": folder.name, "training_set": {"dataset": dataset}}
+    problem = assert_problem(register(client, auth_a, model, body), 422, "artifact-outside-models-root")
+    assert "README.md" in problem["detail"] and "not for tenants" not in str(problem)
+
+
 def test_an_fsspec_url_is_read_checked_and_fetched_by_its_sha256(
     client, auth_a, models_root, tmp_path, monkeypatch
 ) -> None:
@@ -469,6 +482,35 @@ def test_openapi_describes_training_params(client) -> None:
         schemas["TrainParams"]["properties"]
     )
     assert schemas["RecipeIn"]["additionalProperties"] is False
+
+
+def test_fine_tuning_from_a_version_keeps_what_that_version_was_trained_on(
+    client, auth_a, models_root, db_session
+) -> None:
+    folder = models_root / unique("gpt2")
+    make_gpt2(folder)
+    model = create_model(client, auth_a)
+    dataset = dataset_for(client, auth_a, "text", {"ann": 2, "ben": 2, "cy": 2, "dan": 2})
+    first = {"dataset": dataset, "external_ids": ["s-ann-0", "s-ann-1"]}
+    base = register(client, auth_a, model, {"artifact_uri": folder.name, "training_set": first}).json()
+    body = {"training_set": {"dataset": dataset, "external_ids": ["s-ben-0", "s-cy-0"]},
+            "params": {"base": {"version": 1}}}  # fmt: skip
+    assert_problem(
+        client.post(f"/v1/models/{model}/versions:train", json=body, headers=auth_a), 422
+    )  # checking
+    check_artifact(base["id"])
+
+    job = client.post(f"/v1/models/{model}/versions:train", json=body, headers=auth_a)
+
+    assert job.status_code == 202, job.text
+    version = client.get(f"/v1/models/{model}/versions/2", headers=auth_a).json()
+    assert version["training_set_size"] == 4  # ann's two samples are in the starting weights
+    ann = client.get("/v1/subjects/ann", headers=auth_a).json()
+    assert {(v["model"], v["version"]) for v in ann["model_versions"]} == {(model, 1), (model, 2)}
+    from app.jobs.models import Job
+
+    params = db_session.get(Job, job.json()["id"]).params
+    assert params["base"]["uri"] == folder.name and params["base_version_id"] == base["id"]
 
 
 def test_training_reserves_a_held_out_share_of_the_subjects(client, auth_a, db_session) -> None:

@@ -136,3 +136,14 @@ def test_a_folder_whose_files_changed_is_refused(gpt2_folder) -> None:
     (gpt2_folder / "config.json").write_text((gpt2_folder / "config.json").read_text() + " ")
     with pytest.raises(ArtifactCorrupted, match="registered as"):
         local_folder(str(gpt2_folder), registered)
+
+
+def test_the_pooled_encoder_adapter_takes_a_distilbert_base(distilbert_folder) -> None:
+    """DistilBERT has no pooler: the encoder adapter used to fail with "unexpected keyword argument
+    'add_pooling_layer'"; its layers sit under transformer.layer, not encoder.layer."""
+    from workers.modeling.adapters.sequence_classifier import SequenceClassifierAdapter
+
+    adapter = SequenceClassifierAdapter.from_config({"base_model": str(distilbert_folder), "num_layers": 1})
+    samples = text_samples(with_labels=True)
+    assert len(adapter.features(adapter.collate(samples))) == 1
+    assert np.isfinite(adapter.per_sample_loss(samples)).all()
