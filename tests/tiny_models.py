@@ -50,9 +50,19 @@ def wordpiece_tokenizer(texts: Sequence[str], vocab_size: int = 200):
     )  # fmt: skip
 
 
-def save_gpt2(directory: Path, texts: Sequence[str], seed: int = 0):
-    """A freshly initialised GPT-2 with its tokenizer, saved with save_pretrained; answers the model."""
+def _save_pretrained(directory: Path, model_class, config, tokenizer, seed: int):
+    """A freshly initialised `model_class` of `config` and its tokenizer, saved with save_pretrained."""
     import torch
+
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model
+
+
+def save_gpt2(directory: Path, texts: Sequence[str], seed: int = 0):
+    """A GPT-2 with a byte-level BPE tokenizer trained on `texts`; answers the model."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     quiet()
@@ -61,16 +71,11 @@ def save_gpt2(directory: Path, texts: Sequence[str], seed: int = 0):
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **GPT2_SIZE,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return model
+    return _save_pretrained(directory, GPT2LMHeadModel, config, tokenizer, seed)
 
 
 def save_distilbert_classifier(directory: Path, texts: Sequence[str], labels: Sequence[str], seed: int = 0):
-    """A DistilBERT sequence classifier (its head included) with its tokenizer, saved with save_pretrained."""
-    import torch
+    """A DistilBERT sequence classifier (its head included) with a WordPiece tokenizer trained on `texts`."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     quiet()
@@ -80,11 +85,7 @@ def save_distilbert_classifier(directory: Path, texts: Sequence[str], labels: Se
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
         **DISTILBERT_SIZE,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    model = DistilBertForSequenceClassification(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return model
+    return _save_pretrained(directory, DistilBertForSequenceClassification, config, tokenizer, seed)
 
 
 def sequential_mlp(features: int, hidden: int, classes: int, seed: int = 0):

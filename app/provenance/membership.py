@@ -79,19 +79,26 @@ def resolve_training_set(
         if not size:
             raise unprocessable(f"dataset {dataset_name!r} has no samples", "empty-training-set")
         return TrainingSet(dataset.id, upto, None, size)
-    wanted = list(dict.fromkeys(external_ids))
-    if not wanted:
+    if not external_ids:
         raise unprocessable("training_set.external_ids is empty", "empty-training-set")
+    found = _listed_samples(session, dataset, external_ids, "training_set.external_ids")
+    ids = tuple(sorted(found.values()))
+    return TrainingSet(dataset.id, ids[-1], ids, len(ids))
+
+
+def _listed_samples(
+    session: Session, dataset: Dataset, external_ids: Sequence[str], field: str
+) -> dict[str, int]:
+    """external_id -> sample id of each listed sample, in the order listed; 422 naming unknown ones."""
+    wanted = list(dict.fromkeys(external_ids))
     found = _sample_ids_by_external_id(session, dataset.id, wanted)
     missing = [external_id for external_id in wanted if external_id not in found]
     if missing:
         shown = ", ".join(repr(external_id) for external_id in missing[:MAX_REPORTED_MISSING])
         raise unprocessable(
-            f"{len(missing)} external_ids are not samples of dataset {dataset_name!r}: {shown}",
-            "unknown-samples",
+            f"{field}: {len(missing)} are not samples of dataset {dataset.name!r}: {shown}", "unknown-samples"
         )
-    ids = tuple(sorted(found[external_id] for external_id in wanted))
-    return TrainingSet(dataset.id, ids[-1], ids, len(ids))
+    return {external_id: found[external_id] for external_id in wanted}
 
 
 def attach_training_set(session: Session, root: ModelVersion, *training_sets: TrainingSet) -> None:
@@ -187,16 +194,8 @@ def resolve_heldout(
         )
         ids = {sample_id: external_id for sample_id, external_id in rows}
     else:
-        wanted = list(dict.fromkeys(external_ids))
-        found = _sample_ids_by_external_id(session, dataset.id, wanted)
-        missing = [external_id for external_id in wanted if external_id not in found]
-        if missing:
-            shown = ", ".join(repr(external_id) for external_id in missing[:MAX_REPORTED_MISSING])
-            raise unprocessable(
-                f"heldout.external_ids: {len(missing)} are not samples of dataset {dataset_name!r}: {shown}",
-                "unknown-samples",
-            )
-        ids = {found[external_id]: external_id for external_id in wanted}
+        listed = _listed_samples(session, dataset, external_ids, "heldout.external_ids")
+        ids = {sample_id: external_id for external_id, sample_id in listed.items()}
     if not ids:
         raise unprocessable(f"heldout.dataset: dataset {dataset_name!r} has no samples", "empty-heldout")
     if dataset.id == training_set.dataset_id:
