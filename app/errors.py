@@ -20,6 +20,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from app.domain import DomainError
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # A URN names each problem kind without claiming a web address that serves no documentation.
 PROBLEM_TYPE_PREFIX = "urn:lethe:problem:"
@@ -152,6 +154,7 @@ def _is_connection_failure(exc: BaseException) -> bool:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _handle_problem)
+    app.add_exception_handler(DomainError, _handle_domain_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(OperationalError, _handle_database_error)
@@ -172,6 +175,13 @@ async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
         exc.type_suffix,
         headers=exc.headers,
         extensions=exc.extensions,
+    )
+
+
+async def _handle_domain_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, DomainError)
+    return problem_response(
+        request, exc.status, exc.title, exc.detail, exc.type_suffix, extensions=exc.extensions
     )
 
 

@@ -161,7 +161,7 @@ class ArchitectureIn(BaseModel):
     )
 
 
-class TrainParams(BaseModel):
+class TrainingParams(BaseModel):
     """What to train: from a `base` (fine-tuning), a torch classifier `architecture` from scratch, or a
     reference `workload`'s architecture and recipe. Unknown fields are refused (422)."""
 
@@ -218,7 +218,7 @@ class TrainIn(BaseModel):
     training_set: TrainingSetIn
     heldout: HeldoutShareIn = Field(default_factory=HeldoutShareIn)
     parent_version: int | None = Field(default=None, ge=1)
-    params: TrainParams = Field(default_factory=TrainParams)
+    params: TrainingParams = Field(default_factory=TrainingParams)
 
 
 class VersionOut(BaseModel):

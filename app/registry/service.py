@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 
 from app.audit.service import record
 from app.db import utcnow
-from app.errors import ProblemError, conflict, not_found, unprocessable
-from app.jobs.models import Job, JobKind, JobStatus
+from app.domain import DomainError
+from app.errors import conflict, not_found, unprocessable
+from app.jobs.models import Job, JobKind, JobStatus, Stage
+from app.jobs.params import TrainParams as TrainJobParams
 from app.outbox.celery_client import CHECK_ARTIFACT_TASK, TRAIN_TASK
 from app.outbox.service import enqueue
 from app.pagination import PageParams, paginate
@@ -45,7 +47,7 @@ from app.registry.schemas import (
     AliasOut,
     ModelIn,
     TrainIn,
-    TrainParams,
+    TrainingParams,
     VersionIn,
     VersionOut,
 )
@@ -239,7 +241,7 @@ def _check_training_data(session: Session, task: ModelTask, training_set: Traini
 
 
 def _base_spec(
-    session: Session, model: Model, task: ModelTask, params: TrainParams
+    session: Session, model: Model, task: ModelTask, params: TrainingParams
 ) -> tuple[dict[str, Any] | None, ModelVersion | None]:
     """The base a training job starts from, as the job carries it ({uri, sha256, format, from_scratch}),
     and the base version when it is one of this model's; 422 when the request cannot train this task."""
@@ -309,16 +311,16 @@ def request_training(
         model_id=model.id,
         kind=JobKind.TRAIN,
         status=JobStatus.QUEUED,
-        stage="queued",
+        stage=Stage.QUEUED,
         candidate_version_id=version.id,
-        params={
-            "version_id": version.id,
-            "dataset_id": requested.dataset_id,
-            "training": body.params.model_dump(mode="json", exclude_none=True),
-            "base": base,
-            "base_version_id": base_version.id if base_version else None,
-        },
     )
+    TrainJobParams(
+        version_id=version.id,
+        dataset_id=requested.dataset_id,
+        training=body.params.model_dump(mode="json", exclude_none=True),
+        base=base,
+        base_version_id=base_version.id if base_version else None,
+    ).write(job)
     session.add(job)
     session.flush()
     enqueue(
@@ -469,14 +471,22 @@ def describe_alias(session: Session, model: Model, alias: Alias) -> AliasOut:
     )
 
 
-def _stale(name: str, expected: int | None, current: int | None) -> ProblemError:
+class AliasMoved(DomainError):
+    """The alias no longer points where the caller expected (compare-and-set lost)."""
+
+    type_suffix = "stale-expected-version"
+
+
+class VersionNotPromotable(DomainError):
+    """The version may not serve: tainted, purged, or not registered or verified."""
+
+    type_suffix = "version-not-promotable"
+
+
+def _stale(name: str, expected: int | None, current: int | None) -> AliasMoved:
     shown = "no version (the alias does not exist)" if current is None else f"version {current}"
-    return ProblemError(
-        409,
-        "Conflict",
-        f"alias {name} points to {shown}, not the expected_version {expected}",
-        "stale-expected-version",
-        extensions={"current_version": current},
+    return AliasMoved(
+        f"alias {name} points to {shown}, not the expected_version {expected}", current_version=current
     )
 
 
@@ -484,10 +494,8 @@ def _refuse_unpromotable(version: ModelVersion) -> None:
     if version.promotable:
         return
     why = "tainted" if version.tainted else "purged" if version.purged_at else f"status {version.status}"
-    raise conflict(
-        f"version {version.version} cannot serve ({why}); "
-        "only registered or verified, untainted versions can",
-        "version-not-promotable",
+    raise VersionNotPromotable(
+        f"version {version.version} cannot serve ({why}); only registered or verified, untainted versions can"
     )
 
 
@@ -527,7 +535,8 @@ def set_alias(
     actor: str,
 ) -> tuple[Alias, bool]:
     """Point alias `name` at `target` if it still points at `expected_version` (compare-and-set).
-    Answers the alias and whether it was created. 409 when stale or when `target` may not serve."""
+    Answers the alias and whether it was created. AliasMoved when stale, VersionNotPromotable when
+    `target` may not serve."""
     alias = _find_alias(session, model, name, lock=True)
     current = version_number(session, alias.version_id) if alias else None
     if current != expected_version:

@@ -71,21 +71,22 @@ from app.provenance.models import Sample
 from app.registry.models import Model
 from app.requests import service, views
 from app.requests.deadlines import deadline_for
-from app.requests.models import DeletionRequest, DeletionRequestModel, DeletionRequestSample, RequestEvent
-from app.requests.schemas import DeletionRequestCreate, DeletionRequestCreated
-from app.requests.service import (
+from app.requests.lifecycle import (
     ENTITY_TYPE,
-    MODEL_PENDING,
-    AffectedModel,
-    Intake,
     RequestSnapshot,
     TimelineEntryRow,
     announcement,
     audit_change,
-    intake_steps,
-    live_models,
-    plan_task_payload,
 )
+from app.requests.models import (
+    DeletionRequest,
+    DeletionRequestModel,
+    DeletionRequestSample,
+    ModelStatus,
+    RequestEvent,
+)
+from app.requests.schemas import DeletionRequestCreate, DeletionRequestCreated
+from app.requests.service import AffectedModel, Intake, intake_steps, live_models, plan_task_payload
 from app.security.auth import Principal
 from app.security.subjects import subject_hmac
 from app.settings import get_settings
@@ -331,7 +332,7 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
     )
     rows.samples.extend({"request_id": request.id, "sample_id": sample_id} for sample_id, _ in samples)
     rows.models.extend(
-        {"request_id": request.id, "model_id": model.id, "status": MODEL_PENDING} for model in models
+        {"request_id": request.id, "model_id": model.id, "status": ModelStatus.PENDING} for model in models
     )
     timeline = []
     from_status: str | None = None

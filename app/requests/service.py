@@ -1,15 +1,14 @@
-"""Deletion requests: intake, status changes, deadlines, cancellation.
+"""Deletion requests: intake, reading, deadlines, cancellation.
 
-Every status change goes through `change_status`, which also writes the timeline row, the audit event
-and the webhook deliveries, in the caller's transaction. The pipeline calls it too.
+Every status change goes through app.requests.lifecycle, which also writes the timeline row, the audit
+event and the webhook deliveries, in the caller's transaction. The pipeline calls it too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,189 +21,32 @@ from app.outbox.service import enqueue
 from app.provenance.membership import TrainedVersion, versions_trained_on
 from app.provenance.models import Sample
 from app.registry.models import Model, VersionStatus
-from app.requests.deadlines import days_left, deadline_for, extended_due_at
+from app.requests import lifecycle
+from app.requests.deadlines import deadline_for, extended_due_at
+from app.requests.lifecycle import (
+    ENTITY_TYPE,
+    RequestState,
+    TimelineStep,
+    announce,
+    change_status,
+    is_terminal,
+)
 from app.requests.models import (
-    OPEN_STATUSES,
     DeletionRequest,
     DeletionRequestModel,
     DeletionRequestSample,
-    RequestEvent,
+    ModelStatus,
     RequestStatus,
 )
 from app.requests.schemas import DeletionRequestCreate
 from app.security.auth import Principal
 from app.security.subjects import subject_hmac
 from app.settings import get_settings
-from app.webhooks.events import EventType, request_event
-from app.webhooks.service import checked_url, enqueue_event
+from app.webhooks.events import EventType
+from app.webhooks.service import checked_url
 
-ENTITY_TYPE = "deletion_request"
-
-S = RequestStatus
-# Which status may follow which. Re-entering unlearning from verifying is the escalation chain; going
-# back to queued is a job retried after its worker died.
-TRANSITIONS: dict[str | None, frozenset[str]] = {
-    None: frozenset({S.RECEIVED}),
-    S.RECEIVED: frozenset({S.RESOLVED, S.NO_DATA, S.CANCELED, S.FAILED}),
-    S.RESOLVED: frozenset({S.QUEUED, S.COMPLETED, S.CANCELED, S.FAILED}),
-    S.QUEUED: frozenset({S.RESOLVED, S.UNLEARNING, S.COMPLETED, S.CANCELED, S.FAILED}),
-    S.UNLEARNING: frozenset({S.QUEUED, S.VERIFYING, S.COMPLETED, S.FAILED}),
-    S.VERIFYING: frozenset({S.QUEUED, S.UNLEARNING, S.COMPLETED, S.FAILED}),
-}
-CANCELABLE = frozenset({S.RECEIVED, S.RESOLVED, S.QUEUED})
-# Per-model progress row states written at intake and on cancellation (the pipeline adds its own).
-MODEL_PENDING = "pending"
-MODEL_CANCELED = "canceled"
 # Versions that can never serve do not hold data in the sense of a deletion (tainted ones neither).
 DEAD_VERSION_STATUSES = (VersionStatus.REJECTED, VersionStatus.FAILED)
-
-
-class InvalidTransition(ValueError):
-    pass
-
-
-class RequestState(Protocol):
-    """What answers and announcements read of a request: a DeletionRequest, or the draft of a bulk
-    writer (app.requests.intake)."""
-
-    id: str
-    tenant_id: str
-    status: str
-    regime: str
-    method: str
-    callback_url: str | None
-    received_at: datetime
-    due_at: datetime
-    extension_reason: str | None
-    extended_at: datetime | None
-    completed_at: datetime | None
-    failure_reason: str | None
-    updated_at: datetime
-
-
-@dataclass
-class RequestSnapshot:
-    """A request's columns as a plain object: what the batched intake writes and the status read answers
-    from (a DeletionRequest costs far more to build)."""
-
-    id: str
-    tenant_id: str
-    subject_hmac: str | None
-    regime: str
-    method: str
-    requested_models: list[str] | None
-    callback_url: str | None
-    received_at: datetime
-    due_at: datetime
-    updated_at: datetime
-    status: str = ""
-    extension_reason: str | None = None
-    extended_at: datetime | None = None
-    completed_at: datetime | None = None
-    failure_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class TimelineEntryRow:
-    """A timeline row as a plain object."""
-
-    from_status: str | None
-    to_status: str
-    at: datetime
-    detail: dict[str, Any]
-
-
-class TimelineStep(Protocol):
-    """A timeline row as answers show it: a RequestEvent, or a bulk writer's step."""
-
-    from_status: str | None
-    to_status: str
-    at: datetime
-    detail: dict[str, Any]
-
-
-def is_terminal(status: str) -> bool:
-    return status not in OPEN_STATUSES
-
-
-def days_left_of(request: RequestState, now: datetime | None = None) -> int:
-    """Days left until due; frozen at the moment a request closed (completed_at, else its last change),
-    so a finished request shows the margin it finished with rather than a count going ever negative."""
-    if is_terminal(request.status):
-        return days_left(request.due_at, request.completed_at or request.updated_at)
-    return days_left(request.due_at, now)
-
-
-def is_overdue_request(request: RequestState, now: datetime | None = None) -> bool:
-    return not is_terminal(request.status) and request.due_at < (now or utcnow())
-
-
-# ---------------------------------------------------------------- status changes
-
-
-def change_status(
-    session: Session,
-    request: DeletionRequest,
-    to_status: str,
-    *,
-    actor: str,
-    detail: dict[str, Any] | None = None,
-) -> RequestEvent | None:
-    """Move `request` to `to_status` with its timeline row, audit event and webhooks; answers the
-    timeline row.
-
-    Answers None (and writes nothing) when the request already has that status, so a redelivered task
-    can call it again; raises InvalidTransition for a change the life cycle does not allow.
-    """
-    from_status = request.status
-    to_status = RequestStatus(to_status)
-    if from_status == to_status:
-        return None
-    if to_status not in TRANSITIONS.get(from_status, frozenset()):
-        raise InvalidTransition(f"a {from_status} request cannot become {to_status}")
-    detail = dict(detail or {})
-    now = utcnow()
-    request.status = to_status
-    request.updated_at = now
-    if to_status == S.COMPLETED:
-        request.completed_at = now
-    if to_status == S.FAILED:
-        request.failure_reason = str(detail.get("reason") or "unlearning failed")
-    timeline_row = RequestEvent(
-        request_id=request.id, from_status=from_status, to_status=to_status, at=now, detail=detail
-    )
-    session.add(timeline_row)
-    event = request_event(to_status)
-    if event is not None:
-        _announce(session, request, event, {"previous_status": from_status, **detail})
-    # Chained into the tenant's audit trail when the transaction commits (app.audit.service).
-    action, data = audit_change(from_status, to_status, detail)
-    record(session, request.tenant_id, ENTITY_TYPE, request.id, action, data, actor)
-    return timeline_row
-
-
-def audit_change(
-    from_status: str | None, to_status: str, detail: dict[str, Any]
-) -> tuple[str, dict[str, Any]]:
-    """The audit action and data of a status change."""
-    return f"{ENTITY_TYPE}.{to_status}", {"from": from_status, "to": to_status, **detail}
-
-
-def announcement(request: RequestState, extra: dict[str, Any]) -> dict[str, Any]:
-    """The webhook payload announcing the request's current state."""
-    return {
-        "id": request.id,
-        "status": request.status,
-        "regime": request.regime,
-        "due_at": request.due_at.isoformat(),
-        "days_left": days_left_of(request),
-        **extra,
-    }
-
-
-def _announce(session: Session, request: DeletionRequest, event: EventType, extra: dict[str, Any]) -> None:
-    payload = announcement(request, extra)
-    enqueue_event(session, request.tenant_id, event, payload, request.callback_url, request.id)
 
 
 # ---------------------------------------------------------------- intake
@@ -273,11 +115,11 @@ def intake_steps(
     """The status changes (and their timeline details) of a new request: received, then resolved when
     something is held (samples not yet erased, or a live model trained on them), else no_data. A
     resolved request also gets its planning task."""
-    steps: list[tuple[str, dict[str, Any]]] = [(S.RECEIVED, {"samples": sample_count})]
+    steps: list[tuple[str, dict[str, Any]]] = [(RequestStatus.RECEIVED, {"samples": sample_count})]
     if holds_data:
-        steps.append((S.RESOLVED, {"models": [model.name for model in models]}))
+        steps.append((RequestStatus.RESOLVED, {"models": [model.name for model in models]}))
     else:
-        steps.append((S.NO_DATA, {}))
+        steps.append((RequestStatus.NO_DATA, {}))
     return steps
 
 
@@ -300,7 +142,7 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
     its timeline, the audit events and (when there is work) the planning task; no commit.
 
     The ORM path, for databases other than Postgres; on Postgres the API records requests in batches
-    (app.requests.intake), by the same rules (intake_steps, live_models, change_status's facts)."""
+    (app.requests.intake), by the same rules (intake_steps, live_models, lifecycle's facts)."""
     tenant_id = principal.tenant_id
     callback_url = checked_url(payload.callback_url) if payload.callback_url is not None else None
     named = _named_models(session, tenant_id, payload.models) if payload.models is not None else None
@@ -336,7 +178,7 @@ def create_request(session: Session, principal: Principal, payload: DeletionRequ
     # go out as one batch (intake is the hot path).
     with session.no_autoflush:
         session.add_all(
-            DeletionRequestModel(request_id=request.id, model_id=model.id, status=MODEL_PENDING)
+            DeletionRequestModel(request_id=request.id, model_id=model.id, status=ModelStatus.PENDING)
             for model in models
         )
         events = [
@@ -377,20 +219,9 @@ def get_request(
 def cancel_request(
     session: Session, principal: Principal, request_id: str, reason: str | None = None
 ) -> DeletionRequest:
-    """Cancel before unlearning starts; 409 once it has started or ended."""
+    """Cancel before unlearning starts; NotCancelable (409) once it has started or ended."""
     request = get_request(session, principal.tenant_id, request_id, for_update=True)
-    if request.status not in CANCELABLE:
-        raise conflict(
-            f"the request is {request.status}: only a request not yet unlearning can be canceled",
-            "not-cancelable",
-        )
-    for progress in session.scalars(
-        select(DeletionRequestModel).where(DeletionRequestModel.request_id == request.id)
-    ):
-        progress.status = MODEL_CANCELED
-    change_status(
-        session, request, S.CANCELED, actor=principal.actor, detail={"reason": reason} if reason else {}
-    )
+    lifecycle.cancel(session, request, actor=principal.actor, reason=reason)
     return request
 
 
@@ -426,5 +257,5 @@ def extend_deadline(
         {"from_due_at": previous_due, "to_due_at": new_due, "reason": reason},
         principal.actor,
     )
-    _announce(session, request, EventType.REQUEST_EXTENDED, {"previous_due_at": previous_due.isoformat()})
+    announce(session, request, EventType.REQUEST_EXTENDED, {"previous_due_at": previous_due.isoformat()})
     return request

@@ -17,6 +17,14 @@ from app.errors import not_found
 from app.jobs.models import Job, JobAttempt, JobRequest
 from app.pagination import PageParams, paginate
 from app.registry.models import Model, ModelVersion
+from app.requests.lifecycle import (
+    RequestSnapshot,
+    RequestState,
+    TimelineEntryRow,
+    TimelineStep,
+    days_left_of,
+    is_overdue_request,
+)
 from app.requests.models import (
     OPEN_STATUSES,
     DeletionRequest,
@@ -34,15 +42,7 @@ from app.requests.schemas import (
     ModelProgress,
     TimelineEntry,
 )
-from app.requests.service import (
-    Intake,
-    RequestSnapshot,
-    RequestState,
-    TimelineEntryRow,
-    TimelineStep,
-    days_left_of,
-    is_overdue_request,
-)
+from app.requests.service import Intake
 
 PASS = "pass"
 FAIL = "fail"

@@ -476,10 +476,10 @@ def test_training_data_must_fit_the_task(client, auth_a) -> None:
 def test_openapi_describes_training_params(client) -> None:
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     train_in = schemas["TrainIn"]["properties"]
-    assert train_in["params"]["$ref"].endswith("/TrainParams")
-    assert schemas["TrainParams"]["additionalProperties"] is False
+    assert train_in["params"]["$ref"].endswith("/TrainingParams")
+    assert schemas["TrainingParams"]["additionalProperties"] is False
     assert {"base", "fine_tuning", "lora", "architecture", "workload", "recipe"} <= set(
-        schemas["TrainParams"]["properties"]
+        schemas["TrainingParams"]["properties"]
     )
     assert schemas["RecipeIn"]["additionalProperties"] is False
 

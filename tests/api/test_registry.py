@@ -228,6 +228,8 @@ def test_train_endpoint_refuses_bad_input_and_other_tenants(
     assert_problem(client.post(path, json={"training_set": {"dataset": "nope"}}, headers=auth_a), 422)
     assert_problem(client.post(path, json={"params": {}}, headers=auth_a), 422)
     body = {"training_set": {"dataset": dataset}}
+    reserved = {**body, "params": {"redispatches": "many"}}  # a key the job keeps for itself
+    assert "redispatches" in str(assert_problem(client.post(path, json=reserved, headers=auth_a), 422))
     assert_problem(client.post(path, json=body, headers=auth_b), 404)
     assert_problem(client.post(path, json=body, headers=make_key(tenant_a, ["models:read"])), 403)
     assert client.get(f"/v1/models/{model}/versions", headers=auth_a).json()["items"] == []

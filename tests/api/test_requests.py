@@ -13,6 +13,7 @@ from app.db import session_scope
 from app.jobs.models import Job, JobAttempt, JobRequest
 from app.outbox.models import OutboxMessage
 from app.registry.models import ModelVersion, VersionStatus
+from app.requests import lifecycle
 from app.requests import service as request_service
 from app.requests.deadlines import add_months, days_left, deadline_for, extended_due_at, is_overdue
 from app.requests.models import (
@@ -57,7 +58,7 @@ def _move(request_id: str, *statuses: str, detail: dict | None = None) -> None:
     with session_scope() as session:
         request = session.get(DeletionRequest, request_id)
         for status in statuses:
-            request_service.change_status(session, request, status, actor="worker", detail=detail)
+            lifecycle.change_status(session, request, status, actor="worker", detail=detail)
 
 
 # ---------------------------------------------------------------- deadlines (pure)
@@ -407,9 +408,9 @@ def test_status_changes_follow_the_life_cycle(tenant_a, client, auth_a) -> None:
     request_id = client.post(URL, json={"subject_id": subject}, headers=auth_a).json()["id"]
     with session_scope() as session:
         request = session.get(DeletionRequest, request_id)
-        assert request_service.change_status(session, request, "resolved", actor="worker") is None
-        with pytest.raises(request_service.InvalidTransition):
-            request_service.change_status(session, request, "verifying", actor="worker")
+        assert lifecycle.change_status(session, request, "resolved", actor="worker") is None
+        with pytest.raises(lifecycle.InvalidTransition):
+            lifecycle.change_status(session, request, "verifying", actor="worker")
     _move(request_id, "failed", detail={"reason": "escalation chain spent"})
     failed = client.get(f"{URL}/{request_id}", headers=auth_a).json()
     assert failed["status"] == "failed" and failed["failure_reason"] == "escalation chain spent"

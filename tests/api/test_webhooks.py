@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.outbox.models import OutboxMessage
-from app.requests import service as request_service
+from app.requests import lifecycle
 from app.requests.models import DeletionRequest
 from app.webhooks.models import WebhookDelivery
 from app.webhooks.service import delivery_request
@@ -225,7 +225,7 @@ def test_status_changes_queue_signed_deliveries_for_subscribers_and_the_callback
     with session_scope() as session:
         stored = session.get(DeletionRequest, request["id"])
         for status in ("queued", "unlearning", "verifying", "completed"):
-            request_service.change_status(session, stored, status, actor="worker")
+            lifecycle.change_status(session, stored, status, actor="worker")
     by_url = {}
     for delivery in _deliveries(request["id"]):
         by_url.setdefault(delivery.url, []).append(delivery.event_type)

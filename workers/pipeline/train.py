@@ -3,7 +3,7 @@ created is trained on its recorded training set with full provenance (subject-al
 first-epoch gradients), stored in the artifact store with its TrainingRecord beside it, and becomes a
 `registered` version (promotable like any attested one).
 
-What to train is the request's typed `params` (app.registry.schemas.TrainParams), which the job carries
+What to train is the request's typed `params` (app.registry.schemas.TrainingParams), which the job carries
 as `training`, with the base the API resolved as `base` ({uri, sha256, format, from_scratch}):
 - a base folder: the Hugging Face model (or torch classifier) it holds, fine-tuned in full or with LoRA,
   its tokenizer the base's own;
@@ -22,24 +22,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.db import get_session_factory
-from app.jobs.models import Job, JobKind
+from app.jobs.models import Job, JobKind, Stage
+from app.jobs.params import TrainParams
 from app.provenance.models import Dataset
 from app.registry import artifacts as registry_artifacts
 from app.registry.models import ModelVersion, VersionStatus
 from app.registry.service import set_version_status
 from workers.pipeline import artifacts, data, store
-from workers.pipeline.jobs import audit_job, fail_job, succeed_job
-from workers.pipeline.leases import (
-    AttemptsExhausted,
-    ClaimRefused,
-    Heartbeat,
-    LeaseLost,
-    check_holder,
-    lock_job,
-    new_token,
-    take_lease,
-)
-from workers.pipeline.stages import ACTOR, Stage
+from workers.pipeline.jobs import audit_job, claimed_job, fail_job, held_job, succeed_job
+from workers.pipeline.leases import Heartbeat, LeaseLost
+from workers.pipeline.stages import ACTOR
 
 log = logging.getLogger("lethe.pipeline")
 
@@ -102,13 +94,16 @@ def _from_base(base: Mapping[str, Any], spec: Mapping[str, Any], seed: int, clas
 
 
 def training_spec(
-    params: Mapping[str, Any], samples: Sequence[Any], label_map: Mapping[str, int] | None = None
+    spec: Mapping[str, Any],
+    base: Mapping[str, Any] | None,
+    samples: Sequence[Any],
+    label_map: Mapping[str, int] | None = None,
 ) -> tuple[Any, Any]:
-    """(the adapter to train, its TrainingRecipe) for a training job."""
+    """(the adapter to train, its TrainingRecipe) for a training job: the request's training params
+    `spec` and the `base` the API resolved."""
     from workers.modeling.adapters import new_adapter
     from workers.modeling.training import TrainingRecipe
 
-    spec = params.get("training") or {}
     overrides = {k: v for k, v in (spec.get("recipe") or {}).items() if v is not None}
     seed = int(overrides.get("seed", 0))
     classes = _num_classes(samples, label_map)
@@ -119,8 +114,8 @@ def training_spec(
         workload = load_workload(str(spec["workload"]), str(spec.get("size", "small")), seed)
         adapter = new_adapter(workload.adapter_kind, dict(workload.adapter_config))
         recipe = workload.recipe
-    elif params.get("base"):
-        adapter = _from_base(params["base"], spec, seed, classes)
+    elif base:
+        adapter = _from_base(base, spec, seed, classes)
     else:
         if not samples or samples[0].features is None:
             raise TrainingSpecError("a torch classifier trains on feature vectors; the samples have none")
@@ -132,21 +127,12 @@ def training_spec(
 
 
 def run_train(job_id: str) -> None:
-    token = new_token()
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        if job is None or job.kind != JobKind.TRAIN or job.stage not in (Stage.QUEUED, Stage.TRAINING):
+    with claimed_job(job_id, JobKind.TRAIN, {Stage.QUEUED, Stage.TRAINING}, fail=_failed) as claim:
+        if claim is None:
             return
-        try:
-            take_lease(job, token)
-        except ClaimRefused as refused:
-            log.info("%s", refused)
-            return
-        except AttemptsExhausted as exhausted:
-            _failed(session, job, f"worker lost too often: {exhausted}")
-            return
-        job.stage = Stage.TRAINING
-        audit_job(session, job, "started", {"version_id": job.candidate_version_id})
+        claim.job.stage = Stage.TRAINING
+        audit_job(claim.session, claim.job, "started", {"version_id": claim.job.candidate_version_id})
+        token = claim.token
     try:
         _train(job_id, token)
     except LeaseLost:
@@ -161,16 +147,14 @@ def _train(job_id: str, token: str) -> None:
         assert job is not None
         version = session.get(ModelVersion, job.candidate_version_id)
         assert version is not None
-        params = dict(job.params or {})
+        params = TrainParams.of(job)
         rows = data.training_rows(session, version)
-        base_version = (
-            session.get(ModelVersion, params["base_version_id"]) if params.get("base_version_id") else None
-        )
+        base_version = session.get(ModelVersion, params.base_version_id) if params.base_version_id else None
         if base_version is not None:  # what the base learnt is in its weights already: train on the rest
             inherited = data.trained_ids(session, base_version)
             rows = [row for row in rows if row.id not in inherited]
         samples = [data.engine_sample(row) for row in rows if data.has_content(row)]
-        dataset = session.get(Dataset, params.get("dataset_id"))
+        dataset = session.get(Dataset, params.dataset_id) if params.dataset_id else None
         label_map = dataset.label_map if dataset is not None else None
     with Heartbeat(job_id, token) as heartbeat:
         heartbeat.progress(TRAIN_PROGRESS[0], force=True)
@@ -180,7 +164,7 @@ def _train(job_id: str, token: str) -> None:
                 raise TrainingSpecError(
                     f"{len(rows) - len(samples)} samples of the training set have no content"
                 )
-            adapter, recipe = training_spec(params, samples, label_map)
+            adapter, recipe = training_spec(params.requested(), params.base, samples, label_map)
             low, high = TRAIN_PROGRESS
             record = train_with_provenance(
                 adapter, samples, recipe, workdir,
@@ -198,10 +182,7 @@ def _train(job_id: str, token: str) -> None:
         except Exception as exc:
             log.exception("job %s: training failed", job_id)
             shutil.rmtree(workdir, ignore_errors=True)
-            with get_session_factory()() as session, session.begin():
-                job = lock_job(session, job_id)
-                assert job is not None
-                check_holder(job, token)
+            with held_job(job_id, token) as (session, job):
                 _failed(session, job, f"{type(exc).__name__}: {exc}")
             return
     metrics = {
@@ -213,10 +194,7 @@ def _train(job_id: str, token: str) -> None:
         "provenance_recorded": kept is not None,
         "job_id": job_id,
     }
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        assert job is not None
-        check_holder(job, token)
+    with held_job(job_id, token) as (session, job):
         version = session.get(ModelVersion, job.candidate_version_id)
         assert version is not None
         set_version_status(
@@ -230,5 +208,12 @@ def _train(job_id: str, token: str) -> None:
 def _failed(session: Any, job: Job, reason: str) -> None:
     version = session.get(ModelVersion, job.candidate_version_id) if job.candidate_version_id else None
     if version is not None and version.status == VersionStatus.TRAINING:
-        set_version_status(session, version, VersionStatus.FAILED, ACTOR, metrics={"error": reason[:500]})
+        set_version_status(
+            session,
+            version,
+            VersionStatus.FAILED,
+            ACTOR,
+            metrics={"error": reason[:500]},
+            status_reason=reason[:500],
+        )
     fail_job(session, job, reason)

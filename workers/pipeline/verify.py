@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from app.db import get_session_factory
-from app.jobs.models import Job, JobAttempt, JobKind
+from app.jobs.models import Job, JobAttempt, JobKind, Stage
+from app.jobs.params import UnlearnParams
 from app.jobs.service import report_url
 from app.registry.models import Model, ModelVersion, VersionStatus
 from app.registry.service import set_version_status, taint_version
@@ -28,19 +29,9 @@ from app.security.subjects import subject_hmac
 from app.settings import get_settings
 from workers.pipeline import data, store
 from workers.pipeline.escalation import ERROR, PASSED, REJECTED, current_attempt, escalate, finish_attempt
-from workers.pipeline.jobs import enqueue_stage, fail_job, job_requests, job_sample_ids
-from workers.pipeline.leases import (
-    AttemptsExhausted,
-    ClaimRefused,
-    Heartbeat,
-    LeaseLost,
-    check_holder,
-    lock_job,
-    new_token,
-    release_lease,
-    take_lease,
-)
-from workers.pipeline.stages import ACTOR, Stage
+from workers.pipeline.jobs import claimed_job, enqueue_stage, held_job, job_requests, job_sample_ids
+from workers.pipeline.leases import Heartbeat, LeaseLost, release_lease
+from workers.pipeline.stages import ACTOR
 
 log = logging.getLogger("lethe.pipeline")
 
@@ -48,22 +39,12 @@ VERIFY_PROGRESS = (60, 95)
 
 
 def run_verify(job_id: str) -> None:
-    token = new_token()
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        if job is None or job.kind != JobKind.UNLEARN or job.stage != Stage.VERIFYING:
+    with claimed_job(job_id, JobKind.UNLEARN, {Stage.VERIFYING}) as claim:
+        if claim is None:
             return
-        try:
-            take_lease(job, token)
-        except ClaimRefused as refused:
-            log.info("%s", refused)
-            return
-        except AttemptsExhausted as exhausted:
-            fail_job(session, job, f"worker lost too often: {exhausted}")
-            return
-        attempt = current_attempt(session, job)
+        attempt = current_attempt(claim.session, claim.job)
         assert attempt is not None, f"job {job_id} verifies without an attempt"
-        attempt_id = attempt.id
+        attempt_id, token = attempt.id, claim.token
     try:
         _verify(job_id, token, attempt_id)
     except LeaseLost:
@@ -109,7 +90,7 @@ def _verify(job_id: str, token: str, attempt_id: int) -> None:
         job = session.get(Job, job_id)
         attempt = session.get(JobAttempt, attempt_id)
         assert job is not None and attempt is not None
-        base = session.get(ModelVersion, job.params["base_version_id"])
+        base = session.get(ModelVersion, UnlearnParams.of(job).base_version_id)
         candidate = session.get(ModelVersion, job.candidate_version_id)
         model = session.get(Model, job.model_id)
         assert base is not None and candidate is not None and model is not None
@@ -185,10 +166,7 @@ def _record_verdict(
     error: str | None,
     seconds: float,
 ) -> None:
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        assert job is not None
-        check_holder(job, token)
+    with held_job(job_id, token) as (session, job):
         job_requests(session, job, lock=True)  # lock order: job, requests, then the audit head
         attempt = session.get(JobAttempt, attempt_id)
         candidate = session.get(ModelVersion, job.candidate_version_id)
