@@ -21,7 +21,6 @@ from app.outbox.celery_client import CHECK_ARTIFACT_TASK, TRAIN_TASK
 from app.outbox.service import enqueue
 from app.pagination import PageParams, paginate
 from app.provenance.membership import (
-    TrainingSet,
     attach_heldout,
     attach_training_set,
     derive_training_set,
@@ -31,12 +30,10 @@ from app.provenance.membership import (
     resolve_training_set,
     with_training_set_of,
 )
-from app.provenance.models import Dataset, DatasetKind, Sample
 from app.registry import artifacts
 from app.registry.models import (
     Alias,
     AliasHistory,
-    ArtifactFormat,
     Model,
     ModelTask,
     ModelVersion,
@@ -47,10 +44,10 @@ from app.registry.schemas import (
     AliasOut,
     ModelIn,
     TrainIn,
-    TrainingParams,
     VersionIn,
     VersionOut,
 )
+from app.registry.training import check_training_data, resolve_base
 from app.security.auth import Principal
 
 # --- models ---------------------------------------------------------------------------------------------
@@ -199,102 +196,19 @@ def register_version(
     return model, version
 
 
-# Which kind of dataset each task trains on, and whether its samples must carry features (else text).
-TASK_DATA: dict[ModelTask, tuple[DatasetKind, bool]] = {
-    ModelTask.CAUSAL_LM: (DatasetKind.TEXT, False),
-    ModelTask.SEQUENCE_CLASSIFICATION: (DatasetKind.CLASSIFICATION, False),
-    ModelTask.IMAGE_CLASSIFICATION: (DatasetKind.CLASSIFICATION, True),
-    ModelTask.TABULAR_CLASSIFICATION: (DatasetKind.CLASSIFICATION, True),
-}
-WORKLOAD_TASKS = {
-    "digits": ModelTask.IMAGE_CLASSIFICATION,
-    "bios": ModelTask.CAUSAL_LM,
-    "minilm": ModelTask.SEQUENCE_CLASSIFICATION,
-}
-TEXT_TASKS = frozenset({ModelTask.CAUSAL_LM, ModelTask.SEQUENCE_CLASSIFICATION})
-
-
-def _check_training_data(session: Session, task: ModelTask, training_set: TrainingSet) -> None:
-    """The training set is of the kind the task learns from (text, or feature vectors with labels)."""
-    dataset = session.get(Dataset, training_set.dataset_id)
-    assert dataset is not None
-    kind, needs_features = TASK_DATA[task]
-    if dataset.kind != kind:
-        raise unprocessable(
-            f"training_set.dataset: a {task} model trains on a {kind} dataset, not a {dataset.kind} one",
-            "dataset-task-mismatch",
-        )
-    if dataset.kind != DatasetKind.CLASSIFICATION:
-        return
-    lacking = Sample.features.is_(None) if needs_features else Sample.text.is_(None)
-    stmt = select(Sample.external_id).where(Sample.dataset_id == dataset.id, lacking)
-    stmt = stmt.where(Sample.id <= training_set.upto_sample_id)
-    if training_set.listed_sample_ids is not None:
-        stmt = stmt.where(Sample.id.in_(training_set.listed_sample_ids))
-    unusable = session.scalars(stmt.limit(1)).first()
-    if unusable is not None:
-        needed = "features" if needs_features else "text"
-        raise unprocessable(
-            f"training_set: sample {unusable!r} has no {needed}, which a {task} model learns from",
-            "dataset-task-mismatch",
-        )
-
-
-def _base_spec(
-    session: Session, model: Model, task: ModelTask, params: TrainingParams
-) -> tuple[dict[str, Any] | None, ModelVersion | None]:
-    """The base a training job starts from, as the job carries it ({uri, sha256, format, from_scratch}),
-    and the base version when it is one of this model's; 422 when the request cannot train this task."""
-    if params.workload is not None:
-        if WORKLOAD_TASKS[params.workload] != task:
-            raise unprocessable(
-                f"params.workload: {params.workload} trains a {WORKLOAD_TASKS[params.workload]} model, "
-                f"not {task}",
-                "training-spec-invalid",
-            )
-        return None, None
-    if params.base is None:
-        if task in TEXT_TASKS:
-            raise unprocessable(
-                f"params.base: a {task} model is fine-tuned from a base (a Hugging Face save_pretrained "
-                "folder under the models root, or a version of this model); its tokenizer comes from there",
-                "training-spec-invalid",
-            )
-        return None, None
-    if params.architecture is not None:
-        raise unprocessable("params: give base or architecture, not both", "training-spec-invalid")
-    base_version = None
-    if params.base.version is not None:
-        base_version = get_version(session, model, params.base.version)
-        if not base_version.promotable or not base_version.artifact_uri:
-            raise unprocessable(
-                f"params.base.version: version {base_version.version} cannot serve "
-                f"(status {base_version.status}{', tainted' if base_version.tainted else ''})",
-                "training-spec-invalid",
-            )
-        uri, sha256 = base_version.artifact_uri, base_version.artifact_sha256
-        fmt = base_version.artifact_format or ArtifactFormat.LETHE
-    else:
-        assert params.base.path is not None
-        info = artifacts.inspect_artifact(params.base.path, task)
-        uri, sha256, fmt = params.base.path, info.sha256, info.format
-    if params.fine_tuning == "lora" and fmt != ArtifactFormat.HUGGINGFACE:
-        raise unprocessable("params.fine_tuning: lora needs a Hugging Face base", "training-spec-invalid")
-    spec = {"uri": uri, "sha256": sha256, "format": str(fmt), "from_scratch": params.base.from_scratch}
-    return spec, base_version
-
-
 def request_training(
     session: Session, principal: Principal, model: Model, body: TrainIn
 ) -> tuple[Job, ModelVersion]:
     """A version in status training with its provenance recorded now (the training set minus a held-out
     share of its subjects), a train job, and its task in the outbox; the workers fill in the artifact."""
     task = ModelTask(model.task)
-    base, base_version = _base_spec(session, model, task, body.params)
+    named = body.params.base.version if body.params.base is not None else None
+    base_version = get_version(session, model, named) if named is not None else None
+    base = resolve_base(task, body.params, base_version)
     requested = resolve_training_set(
         session, principal.tenant_id, body.training_set.dataset, body.training_set.external_ids
     )
-    _check_training_data(session, task, requested)
+    check_training_data(session, task, requested)
     share = body.heldout.share(listed=body.training_set.external_ids is not None)
     trained, heldout = reserve_heldout(session, requested, share, body.params.recipe.seed or 0)
     parent = _parent(session, model, body.parent_version)
