@@ -62,6 +62,12 @@ class Settings(BaseSettings):
 
     artifact_root: str = str(DATA_DIR / "artifacts")
     report_root: str = str(DATA_DIR / "reports")
+    # Customers' own model folders: a registered artifact_uri that is a path must lie below this folder
+    # (shared by the API and the workers, like artifact_root); anything outside it is refused.
+    models_root: str = str(DATA_DIR / "models")
+    # fsspec protocols an artifact_uri may use besides a path under models_root. Network protocols that
+    # reach arbitrary hosts (http, ftp, ...) are left out: registration would make the service fetch them.
+    artifact_url_protocols: list[str] = ["s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"]
 
     # Callback URLs to private or loopback hosts are refused unless allowed (tests, the demo).
     allow_private_callbacks: bool = False

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from app.outbox.celery_client import AUDIT_CHECKPOINT_TASK
+from app.outbox.celery_client import AUDIT_CHECKPOINT_TASK, CHECK_ARTIFACT_TASK
 from workers.celery_app import app
 from workers.pipeline.housekeeping import dispatch_now
 from workers.pipeline.stages import (
@@ -88,6 +88,13 @@ def train(job_id: str, tenant_id: str | None = None, version_id: str | None = No
 
     run_train(job_id)
     dispatch_now(app)
+
+
+@app.task(name=CHECK_ARTIFACT_TASK, **TRANSIENT)
+def check_artifact(version_id: str) -> None:
+    from workers.pipeline.artifacts import check_artifact as run_check
+
+    run_check(version_id)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, **TRANSIENT)

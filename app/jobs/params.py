@@ -57,18 +57,22 @@ class UnlearnParams(JobParams):
 
 
 class TrainParams(JobParams):
-    """A train job: the version it trains and the training set's dataset, beside the request's own
-    training params (`params` of POST .../versions:train: workload, adapter_kind, recipe, ...), kept as
-    they were sent."""
+    """A train job: the version it trains, the training set's dataset, the request's training params over
+    the policy's defaults (app.registry.training_params.TrainingParams) and the base the API resolved."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow")  # rows of older releases carried the request's params here
 
     version_id: str | None = None
     dataset_id: str | None = None
+    training: dict[str, Any] = {}
+    # {uri, sha256, format, from_scratch} of the folder a fine-tuning starts from
+    base: dict[str, Any] | None = None
+    # the model's own version that base is, when it is one (its training data is in the base's weights)
+    base_version_id: str | None = None
 
     def requested(self) -> dict[str, Any]:
         """The request's own training params."""
-        return dict(self.model_extra or {})
+        return dict(self.training or self.model_extra or {})
 
 
 def params_of(job: Job) -> UnlearnParams | TrainParams:

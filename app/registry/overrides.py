@@ -2,7 +2,9 @@
 
 A policy keeps only the settings an operator changed, so a later change of a default reaches every model
 that kept it; `overrides_model(Settings)` accepts any subset of the dataclass's fields with their types and
-refuses any other key, and `apply_overrides` builds the dataclass from what was set.
+refuses any other key, and `apply_overrides` builds the dataclass from what was set. A dataclass field's
+`metadata` holds its pydantic constraints and description (ge, le, description, ...): the bounds an
+operator or a client may set live beside the setting.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 Settings = TypeVar("Settings")
 
@@ -18,7 +20,8 @@ Settings = TypeVar("Settings")
 def overrides_model(settings: type[Any]) -> type[BaseModel]:
     hints = get_type_hints(settings)
     fields: dict[str, Any] = {
-        field.name: (hints[field.name], _default(field)) for field in dataclasses.fields(settings)
+        field.name: (hints[field.name], Field(_default(field), **dict(field.metadata)))
+        for field in dataclasses.fields(settings)
     }
     return create_model(
         f"{settings.__name__}Overrides",

@@ -20,6 +20,7 @@ from app.names import Name
 from app.registry.methods import AUTO, METHOD_CONFIGS, MethodChoice, MethodConfig, MethodName
 from app.registry.overrides import apply_overrides, overrides_model
 from app.registry.recipe import RecipeOverrides
+from app.registry.training_params import TrainingParams
 
 DEFAULT_ALIAS = "production"
 
@@ -109,20 +110,6 @@ class ProbeSpec(BaseModel):
     seed: NonNegativeInt = 0
 
 
-class TrainingSpec(BaseModel):
-    """What POST /v1/models/{model}/versions:train trains when its params do not say (they override these):
-    a reference workload's architecture and recipe, or an adapter kind and its config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    workload: Name | None = None
-    size: Literal["small", "full"] = "small"
-    seed: NonNegativeInt = 0
-    adapter_kind: Name | None = None
-    adapter_config: dict[str, Any] = Field(default_factory=dict)
-    recipe: RecipeOverrides | None = None
-
-
 class ModelPolicy(BaseModel):
     """How a model's deletions are handled; every key is optional."""
 
@@ -143,7 +130,9 @@ class ModelPolicy(BaseModel):
     )
     gate: GateOverrides = Field(default_factory=GateOverrides)
     probes: ProbeSpec | None = None
-    training: TrainingSpec | None = None
+    training: TrainingParams | None = Field(
+        None, description="defaults of POST .../versions:train: a request's params override them, key by key"
+    )
 
     def config_of(self, method: str) -> dict[str, Any]:
         """The settings the policy gives `method`: only what it sets (the method fills in its defaults)."""
@@ -153,9 +142,11 @@ class ModelPolicy(BaseModel):
     def gate_policy(self) -> GatePolicy:
         return apply_overrides(GatePolicy, self.gate)
 
-    def training_overrides(self) -> dict[str, Any]:
-        """The `training` keys the policy sets (a training job's params override them)."""
-        return self.training.model_dump(exclude_unset=True) if self.training is not None else {}
+    def training_params(self, requested: TrainingParams) -> TrainingParams:
+        """What a training request trains: its params over the policy's `training`, top-level key by key
+        (a request's `recipe` replaces the policy's whole)."""
+        defaults = self.training.model_dump(exclude_unset=True) if self.training is not None else {}
+        return TrainingParams.model_validate({**defaults, **requested.model_dump(exclude_unset=True)})
 
 
 def stored_policy(policy: ModelPolicy) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.responses import StreamingResponse
 
 from app.db import SessionDep
+from app.errors import ProblemError
 from app.idempotency.service import Idempotency, idempotent
 from app.jobs.schemas import JobOut
 from app.jobs.service import describe as describe_job
@@ -13,6 +15,7 @@ from app.names import NAME_PATTERN
 from app.openapi import problem_responses
 from app.pagination import Page, PageParamsDep
 from app.registry import service
+from app.registry.download import build_archive
 from app.registry.models import ModelTask, VersionStatus
 from app.registry.schemas import (
     AliasHistoryPage,
@@ -87,8 +90,7 @@ def register_version(model: str, body: VersionIn, idempotency: ModelsWriter) -> 
     """Register an artifact that exists as the model's next version (1, 2, ...), with the samples it was
     trained on (the whole dataset, or the listed ones); the registrant attests it."""
     session, principal = idempotency.session, idempotency.principal
-    found = service.get_model(session, principal.tenant_id, model, lock=True)
-    version = service.register_version(session, principal, found, body)
+    found, version = service.register_version(session, principal, model, body)
     return idempotency.finish(service.describe_version(session, found, version), 201)
 
 
@@ -129,6 +131,53 @@ def get_version(
     """Version number `version` of the model: status, lineage, training-set size, method, verification."""
     found = service.get_model(session, principal.tenant_id, model)
     return service.describe_version(session, found, service.get_version(session, found, version))
+
+
+ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "the artifact folder as a tar archive under `<model>-v<version>/`; headers "
+        "X-Artifact-SHA256 (the version's sha256, over its files), X-Artifact-Format, Repr-Digest (the "
+        "archive's own sha-256)",
+    },
+    **problem_responses(
+        409, 410, e409="not servable, or its files changed", e410="tainted or purged: gone for good"
+    ),
+}
+
+
+@router.get(
+    "/{model}/versions/{version}/artifact",
+    response_class=StreamingResponse,
+    responses=ARTIFACT_RESPONSES,
+    summary="Download a version in the format it was registered in (a tar archive of its folder)",
+)
+def download_artifact(
+    model: str, version: VersionNumber, principal: ModelsReader, session: SessionDep
+) -> StreamingResponse:
+    """Hand a version back to its owner as it was registered (a Hugging Face folder, a torch classifier,
+    Lethe's layout): a forgotten model in the customer's own format. Never a tainted or purged one."""
+    found = service.get_model(session, principal.tenant_id, model)
+    target = service.get_version(session, found, version)
+    if target.tainted or target.purged_at is not None:
+        why = "purged" if target.purged_at is not None else f"tainted: {target.taint_reason}"
+        raise ProblemError(410, "Gone", f"version {version} may not be handed out ({why})", "version-gone")
+    if not target.promotable or not target.artifact_uri:
+        raise ProblemError(
+            409,
+            "Conflict",
+            f"version {version} cannot serve (status {target.status})",
+            "version-not-servable",
+        )
+    archive = build_archive(target, f"{found.name}-v{target.version}")
+    headers = {
+        "Content-Length": str(archive.size),
+        "Content-Disposition": f'attachment; filename="{archive.directory}.tar"',
+        "X-Artifact-SHA256": target.artifact_sha256 or "",
+        "X-Artifact-Format": target.artifact_format or "",
+        "Repr-Digest": archive.repr_digest,
+    }
+    return StreamingResponse(archive.chunks(), media_type="application/x-tar", headers=headers)
 
 
 @router.get("/{model}/aliases", response_model=Page[AliasOut], summary="List a model's aliases")

@@ -7,7 +7,7 @@ import pytest
 
 from app.registry.models import Model
 from app.registry.policy import GatePolicy, ModelPolicy
-from workers.pipeline.train import training_spec
+from app.registry.training_params import TrainingParams
 from workers.pipeline.unlearn import _method_config
 from workers.pipeline.verify import gate_policy, planted_probes
 
@@ -24,13 +24,17 @@ def test_a_stored_policy_with_an_unknown_key_fails_by_name() -> None:
         gate_policy(Model(policy={"gate": {"mia_auc_tolernce": 0.1}}))
 
 
-@pytest.mark.ml
-def test_a_training_job_takes_the_policys_spec_under_its_own_params() -> None:
-    policy = {"training": {"workload": "digits", "recipe": {"num_blocks": 5, "epochs": 1}}}
-    kind, _, recipe = training_spec({}, policy)
-    assert (kind, recipe.num_blocks, recipe.epochs) == ("torch-classifier", 5, 1)
-    _, _, recipe = training_spec({"recipe": {"epochs": 2}}, policy)
-    assert (recipe.num_blocks, recipe.epochs) == (20, 2)  # the params' recipe replaces the policy's
+def test_a_training_request_takes_the_policys_training_under_its_own_params() -> None:
+    policy = ModelPolicy.model_validate(
+        {"training": {"workload": "digits", "recipe": {"num_blocks": 5, "epochs": 1}}}
+    )
+    params = policy.training_params(TrainingParams())
+    assert (params.workload, params.recipe.num_blocks, params.recipe.epochs) == ("digits", 5, 1)
+    params = policy.training_params(TrainingParams.model_validate({"recipe": {"epochs": 2}}))
+    assert (params.workload, params.recipe.num_blocks, params.recipe.epochs) == ("digits", 20, 2)
+    # the job carries what was set, so the workload's own recipe fills in the rest
+    assert params.model_dump(exclude_unset=True) == {"workload": "digits", "recipe": {"epochs": 2}}
+    assert ModelPolicy().training_params(TrainingParams()).model_dump(exclude_unset=True) == {}
 
 
 def test_retrain_of_a_model_trained_elsewhere_uses_the_policys_recipe() -> None:
