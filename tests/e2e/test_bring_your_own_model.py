@@ -385,12 +385,15 @@ def trained_growers(tenant: str, model: str, count: int) -> list[str]:
     from workers.pipeline.unlearn import served_version
 
     with session_scope() as session:
-        found = find_model(session, get_tenant_by_name(session, tenant).id, model)  # type: ignore[union-attr]
-        _, version, _ = served_version(session, found)  # type: ignore[arg-type]
-        ids = training_sample_ids(version)  # type: ignore[arg-type]
+        owner = get_tenant_by_name(session, tenant)
+        found = find_model(session, owner.id, model) if owner is not None else None
+        assert found is not None
+        _, version, _ = served_version(session, found)
+        assert version is not None
+        ids = training_sample_ids(version)
         trained = set(session.scalars(select(Sample.subject_hmac).where(Sample.id.in_(ids))))
-    growers = [f"grower-{k}" for k in range(89) if subject_hmac(f"grower-{k}") in trained]
-    return growers[:count]
+    growers = dict.fromkeys(row["subject_id"] for row in wine_rows()[0])
+    return [grower for grower in growers if subject_hmac(grower) in trained][:count]
 
 
 def test_lethe_unlearn_and_verify_try_a_deletion_from_the_served_model_and_change_nothing(
@@ -398,7 +401,7 @@ def test_lethe_unlearn_and_verify_try_a_deletion_from_the_served_model_and_chang
 ) -> None:
     if customer.get("/v1/models/wine-cultivar/aliases/production").status_code != 200:
         pytest.skip("needs the served wine-cultivar model of the tabular example (run with it)")
-    wait_for(  # the deletion of the tabular example ends with a purge: the registry is still then
+    wait_for(  # the tabular example's deletion ends by purging v1: the registry is at rest after that
         "wine-cultivar v1 to be purged",
         lambda: ok(customer.get("/v1/models/wine-cultivar/versions/1"))["purged_at"],
         60,
