@@ -61,7 +61,7 @@ def run_verify(
     seed: Seed = 0,
     config: MethodConfig = None,
 ) -> int:
-    """Unlearn subjects of a reference workload, run the promotion gate, write the report and plots.
+    """Unlearn subjects of a reference workload or a registered model, run the gate, write the report.
 
     `--method none` verifies the untouched served model and `--method finetune` a short fine-tune on the
     retain set: the gate must refuse both. With --model, a dry run of the pipeline on the database: the
