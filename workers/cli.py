@@ -39,10 +39,16 @@ COMMANDS: dict[str, Entry] = {
     ),
     "models": Entry("workers.client_cli", "models", "registered models over HTTP"),
     "unlearn": Entry(
-        "workers.unlearning.cli", "cli", "run an unlearning method on a reference workload", True
+        "workers.unlearning.cli",
+        "cli",
+        "run an unlearning method on a reference workload or a registered model (a dry run)",
+        True,
     ),
     "verify": Entry(
-        "workers.verification.cli", "cli", "unlearn on a reference workload and run the gate", True
+        "workers.verification.cli",
+        "cli",
+        "unlearn on a reference workload or a registered model and run the gate (a dry run)",
+        True,
     ),
 }
 EXIT_UNAVAILABLE = 3

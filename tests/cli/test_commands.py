@@ -342,3 +342,37 @@ def test_migrate_then_a_worker_on_the_new_schema(empty_database: str, tmp_path: 
         assert ".> default" in worker.log_since_start()
     finally:
         worker.stop()
+
+
+def test_unlearn_and_verify_on_a_registered_model_say_what_is_not_there(
+    make_tenant: Callable[..., str], run: Callable[..., Ran]
+) -> None:
+    tenant = f"cli-{unique_subject()}"
+    subject, stranger = unique_subject(), unique_subject()
+    seeded = seed(make_tenant(tenant), {subject: 2})
+    model = seeded.models["m1"]
+
+    def refused(command: str, *options: str) -> str:
+        ran = run(command, *options)
+        assert ran.returncode == 2, (ran.stdout, ran.stderr)
+        return ran.stderr
+
+    target = ("--model", model, "--tenant", tenant, "--subject", subject)
+    for command in ("unlearn", "verify"):
+        assert "exactly one of --workload and --model" in refused(command, "--method", "finetune")
+        both = refused(command, "--workload", "digits", *target, "--method", "finetune")
+        assert "exactly one of --workload and --model" in both
+        alone = refused(command, "--model", model, "--tenant", tenant, "--method", "finetune")
+        assert "--model needs --tenant and at least one --subject" in alone
+        nameless = refused(command, *target[:2], "--tenant", "nobody", *target[4:], "--method", "finetune")
+        assert "error: no tenant 'nobody'" in nameless
+        unknown = refused(command, "--model", "nope", *target[2:], "--method", "finetune")
+        assert f"error: tenant '{tenant}' has no model 'nope'" in unknown
+        missing = refused(command, *target, "--version", "7", "--method", "finetune")
+        assert f"error: model '{model}' has no version 7" in missing
+        stranger_out = refused(command, *target[:4], "--subject", stranger, "--method", "finetune")
+        assert f"error: subject '{stranger}' has no sample in {model} v1" in stranger_out
+        assert "unknown unlearning method 'forget_all'" in refused(command, *target, "--method", "forget_all")
+        # the seeded version points at no real files
+        unloadable = refused(command, *target, "--method", "finetune")
+        assert f"error: {model} v1 has no loadable artifact" in unloadable

@@ -112,10 +112,10 @@ def gpu_worker(workers: Workers) -> Iterator[Worker]:
         workers.gpu.start()
 
 
-def new_tenant_auth() -> dict[str, str]:
-    """A tenant of its own with an API key of every scope."""
+def new_tenant_auth(name: str | None = None) -> dict[str, str]:
+    """A tenant of its own (`name`, else a random one) with an API key of every scope."""
     with session_scope() as session:
-        tenant = create_tenant(session, f"e2e-{uuid.uuid4().hex[:8]}")
+        tenant = create_tenant(session, name or f"e2e-{uuid.uuid4().hex[:8]}")
         _, key = create_api_key(session, tenant.id, ALL_SCOPES, name="e2e")
     return {"Authorization": f"Bearer {key}"}
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -23,8 +25,9 @@ import pytest
 
 from tests.e2e.client import ok, wait_job, wait_request
 from tests.e2e.conftest import new_tenant_auth
-from tests.e2e.stack import Api, wait_for
+from tests.e2e.stack import REPO_ROOT, Api, wait_for
 from tests.tiny_models import save_distilbert_classifier, save_gpt2
+from workers.verification.cli import EXIT_CODES
 
 pytestmark = pytest.mark.e2e
 
@@ -84,9 +87,15 @@ def guide() -> dict[str, list[Request]]:
 
 
 @pytest.fixture(scope="module")
-def customer(api: Api, workers: Any) -> Iterator[httpx.Client]:
+def customer_tenant() -> str:
+    return f"e2e-byom-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def customer(api: Api, workers: Any, customer_tenant: str) -> Iterator[httpx.Client]:
     """A tenant of its own: the guide's names (support-lm, tickets, ...) are unique per tenant."""
-    with httpx.Client(base_url=api.url, headers=new_tenant_auth(), timeout=60) as client:
+    headers = new_tenant_auth(customer_tenant)
+    with httpx.Client(base_url=api.url, headers=headers, timeout=60) as client:
         yield client
 
 
@@ -343,3 +352,89 @@ def test_a_tabular_mlp_with_string_labels_is_trained_forgotten_and_handed_back(
     with torch.no_grad():
         predicted = model(torch.tensor(features, dtype=torch.float32)).argmax(1).numpy()
     assert float(np.mean(predicted == target)) > 0.8
+
+
+# --- the command line on a registered model: a deletion tried outside a job -----------------------------
+
+
+def lethe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def registry_state(http: httpx.Client, model: str) -> tuple[Any, Any]:
+    return ok(http.get(f"/v1/models/{model}/versions")), ok(http.get(f"/v1/models/{model}/aliases"))
+
+
+def trained_growers(tenant: str, model: str, count: int) -> list[str]:
+    """Growers whose wines trained the version the model serves (a fifth of them are held out)."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.provenance.membership import training_sample_ids
+    from app.provenance.models import Sample
+    from app.registry.service import find_model
+    from app.security.subjects import subject_hmac
+    from app.tenancy.service import get_tenant_by_name
+    from workers.pipeline.unlearn import served_version
+
+    with session_scope() as session:
+        owner = get_tenant_by_name(session, tenant)
+        found = find_model(session, owner.id, model) if owner is not None else None
+        assert found is not None
+        _, version, _ = served_version(session, found)
+        assert version is not None
+        ids = training_sample_ids(version)
+        trained = set(session.scalars(select(Sample.subject_hmac).where(Sample.id.in_(ids))))
+    growers = dict.fromkeys(row["subject_id"] for row in wine_rows()[0])
+    return [grower for grower in growers if subject_hmac(grower) in trained][:count]
+
+
+def test_lethe_unlearn_and_verify_try_a_deletion_from_the_served_model_and_change_nothing(
+    customer: httpx.Client, customer_tenant: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    if customer.get("/v1/models/wine-cultivar/aliases/production").status_code != 200:
+        pytest.skip("needs the served wine-cultivar model of the tabular example (run with it)")
+    wait_for(  # the tabular example's deletion ends by purging v1: the registry is at rest after that
+        "wine-cultivar v1 to be purged",
+        lambda: ok(customer.get("/v1/models/wine-cultivar/versions/1"))["purged_at"],
+        60,
+    )
+    before = registry_state(customer, "wine-cultivar")
+    target = ["--model", "wine-cultivar", "--tenant", customer_tenant]
+    for grower in trained_growers(customer_tenant, "wine-cultivar", 2):
+        target += ["--subject", grower]
+
+    unlearned = lethe(stack_env, "unlearn", *target, "--method", "finetune")
+
+    assert unlearned.returncode == 0, unlearned.stderr
+    line = json.loads(unlearned.stdout.splitlines()[0])
+    assert line["dry_run"] and line["version"] == 2 and line["forget_subjects"] == 2
+    assert line["n_forget"] > 0 and line["sets"]["heldout"] > 0
+    for column in ("served", "finetune"):
+        assert set(line[column]["metrics"]) == {"forget", "retain", "heldout"}
+        assert 0 <= line[column]["metrics"]["heldout"]["accuracy"] <= 1
+    assert "finetune" in unlearned.stdout.splitlines()[1]  # the table's header
+    assert "nothing was stored or promoted" in unlearned.stdout
+
+    verified = lethe(stack_env, "verify", *target, "--method", "finetune", "--out", str(tmp_path / "gate"))
+
+    summary = json.loads(verified.stdout.splitlines()[0])
+    assert verified.returncode == EXIT_CODES[summary["verdict"]], verified.stderr
+    assert summary["dry_run"] and summary["model"] == "wine-cultivar" and summary["deciding_rules"]
+    report = json.loads((tmp_path / "gate" / "report.json").read_text())
+    assert report["verdict"] == summary["verdict"] and report["samples"]["forget"] == line["n_forget"]
+    assert f"verdict: {summary['verdict'].upper()}" in verified.stdout
+
+    nobody = lethe(stack_env, "unlearn", *target, "--subject", "nobody@example.com", "--method", "finetune")
+
+    assert nobody.returncode == 2
+    assert "error: subject 'nobody@example.com' has no sample in wine-cultivar v2" in nobody.stderr
+    assert "Traceback" not in nobody.stderr
+    assert registry_state(customer, "wine-cultivar") == before

@@ -8,7 +8,7 @@ import pytest
 from app.registry.models import Model
 from app.registry.policy import GatePolicy, ModelPolicy
 from app.registry.training_params import TrainingParams
-from workers.pipeline.unlearn import _method_config
+from workers.pipeline.unlearn import method_config
 from workers.pipeline.verify import gate_policy, planted_probes
 
 
@@ -41,6 +41,6 @@ def test_retrain_of_a_model_trained_elsewhere_uses_the_policys_recipe() -> None:
     policy = ModelPolicy.model_validate(
         {"retrain_recipe": {"epochs": 4}, "method_config": {"nabla_tau": {"batch_size": 16}}}
     )
-    assert _method_config(policy, "retrain", record=None) == {"recipe": {"epochs": 4}}
-    assert _method_config(policy, "retrain", record=object()) == {}  # the record's recipe rules
-    assert _method_config(policy, "nabla_tau", record=None) == {"batch_size": 16}
+    assert method_config(policy, "retrain", record=None) == {"recipe": {"epochs": 4}}
+    assert method_config(policy, "retrain", record=object()) == {}  # the record's recipe rules
+    assert method_config(policy, "nabla_tau", record=None) == {"batch_size": 16}

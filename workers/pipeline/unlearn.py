@@ -215,7 +215,7 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
         method_name = job.method or ""
         policy = model_policy(model.policy)
         sets = data.build_sets(session, base, job_sample_ids(session, job))
-        record, extra_forget = _record_for(session, base, is_exact(method_name, policy), set(sets.forget_ids))
+        record, extra_forget = record_for(session, base, is_exact(method_name, policy), set(sets.forget_ids))
     started = time.perf_counter()
     scratch: Path | None = None
     with Heartbeat(job_id, token) as heartbeat:
@@ -227,7 +227,7 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
             progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
         )
         try:
-            method = get_method(method_name, **_method_config(policy, method_name, record))
+            method = get_method(method_name, **method_config(policy, method_name, record))
             if method.records_provenance:  # the result's own record serves the next deletion
                 scratch = store.scratch_directory(f"{method_name}-{job_id[:8]}")
                 context.workdir = scratch
@@ -259,7 +259,7 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
     _store_candidate(job_id, token, attempt_id, result, uri, sha, sets, time.perf_counter() - started)
 
 
-def _method_config(policy: ModelPolicy, method: str, record: Any | None) -> dict[str, Any]:
+def method_config(policy: ModelPolicy, method: str, record: Any | None) -> dict[str, Any]:
     """The policy's settings of `method`; a model trained elsewhere retrains with the policy's recipe."""
     config = policy.config_of(method)
     if method == MethodName.RETRAIN and record is None and policy.retrain_recipe is not None:
@@ -267,7 +267,7 @@ def _method_config(policy: ModelPolicy, method: str, record: Any | None) -> dict
     return config
 
 
-def _record_for(
+def record_for(
     session: Session, base: ModelVersion, exact: bool, forget_ids: set[int]
 ) -> tuple[Any | None, list[Any]]:
     """The training record a method may use and the already-forgotten samples it must also leave out.

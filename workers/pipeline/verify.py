@@ -80,10 +80,45 @@ def _report_directory(job: Job, attempt: JobAttempt) -> tuple[Path, str]:
     return Path(get_settings().report_root) / relative, relative
 
 
-def _verify(job_id: str, token: str, attempt_id: int) -> None:
-    from workers.unlearning.base import UnlearningResult
+def judge(
+    served: Any,
+    result: Any,
+    sets: data.DataSets,
+    lineage: tuple[ModelVersion, Any] | None,
+    own: Any | None,
+    cache: Path,
+    policy: GatePolicy,
+    probes: Any,
+    out_dir: Path,
+    progress: Any,
+) -> Any:
+    """The gate on `result` (made from `served` by deleting `sets.forget`), its report written to `out_dir`.
+
+    Approximate candidates are compared with LiRA references cached per served version (in `cache`); an
+    exact candidate is its own retrain reference."""
     from workers.verification.references import trainer_from_record
     from workers.verification.report import verify
+
+    trainer = trainer_from_record(lineage[1]) if lineage is not None and not result.exact else None
+    return verify(
+        served,
+        result,
+        result.adapter if result.exact else None,
+        sets.forget,
+        sets.retain,
+        sets.heldout,
+        probes,
+        policy,
+        cache if trainer is not None else None,
+        out_dir,
+        training=own if trainer is not None else None,  # keys the served version's cached signals
+        reference_trainer=trainer,
+        progress=progress,
+    )
+
+
+def _verify(job_id: str, token: str, attempt_id: int) -> None:
+    from workers.unlearning.base import UnlearningResult
 
     with get_session_factory()() as session:
         job = session.get(Job, job_id)
@@ -115,23 +150,17 @@ def _verify(job_id: str, token: str, attempt_id: int) -> None:
                 steps=list(details.get("steps") or []),
                 details=dict(details.get("method_details") or {}),
             )
-            # Approximate candidates are compared with LiRA references cached per served version; an
-            # exact candidate is its own retrain reference.
-            trainer = trainer_from_record(lineage[1]) if lineage is not None and not candidate.exact else None
-            report = verify(
+            report = judge(
                 served,
                 result,
-                adapter if candidate.exact else None,
-                sets.forget,
-                sets.retain,
-                sets.heldout,
-                probes,
+                sets,
+                lineage,
+                own,
+                store.verification_cache(base),
                 policy,
-                store.verification_cache(base) if trainer is not None else None,
+                probes,
                 out_dir,
-                training=own if trainer is not None else None,  # keys the served version's cached signals
-                reference_trainer=trainer,
-                progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
+                lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
             )
         except LeaseLost:
             raise
