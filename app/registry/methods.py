@@ -82,6 +82,12 @@ class TargetedConfig(MethodConfig):
     overshoot_tolerance: NonNegativeFloat = Field(
         0.25, description="never leave the forget set's mean loss above (1 + this) times its mean target"
     )
+    relearn_steps: NonNegativeInt = Field(
+        20,
+        description="after unlearning, steps of retain-only fine-tuning on every parameter the method "
+        "changed; when the forget set falls back below target_reach the method continues from the "
+        "relearned weights (bounded rounds; 0: no check)",
+    )
     fallback_quantile: float = Field(
         0.5,
         gt=0,
@@ -137,11 +143,6 @@ class FirstEpochAscentConfig(TargetedConfig):
     rounds: PositiveInt = Field(
         3, description="ascent-and-repair rounds at most (another while the targets are not reached)"
     )
-    relearn_steps: NonNegativeInt = Field(
-        20,
-        description="after the last round, steps of plain retain fine-tuning on every parameter that the "
-        "method changed; when the forget set comes back below target_reach, another round runs (0: no check)",
-    )
 
 
 class LoraResidualAlignmentConfig(TargetedConfig):
@@ -156,6 +157,9 @@ class LoraResidualAlignmentConfig(TargetedConfig):
     neighbours: PositiveInt = Field(10, description="retain samples voting on a forget sample's class")
     bisection_steps: PositiveInt = Field(
         10, description="bisection steps scaling the merged update back to where the targets are reached"
+    )
+    relearn_rounds: NonNegativeInt = Field(
+        2, description="further alignments from the relearned weights when the relearning check fails"
     )
 
 
@@ -172,6 +176,9 @@ class NablaTauConfig(TargetedConfig):
         True, description="stop once the forget set has reached its targets and the retain loss is back"
     )
     retain_tolerance: NonNegativeFloat = 0.02
+    relearn_rounds: NonNegativeInt = Field(
+        2, description="further ascents from the relearned weights when the relearning check fails"
+    )
 
 
 class RetrainConfig(MethodConfig):

@@ -49,6 +49,7 @@ REACHES_TARGETS = [
     ("bios", "nabla_tau"),
     ("bios", "first_epoch_ascent"),
     ("digits", "first_epoch_ascent"),
+    ("minilm", "first_epoch_ascent"),
     ("minilm", "lora_residual_alignment"),
 ]
 REACH_SLACK = 0.02
@@ -195,11 +196,18 @@ def test_targets_come_from_references_independent_of_the_gate(case: Callable[[st
     assert abs(c.targets.mean(c.split.forget) - retrained.mean()) < 0.25 * retrained.mean()
 
 
-def test_relearning_check_is_reported(first_run: Callable[[str, str], UnlearningResult]) -> None:
-    result = first_run("bios", "first_epoch_ascent")
-    checks = result.details["relearning"]
-    assert checks and all(0 <= c["attained_after"] <= 1 for c in checks)
-    assert checks[-1]["attained_after"] >= 0.9 - REACH_SLACK  # bios: forgetting survives 20 retain steps
+@pytest.mark.parametrize(
+    ("workload", "method"),
+    [("bios", "first_epoch_ascent"), ("minilm", "first_epoch_ascent"), ("minilm", "lora_residual_alignment")],
+)
+def test_forgetting_survives_the_relearning_check(
+    first_run: Callable[[str, str], UnlearningResult], workload: str, method: str
+) -> None:
+    """A result that reached its targets was fine-tuned on retain data for a few steps; where the forget
+    set came back, the method went on from the relearned weights until it did not (within its rounds)."""
+    checks = first_run(workload, method).details["relearning"]
+    assert checks and all(0 <= c["attained_after"] <= 1 and c["parameters"] > 0 for c in checks)
+    assert checks[-1]["attained_after"] >= 0.9 - REACH_SLACK
 
 
 @pytest.mark.parametrize(

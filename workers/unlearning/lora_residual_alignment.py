@@ -30,7 +30,7 @@ from workers.unlearning.common import (
     smallest_scale_reaching,
     subsample,
 )
-from workers.unlearning.targets import ForgetTargets, forget_targets
+from workers.unlearning.targets import ForgetTargets, forget_targets, relearning_check
 
 # Output heads keep their weights: the method aligns features, the head reads them.
 HEAD_NAMES = ("lm_head", "classifier", "score", "head", "pooler")
@@ -87,6 +87,10 @@ class LoraResidualAlignment(UnlearningMethod):
       jumps past, so the merged update is then scaled down (W_served + s * dW, bisection on s in [0, 1])
       to the smallest s where either holds. A forget set already at its targets is left alone (no LoRA
       is trained; `details["already_at_targets"]`).
+    - Relearning check (`relearn_steps`, 20; first_epoch_ascent's docstring gives the reason): once the
+      targets are reached, a copy is fine-tuned on retain data alone over the merged projections (the
+      parameters this method changes), and when its forget set falls back below `target_reach` another
+      alignment runs from the relearned weights, up to `relearn_rounds` (2) more.
     - Eval mode throughout (no dropout): dh is then exactly zero at the start and h_pre is deterministic.
     - Classifiers only (`tasks`). On a causal LM the features are token-pooled, and aligning
       them barely moves next-token predictions: measured on bios (small), 200 steps took the forget
@@ -105,8 +109,6 @@ class LoraResidualAlignment(UnlearningMethod):
             )
 
     def run(self, model: ModelAdapter, sets: DeletionSets, context: UnlearningContext) -> UnlearningResult:
-        from peft import LoraConfig, get_peft_model
-
         forget, retain, validation = sets
         cfg = self.config
         model.model.eval()
@@ -124,6 +126,58 @@ class LoraResidualAlignment(UnlearningMethod):
             details.update(already_at_targets=True, steps_run=0, reached=True, merge_scale=0.0)
             details["forget_loss"] = float(served_losses.mean())
             return UnlearningResult(model, details=details)
+        served_state = model.state_dict()
+        steps: list[dict[str, float]] = []
+        rounds, relearning = [], []
+        for round_ in range(1 + cfg.relearn_rounds):
+            reached, scale, modules = self._align(model, forget, retain, loss_targets, context, steps, round_)
+            rounds.append({"round": round_ + 1, "reached": reached, "merge_scale": scale})
+            if not reached or cfg.relearn_steps == 0:
+                break  # the check is for a result that reached its targets
+            check, relearned = relearning_check(
+                model,
+                served_state,
+                retain,
+                forget,
+                loss_targets,
+                cfg.relearn_steps,
+                cfg.batch_size,
+                context.seed,
+            )
+            relearning.append({"round": round_ + 1, **check})
+            if check["attained_after"] >= cfg.target_reach:
+                break
+            if round_ < cfg.relearn_rounds:  # align again from where relearning brought it back
+                model.load_state_dict(relearned.model.state_dict())
+        losses = model.per_sample_loss(forget)
+        details.update(
+            already_at_targets=False,
+            steps_run=len(steps),
+            reached=rounds[-1]["reached"],
+            merge_scale=rounds[-1]["merge_scale"],
+            rounds=rounds,
+            relearning=relearning,
+            forget_loss=float(losses.mean()),
+            attained=loss_targets.attained(forget, losses),
+            overshoot=loss_targets.overshoot(forget, losses),
+            lora_targets=modules,
+        )
+        return UnlearningResult(model, steps=steps, details=details)
+
+    def _align(
+        self,
+        model: ModelAdapter,
+        forget: Sequence[Sample],
+        retain: Sequence[Sample],
+        loss_targets: ForgetTargets,
+        context: UnlearningContext,
+        steps: list[dict[str, float]],
+        round_: int,
+    ) -> tuple[bool, float, int]:
+        """One alignment from the current weights, merged in; (targets reached, merge scale, LoRA targets)."""
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
         targets, scales = self._targets(model, forget, retain, context.seed)
         target_modules = projection_modules(model.model)
         lora = LoraConfig(
@@ -139,11 +193,12 @@ class LoraResidualAlignment(UnlearningMethod):
         peft_model.eval()
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        retain_stream = endless_batches(model, retain, cfg.batch_size, context.seed)
-        forget_stream = endless_batches(model, forget, cfg.batch_size, context.seed)
-        steps: list[dict[str, float]] = []
+        seed = context.seed + 1000 * round_
+        retain_stream = endless_batches(model, retain, cfg.batch_size, seed)
+        forget_stream = endless_batches(model, forget, cfg.batch_size, seed)
         reached = False
         check_every = n_batches(len(forget), cfg.batch_size)
+        total = cfg.max_steps * (1 + cfg.relearn_rounds)
         for step in range(cfg.max_steps):
             retain_batch, forget_batch = next(retain_stream), next(forget_stream)
             with torch.no_grad(), peft_model.disable_adapter():
@@ -168,7 +223,8 @@ class LoraResidualAlignment(UnlearningMethod):
             loss.backward()
             optimizer.step()
             record = {
-                "step": step,
+                "step": len(steps),
+                "round": round_ + 1,
                 "retain_residual": float(retain_term.detach()),
                 "forget_distance": float(forget_term.detach()),
             }
@@ -177,7 +233,8 @@ class LoraResidualAlignment(UnlearningMethod):
                 record["forget_loss"] = float(losses.mean())
                 reached = self._landed(loss_targets, forget, losses)
             steps.append(record)
-            context.progress((step + 1) / cfg.max_steps, f"{self.name} step {step + 1}")
+            done = (round_ * cfg.max_steps + step + 1) / total
+            context.progress(done, f"{self.name} round {round_ + 1}, step {step + 1}")
             if reached:
                 break
         model.model = peft_model.merge_and_unload()
@@ -185,18 +242,7 @@ class LoraResidualAlignment(UnlearningMethod):
             param.requires_grad_(name in trainable)
         model.model.eval()
         scale = self._land_on_targets(model, served_weights, forget, loss_targets) if reached else 1.0
-        losses = model.per_sample_loss(forget)
-        details.update(
-            already_at_targets=False,
-            steps_run=len(steps),
-            reached=reached,
-            merge_scale=scale,
-            forget_loss=float(losses.mean()),
-            attained=loss_targets.attained(forget, losses),
-            overshoot=loss_targets.overshoot(forget, losses),
-            lora_targets=len(target_modules),
-        )
-        return UnlearningResult(model, steps=steps, details=details)
+        return reached, scale, len(target_modules)
 
     def _landed(self, targets: ForgetTargets, forget: Sequence[Sample], losses: np.ndarray) -> bool:
         """Forgotten (attained >= target_reach) or over-exposed: either ends the run."""

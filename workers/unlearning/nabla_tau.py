@@ -24,7 +24,7 @@ from workers.unlearning.common import (
     linear_decay_optimizer,
     n_batches,
 )
-from workers.unlearning.targets import ForgetTargets, forget_targets
+from workers.unlearning.targets import ForgetTargets, forget_targets, relearning_check
 
 
 @register
@@ -55,6 +55,11 @@ class NablaTau(UnlearningMethod):
       softmax, and the ascent starts slowly within the schedule.
     - Batches of 64 rather than 256: the retain batch only keeps utility, and on a CPU its size sets the
       cost of every step; forget batches hold min(64, |forget|) samples.
+    - Relearning check (`relearn_steps`, 20, as first_epoch_ascent's, whose docstring gives the reason
+      and the literature): when the targets are reached, a copy is fine-tuned on retain data alone over
+      every parameter that changed, and when its forget set falls back below `target_reach` the schedule
+      runs again from the relearned weights, up to `relearn_rounds` (2) more times;
+      `details["relearning"]` has the numbers of each check.
     - A forget set already at its targets (attained >= `target_reach` before any step) is returned
       unchanged (`details["already_at_targets"]`).
     - Stop rule, read after each forget epoch on the forget set's eval-mode losses (a forward pass over a
@@ -99,22 +104,77 @@ class NablaTau(UnlearningMethod):
             details = {"targets": targets.source, "target_mean": targets.mean(forget), "forget_epochs_run": 0}
             details.update(already_at_targets=True, served_forget_loss=float(served_losses.mean()))
             return UnlearningResult(model, details=details)
+        served_state = model.state_dict()
+        monitor = RetainMonitor(model, retain, context.seed)
         lr, alpha0, epochs = self._schedule(model, len(forget), len(retain))
-        forget_per_epoch = n_batches(len(forget), cfg.batch_size)
-        total_steps = epochs * forget_per_epoch
+        steps: list[dict[str, float]] = []
+        runs, relearning = [], []
+        for round_ in range(1 + cfg.relearn_rounds):
+            stopped, ran = self._ascend(model, forget, retain, targets, monitor, context, steps, round_)
+            runs.append({"round": round_ + 1, "forget_epochs_run": ran, "stop_reason": stopped})
+            if cfg.relearn_steps == 0 or self._attained(model, forget, targets) < cfg.target_reach:
+                break  # the check is for a result that reached its targets
+            check, relearned = relearning_check(
+                model, served_state, retain, forget, targets, cfg.relearn_steps, cfg.batch_size, context.seed
+            )
+            relearning.append({"round": round_ + 1, **check})
+            if check["attained_after"] >= cfg.target_reach:
+                break
+            if round_ < cfg.relearn_rounds:  # ascend again from where relearning brought it back
+                model.load_state_dict(relearned.model.state_dict())
+        losses = model.per_sample_loss(forget)
+        details = {
+            "lr": lr,
+            "alpha0": alpha0,
+            "forget_epochs_planned": epochs,
+            "forget_epochs_run": sum(r["forget_epochs_run"] for r in runs),
+            "already_at_targets": False,
+            "stopped_early": runs[-1]["stop_reason"] is not None,
+            "stop_reason": runs[-1]["stop_reason"],
+            "rounds": runs,
+            "relearning": relearning,
+            "targets": targets.source,
+            "target_mean": targets.mean(forget),
+            "targeting": targets.details,
+            "served_forget_loss": float(served_losses.mean()),
+            "forget_loss": float(losses.mean()),
+            "attained": targets.attained(forget, losses),
+            "overshoot": targets.overshoot(forget, losses),
+        }
+        return UnlearningResult(model, steps=steps, details=details)
+
+    @staticmethod
+    def _attained(model: ModelAdapter, forget: Sequence[Sample], targets: ForgetTargets) -> float:
+        return targets.attained(forget, model.per_sample_loss(forget))
+
+    def _ascend(
+        self,
+        model: ModelAdapter,
+        forget: Sequence[Sample],
+        retain: Sequence[Sample],
+        targets: ForgetTargets,
+        monitor: RetainMonitor,
+        context: UnlearningContext,
+        steps: list[dict[str, float]],
+        round_: int,
+    ) -> tuple[str | None, int]:
+        """One run of the schedule from the current weights; (why it stopped or None, epochs run)."""
+        cfg = self.config
+        lr, alpha0, epochs = self._schedule(model, len(forget), len(retain))
+        total_steps = epochs * n_batches(len(forget), cfg.batch_size)
         optimizer, scheduler = linear_decay_optimizer(
             list(model.model.parameters()), lr, total_steps, cfg.lr_end_factor, cfg.weight_decay
         )
-        retain_stream = endless_batches(model, retain, cfg.batch_size, context.seed)
-        monitor = RetainMonitor(model, retain, context.seed)
-        steps: list[dict[str, float]] = []
+        seed = context.seed + 1000 * round_
+        retain_stream = endless_batches(model, retain, cfg.batch_size, seed)
         stopped = None
         momentum_cleared = False
         last_inside = model.state_dict()
+        rounds = 1 + cfg.relearn_rounds
         epoch = -1
         for epoch in range(epochs):
             alpha = alpha0 * (1 - epoch / epochs)
-            forget_batches = model.batches(forget, cfg.batch_size, shuffle=True, seed=context.seed + epoch)
+            forget_batches = model.batches(forget, cfg.batch_size, shuffle=True, seed=seed + epoch)
             for forget_batch in forget_batches:
                 model.model.train()
                 optimizer.zero_grad(set_to_none=True)
@@ -128,6 +188,7 @@ class NablaTau(UnlearningMethod):
                 steps.append(
                     {
                         "step": len(steps),
+                        "round": round_ + 1,
                         "forget_loss": float(forget_losses.detach().mean()),
                         "retain_loss": float(retain_loss.detach()),
                         "hinge": float(gap.detach()),
@@ -135,7 +196,8 @@ class NablaTau(UnlearningMethod):
                         "lr": scheduler.get_last_lr()[0],
                     }
                 )
-            context.progress((epoch + 1) / epochs, f"nabla_tau epoch {epoch + 1}/{epochs}")
+            done = (round_ + (epoch + 1) / epochs) / rounds
+            context.progress(done, f"nabla_tau round {round_ + 1}, epoch {epoch + 1}/{epochs}")
             stopped, reached = self._stop(model, forget, targets, monitor)
             if stopped == "overshoot":
                 model.load_state_dict(last_inside)  # refuse the overshoot: back to the last epoch inside
@@ -145,24 +207,8 @@ class NablaTau(UnlearningMethod):
             if reached and not momentum_cleared:  # the ascent's momentum would carry past the targets
                 optimizer.state.clear()
                 momentum_cleared = True
-        losses = model.per_sample_loss(forget)
-        details = {
-            "lr": lr,
-            "alpha0": alpha0,
-            "forget_epochs_planned": epochs,
-            "forget_epochs_run": epoch + 1,
-            "already_at_targets": False,
-            "stopped_early": stopped is not None,
-            "stop_reason": stopped,
-            "targets": targets.source,
-            "target_mean": targets.mean(forget),
-            "targeting": targets.details,
-            "served_forget_loss": float(served_losses.mean()),
-            "forget_loss": float(losses.mean()),
-            "attained": targets.attained(forget, losses),
-            "overshoot": targets.overshoot(forget, losses),
-        }
-        return UnlearningResult(model, steps=steps, details=details)
+        model.model.eval()
+        return stopped, epoch + 1
 
     def _stop(
         self, model: ModelAdapter, forget: Sequence[Sample], targets: ForgetTargets, monitor: RetainMonitor

@@ -60,7 +60,7 @@ import torch
 
 from workers.modeling.base import ModelAdapter, Sample, cache_root
 from workers.unlearning.base import ProgressCallback, UnlearningContext, no_progress
-from workers.unlearning.common import subsample
+from workers.unlearning.common import changed_parameters, is_text_model, relearned_copy, subsample
 
 TARGETING_SEED_BASE = 2_000_000  # the gate's references use 1_000_000..1_999_999
 GENERATION_STRIDE = 10_000
@@ -112,6 +112,37 @@ class ForgetTargets:
 
     def mean(self, samples: Sequence[Sample]) -> float:
         return float(self.of(samples).mean())
+
+
+def relearning_lr(model: ModelAdapter) -> float:
+    """The relearning probe's rate: an ordinary fine-tuning rate (1e-4 text models, 1e-3 others)."""
+    return 1e-4 if is_text_model(model) else 1e-3
+
+
+def relearning_check(
+    model: ModelAdapter,
+    served_state: dict[str, torch.Tensor],
+    retain: Sequence[Sample],
+    forget: Sequence[Sample],
+    targets: ForgetTargets,
+    steps: int,
+    batch_size: int,
+    seed: int,
+) -> tuple[dict[str, float], ModelAdapter]:
+    """(numbers, relearned copy): `steps` of retain-only fine-tuning over every parameter the method
+    changed (against `served_state`), and the attained share before and after. Forgetting that this
+    undoes was hidden, not removed; relearning on the forget data instead would undo any unlearning,
+    exact retraining included. Measured (small, one signal subject, 20 steps), an exact retrain keeps
+    0.96 -> 0.98 on digits and 0.98 -> 0.93 on bios."""
+    changed = changed_parameters(served_state, model)
+    probe = relearned_copy(model, retain, changed, steps, relearning_lr(model), batch_size, seed)
+    check = {
+        "attained_before": targets.attained(forget, model.per_sample_loss(forget)),
+        "attained_after": targets.attained(forget, probe.per_sample_loss(forget)),
+        "steps": steps,
+        "parameters": len(changed),
+    }
+    return check, probe
 
 
 @dataclass
