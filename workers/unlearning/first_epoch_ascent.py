@@ -67,22 +67,24 @@ class FirstEpochAscent(UnlearningMethod):
     4. Iterate: while the forget set is not forgotten, ascend again from the repaired weights along the
        same direction and repair again, up to `rounds` (3).
     5. Relearning check (`relearn_steps`, 20): forgetting that a few retain steps undo was only hidden
-       (Lynch et al. 2024, "Eight methods to evaluate robust unlearning in LLMs"; Hu et al. 2024, "Jogging
-       the memory of unlearned LLMs through targeted relearning"). A copy of the result is fine-tuned on
-       retain data alone (AdamW at the repair rate, every parameter the method changed: all trainable
-       ones), and when its forget set falls back below `target_reach`, another round runs (within
-       `rounds`), ascending from the relearned weights: what relearning brings back is exactly what the
-       next ascent must remove, and the relearned copy has had retain training too (a first-order,
-       single-step form of the adversarial inner loop of TAR, Tamirisa et al. 2024, "Tamper-resistant
-       safeguards for open-weight LLMs"). The last round's result is returned whether or not its check
-       passed; `details["relearning"]` says. Retain-only relearning is the honest probe here:
-       relearning ON the forget data would bring back any unlearning, exact retraining included. The
-       alternatives the literature offers (weight-distance regularisation, sharpness-aware unlearning)
-       change the objective of every step; this check keeps the objective and spends more only where the
-       result is fragile. Measured (small, one signal subject, 20 relearning steps): bios attained 0.99,
-       0.90 after relearning, one round; digits attained 0.96 but 0.16 after relearning, and the rounds
-       that ascend from the relearned weights raised that only to 0.21 and 0.30: a trigger the ascent
-       suppressed along one line comes back with a few retain steps, a known limit of this method.
+       (Lynch et al. 2024, "Eight methods to evaluate robust unlearning in LLMs"; Hu et al. 2024,
+       "Jogging the memory of unlearned LLMs through targeted relearning"). A copy of the result is
+       fine-tuned on retain data alone (AdamW at the repair rate, over every parameter that differs from
+       the served weights, frozen or not); when its forget set falls back below `target_reach`, another
+       round runs (within `rounds`), ascending from the relearned weights: what relearning brings back
+       is what the next ascent must remove, and the relearned copy has had retain training too (a
+       first-order, single-step form of the adversarial inner loop of TAR, Tamirisa et al. 2024,
+       "Tamper-resistant safeguards for open-weight LLMs"). The last round's result is returned whether
+       or not its check passed; `details["relearning"]` says. Retain-only relearning is the honest
+       probe: relearning ON the forget data would bring back any unlearning, exact retraining included.
+       The alternatives the literature offers (weight-distance regularisation, sharpness-aware
+       unlearning) change the objective of every step; this check keeps the objective and spends more
+       only where the result is fragile. Measured (small, one signal subject, 20 relearning steps): bios
+       attained 0.99, 0.90 after relearning, one round; minilm 0.99 but 0.65 after relearning, then a
+       second round from the relearned weights 0.91 and 0.92 after; digits 0.96 but 0.16 after
+       relearning, and the rounds from the relearned weights raised that only to 0.21 and 0.30: a
+       trigger the ascent suppressed along one line comes back with a few retain steps, a known limit of
+       this method. (An exact retrain under the same probe: digits 0.96 -> 0.98, bios 0.98 -> 0.93.)
 
     Choices where the paper is open: the calibration rule and search above; repair lr 1e-4 for text models
     and 1e-3 for others (an ordinary fine-tuning rate for each); no influence scoring or fuzzy matching of

@@ -90,7 +90,8 @@ class LoraResidualAlignment(UnlearningMethod):
     - Relearning check (`relearn_steps`, 20; first_epoch_ascent's docstring gives the reason): once the
       targets are reached, a copy is fine-tuned on retain data alone over the merged projections (the
       parameters this method changes), and when its forget set falls back below `target_reach` another
-      alignment runs from the relearned weights, up to `relearn_rounds` (2) more.
+      alignment runs from the relearned weights, up to `relearn_rounds` (2) more. Measured on minilm
+      (small): attained 0.90, 0.36 after relearning; the second alignment 0.90, and 0.92 after relearning.
     - Eval mode throughout (no dropout): dh is then exactly zero at the start and h_pre is deterministic.
     - Classifiers only (`tasks`). On a causal LM the features are token-pooled, and aligning
       them barely moves next-token predictions: measured on bios (small), 200 steps took the forget
