@@ -44,3 +44,20 @@ def test_retrain_of_a_model_trained_elsewhere_uses_the_policys_recipe() -> None:
     assert method_config(policy, "retrain", record=None) == {"recipe": {"epochs": 4}}
     assert method_config(policy, "retrain", record=object()) == {}  # the record's recipe rules
     assert method_config(policy, "nabla_tau", record=None) == {"batch_size": 16}
+
+
+def test_targeting_references_come_from_the_lineage_record(monkeypatch, tmp_path) -> None:
+    """The per-sample targets of an approximate method are trained from the nearest training record of the
+    lineage (an approximate version has none of its own) and cached with that version's verification
+    files; with no record anywhere the methods fall back."""
+    from types import SimpleNamespace
+
+    from workers.pipeline import store, unlearn
+
+    ancestor, record = SimpleNamespace(id="v1"), object()
+    monkeypatch.setattr(store, "lineage_record", lambda session, base: (ancestor, record))
+    monkeypatch.setattr(store, "verification_cache", lambda version: tmp_path / version.id)
+    source = unlearn.targeting_source(None, SimpleNamespace(id="v3"))
+    assert source.record is record and source.directory == tmp_path / "v1" / "targeting"
+    monkeypatch.setattr(store, "lineage_record", lambda session, base: None)
+    assert unlearn.targeting_source(None, SimpleNamespace(id="v3")) is None

@@ -32,7 +32,7 @@ from app.security.subjects import subject_hmac
 from app.tenancy.service import get_tenant_by_name
 from workers.pipeline import data, store
 from workers.pipeline.chain import is_exact
-from workers.pipeline.unlearn import method_config, record_for, served_version
+from workers.pipeline.unlearn import method_config, record_for, served_version, targeting_source
 from workers.pipeline.verify import gate_policy, judge, planted_probes
 
 if TYPE_CHECKING:
@@ -48,11 +48,13 @@ class DryRunRefused(Exception):
 
 @dataclass
 class MethodInputs:
-    """What the unlearn stage hands one method: the policy's settings, a record, samples it must leave out."""
+    """What the unlearn stage hands one method: the policy's settings, a record, samples it must leave out,
+    where its per-sample targets' references come from."""
 
     config: dict[str, Any]
     record: TrainingRecord | None
     extra_forget: list[Sample]
+    targeting: Any | None = None
 
 
 @dataclass
@@ -101,7 +103,12 @@ class Deletion:
 
         inputs = self.methods[method]
         unlearning = get_method(method, **{**inputs.config, **(overrides or {})})
-        context = UnlearningContext(training=inputs.record, seed=seed, progress=progress or no_progress)
+        context = UnlearningContext(
+            training=inputs.record,
+            seed=seed,
+            progress=progress or no_progress,
+            targeting=inputs.targeting,
+        )
         with tempfile.TemporaryDirectory(prefix=f"lethe-dry-run-{method}-") as scratch:
             if unlearning.records_provenance:
                 context.workdir = Path(scratch)
@@ -214,4 +221,5 @@ def _method_inputs(
     except KeyError as unknown:
         raise DryRunRefused(str(unknown.args[0])) from unknown
     record, extra_forget = record_for(session, base, exact, set(sets.forget_ids))
-    return MethodInputs(method_config(policy, method, record), record, extra_forget)
+    targeting = targeting_source(session, base)
+    return MethodInputs(method_config(policy, method, record), record, extra_forget, targeting)

@@ -216,6 +216,7 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
         policy = model_policy(model.policy)
         sets = data.build_sets(session, base, job_sample_ids(session, job))
         record, extra_forget = record_for(session, base, is_exact(method_name, policy), set(sets.forget_ids))
+        targeting = targeting_source(session, base)
     started = time.perf_counter()
     scratch: Path | None = None
     with Heartbeat(job_id, token) as heartbeat:
@@ -225,6 +226,7 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
             training=record,
             seed=0,
             progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
+            targeting=targeting,
         )
         try:
             method = get_method(method_name, **method_config(policy, method_name, record))
@@ -265,6 +267,21 @@ def method_config(policy: ModelPolicy, method: str, record: Any | None) -> dict[
     if method == MethodName.RETRAIN and record is None and policy.retrain_recipe is not None:
         config.setdefault("recipe", policy.retrain_recipe.model_dump(exclude_unset=True))
     return config
+
+
+def targeting_source(session: Session, base: ModelVersion) -> Any | None:
+    """Where the per-sample targets' references come from: the nearest training record of the lineage (an
+    approximate version has none of its own, but its ancestor's recipe and architecture train references
+    on today's data), cached under that version's verification directory, so the lineage pays once and
+    purging that version removes them with what else it learnt. None: no record anywhere in the lineage
+    (a model trained elsewhere), and the methods fall back (workers/unlearning/targets.py)."""
+    from workers.unlearning.targets import TargetingSource
+
+    found = store.lineage_record(session, base)
+    if found is None:
+        return None
+    version, record = found
+    return TargetingSource(record, store.verification_cache(version) / "targeting")
 
 
 def record_for(

@@ -46,13 +46,16 @@ class UnlearningContext:
 
     `training` is the provenance of the served version when the service trained it itself
     (`workers.modeling.training.TrainingRecord`), or None for a model trained elsewhere. `workdir` is where
-    a method that records provenance (`records_provenance`) writes the record of its result.
+    a method that records provenance (`records_provenance`) writes the record of its result. `targeting`
+    (a `workers.unlearning.targets.TargetingSource`) says which record of the lineage the targeting
+    references are trained from and where they are cached; None: from `training`, under the cache root.
     """
 
     training: Any | None = None
     seed: int = 0
     progress: ProgressCallback = no_progress
     workdir: Path | str | None = None
+    targeting: Any | None = None
 
 
 class DeletionSets(NamedTuple):

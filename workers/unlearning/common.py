@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,42 @@ def is_language_model(adapter: ModelAdapter) -> bool:
 
 def is_text_model(adapter: ModelAdapter) -> bool:
     return adapter.task in ("causal-lm", "sequence-classification")
+
+
+def changed_parameters(before: Mapping[str, torch.Tensor], adapter: ModelAdapter) -> list[str]:
+    """Names of the parameters of `adapter` that differ from the state `before`."""
+    return [
+        name
+        for name, p in adapter.model.named_parameters()
+        if name in before and not torch.equal(before[name], p.detach())
+    ]
+
+
+def relearned_copy(
+    adapter: ModelAdapter,
+    retain: Sequence[Sample],
+    parameters: Sequence[str],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> ModelAdapter:
+    """A copy of `adapter` after `steps` of AdamW on retain data alone over `parameters` (those the method
+    changed, frozen or not): the relearning probe. Forgetting that this undoes was hidden, not removed."""
+    probe = adapter.clone()
+    wanted = set(parameters)
+    params = [p for name, p in probe.model.named_parameters() if name in wanted]
+    for p in params:
+        p.requires_grad_(True)  # the copy is thrown away: unfreezing it leaves the result as it is
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    stream = endless_batches(probe, retain, batch_size, seed + 7919)  # another order than the method's
+    probe.model.train()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        probe.loss(next(stream)).backward()
+        optimizer.step()
+    probe.model.eval()
+    return probe
 
 
 class RetainMonitor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,12 +26,11 @@ from workers.unlearning.base import (
 from workers.unlearning.common import (
     endless_batches,
     is_language_model,
-    loss_level,
-    mean_loss,
     n_batches,
     smallest_scale_reaching,
     subsample,
 )
+from workers.unlearning.targets import ForgetTargets, forget_targets, relearning_check
 
 # Output heads keep their weights: the method aligns features, the head reads them.
 HEAD_NAMES = ("lm_head", "classifier", "score", "head", "pooler")
@@ -74,12 +74,24 @@ class LoraResidualAlignment(UnlearningMethod):
     - LoRA rank 8, alpha 16, no dropout, on every Linear / Conv1D of the numbered blocks (attention and MLP).
     - Steps: the paper runs one epoch at lr 5e-5 over large data sets; a deletion here is a few samples, so
       each step pairs one forget batch with one retain batch, lr 1e-3 (a usual LoRA rate), at most
-      `max_steps`. The run stops once the forget samples' loss has reached the validation level (checked
-      after every pass over the forget set, i.e. every step for a forget set within one batch): that is
-      the level a retrained model shows, and going past it over-unlearns. The last step usually jumps
-      past it, so the merged update is then scaled down (W_served + s * dW, bisection on s in [0, 1]) to
-      land on the level when it overshoots by more than 10 %. A forget set already at the level is left
-      alone (no LoRA is trained).
+      `max_steps`.
+    - Per-sample targets (workers/unlearning/targets.py): t_i, the loss forget sample i would have had its
+      subject never trained. The forget term is this method's form of the per-sample hinge: a sample
+      whose loss has reached its own t_i drops out of it (its feature distance gets weight 0 while
+      loss_i >= t_i, read in eval mode each step), so the samples still memorised keep being moved and
+      the forgotten ones are not pushed further. One clean-validation level instead left digits' and
+      minilm's planted subjects "above the level" and the run returned the served weights at step 0.
+    - Stop rule, the same per-sample criterion, checked after every pass over the forget set: the run
+      stops once attained = mean_i min(loss_i, t_i) / mean_i t_i >= `target_reach`, or once the forget
+      set's mean loss exceeds (1 + `overshoot_tolerance`) times its mean target. The last step usually
+      jumps past, so the merged update is then scaled down (W_served + s * dW, bisection on s in [0, 1])
+      to the smallest s where either holds. A forget set already at its targets is left alone (no LoRA
+      is trained; `details["already_at_targets"]`).
+    - Relearning check (`relearn_steps`, 20; first_epoch_ascent's docstring gives the reason): once the
+      targets are reached, a copy is fine-tuned on retain data alone over the merged projections (the
+      parameters this method changes), and when its forget set falls back below `target_reach` another
+      alignment runs from the relearned weights, up to `relearn_rounds` (2) more. Measured on minilm
+      (small): attained 0.90, 0.36 after relearning; the second alignment 0.90, and 0.92 after relearning.
     - Eval mode throughout (no dropout): dh is then exactly zero at the start and h_pre is deterministic.
     - Classifiers only (`tasks`). On a causal LM the features are token-pooled, and aligning
       them barely moves next-token predictions: measured on bios (small), 200 steps took the forget
@@ -98,17 +110,75 @@ class LoraResidualAlignment(UnlearningMethod):
             )
 
     def run(self, model: ModelAdapter, sets: DeletionSets, context: UnlearningContext) -> UnlearningResult:
-        from peft import LoraConfig, get_peft_model
-
         forget, retain, validation = sets
         cfg = self.config
         model.model.eval()
-        level = loss_level(model, validation, context.seed)
-        served_forget = mean_loss(model, forget)
-        if served_forget >= level:  # nothing to align: the forget set already looks held out
-            details = {"validation_level": level, "steps_run": 0, "reached_level": True, "merge_scale": 0.0}
-            details["forget_loss"] = served_forget
+        loss_targets = forget_targets(
+            model, forget, retain, validation, context, cfg.targeting_references, cfg.fallback_quantile
+        )
+        served_losses = model.per_sample_loss(forget)
+        details: dict[str, Any] = {
+            "targets": loss_targets.source,
+            "target_mean": loss_targets.mean(forget),
+            "targeting": loss_targets.details,
+            "served_forget_loss": float(served_losses.mean()),
+        }
+        if loss_targets.attained(forget, served_losses) >= cfg.target_reach:
+            details.update(already_at_targets=True, steps_run=0, reached=True, merge_scale=0.0)
+            details["forget_loss"] = float(served_losses.mean())
             return UnlearningResult(model, details=details)
+        served_state = model.state_dict()
+        steps: list[dict[str, float]] = []
+        rounds, relearning = [], []
+        for round_ in range(1 + cfg.relearn_rounds):
+            reached, scale, modules = self._align(model, forget, retain, loss_targets, context, steps, round_)
+            rounds.append({"round": round_ + 1, "reached": reached, "merge_scale": scale})
+            if not reached or cfg.relearn_steps == 0:
+                break  # the check is for a result that reached its targets
+            check, relearned = relearning_check(
+                model,
+                served_state,
+                retain,
+                forget,
+                loss_targets,
+                cfg.relearn_steps,
+                cfg.batch_size,
+                context.seed,
+            )
+            relearning.append({"round": round_ + 1, **check})
+            if check["attained_after"] >= cfg.target_reach:
+                break
+            if round_ < cfg.relearn_rounds:  # align again from where relearning brought it back
+                model.load_state_dict(relearned.model.state_dict())
+        losses = model.per_sample_loss(forget)
+        details.update(
+            already_at_targets=False,
+            steps_run=len(steps),
+            reached=rounds[-1]["reached"],
+            merge_scale=rounds[-1]["merge_scale"],
+            rounds=rounds,
+            relearning=relearning,
+            forget_loss=float(losses.mean()),
+            attained=loss_targets.attained(forget, losses),
+            overshoot=loss_targets.overshoot(forget, losses),
+            lora_targets=modules,
+        )
+        return UnlearningResult(model, steps=steps, details=details)
+
+    def _align(
+        self,
+        model: ModelAdapter,
+        forget: Sequence[Sample],
+        retain: Sequence[Sample],
+        loss_targets: ForgetTargets,
+        context: UnlearningContext,
+        steps: list[dict[str, float]],
+        round_: int,
+    ) -> tuple[bool, float, int]:
+        """One alignment from the current weights, merged in; (targets reached, merge scale, LoRA targets)."""
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
         targets, scales = self._targets(model, forget, retain, context.seed)
         target_modules = projection_modules(model.model)
         lora = LoraConfig(
@@ -124,11 +194,12 @@ class LoraResidualAlignment(UnlearningMethod):
         peft_model.eval()
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        retain_stream = endless_batches(model, retain, cfg.batch_size, context.seed)
-        forget_stream = endless_batches(model, forget, cfg.batch_size, context.seed)
-        steps: list[dict[str, float]] = []
+        seed = context.seed + 1000 * round_
+        retain_stream = endless_batches(model, retain, cfg.batch_size, seed)
+        forget_stream = endless_batches(model, forget, cfg.batch_size, seed)
         reached = False
         check_every = n_batches(len(forget), cfg.batch_size)
+        total = cfg.max_steps * (1 + cfg.relearn_rounds)
         for step in range(cfg.max_steps):
             retain_batch, forget_batch = next(retain_stream), next(forget_stream)
             with torch.no_grad(), peft_model.disable_adapter():
@@ -137,8 +208,13 @@ class LoraResidualAlignment(UnlearningMethod):
                 ((h - h0) ** 2).sum(1).mean() / s
                 for h, h0, s in zip(model.features(retain_batch), pre, scales, strict=True)
             )
+            with torch.no_grad():  # the per-sample hinge: samples at their target loss drop out
+                below = model.sample_losses(forget_batch) < loss_targets.tensor(
+                    forget_batch.samples, pre[0].new_zeros(())
+                )
+            weight = below.to(pre[0].dtype) / max(1, len(forget_batch.samples))
             forget_term = sum(
-                ((h - t) ** 2).sum(1).mean() / s
+                (((h - t) ** 2).sum(1) * weight).sum() / s
                 for h, t, s in zip(
                     model.features(forget_batch), _stack(targets, forget_batch.samples), scales, strict=True
                 )
@@ -148,54 +224,56 @@ class LoraResidualAlignment(UnlearningMethod):
             loss.backward()
             optimizer.step()
             record = {
-                "step": step,
+                "step": len(steps),
+                "round": round_ + 1,
                 "retain_residual": float(retain_term.detach()),
                 "forget_distance": float(forget_term.detach()),
             }
             if (step + 1) % check_every == 0:
-                record["forget_loss"] = float(model.per_sample_loss(forget).mean())
-                reached = record["forget_loss"] >= level
+                losses = model.per_sample_loss(forget)
+                record["forget_loss"] = float(losses.mean())
+                reached = self._landed(loss_targets, forget, losses)
             steps.append(record)
-            context.progress((step + 1) / cfg.max_steps, f"{self.name} step {step + 1}")
+            done = (round_ * cfg.max_steps + step + 1) / total
+            context.progress(done, f"{self.name} round {round_ + 1}, step {step + 1}")
             if reached:
                 break
         model.model = peft_model.merge_and_unload()
         for name, param in model.model.named_parameters():  # the served artifact stays fine-tunable
             param.requires_grad_(name in trainable)
         model.model.eval()
-        scale = self._land_on_level(model, served_weights, forget, level) if reached else 1.0
-        details = {
-            "validation_level": level,
-            "steps_run": len(steps),
-            "reached_level": reached,
-            "merge_scale": scale,
-            "forget_loss": mean_loss(model, forget),
-        }
-        details["lora_targets"] = len(target_modules)
-        return UnlearningResult(model, steps=steps, details=details)
+        scale = self._land_on_targets(model, served_weights, forget, loss_targets) if reached else 1.0
+        return reached, scale, len(target_modules)
+
+    def _landed(self, targets: ForgetTargets, forget: Sequence[Sample], losses: np.ndarray) -> bool:
+        """Forgotten (attained >= target_reach) or over-exposed: either ends the run."""
+        cfg = self.config
+        return (
+            targets.attained(forget, losses) >= cfg.target_reach
+            or targets.overshoot(forget, losses) > 1 + cfg.overshoot_tolerance
+        )
 
     @torch.no_grad()
-    def _land_on_level(
+    def _land_on_targets(
         self,
         model: ModelAdapter,
         served: dict[str, torch.Tensor],
         forget: Sequence[Sample],
-        level: float,
+        targets: ForgetTargets,
     ) -> float:
-        """Scale the merged update W = W_served + s * dW down to the smallest s whose forget loss still
-        reaches the level: the last step usually jumps past it (the loss grows fast once features move)."""
+        """Scale the merged update W = W_served + s * dW down to the smallest s where the forget set is
+        forgotten or over-exposed: the last step usually jumps past (the loss grows fast once features
+        move)."""
         params = dict(model.model.named_parameters())
         update = {name: params[name].detach() - weight for name, weight in served.items()}
 
-        def forget_loss_at(s: float) -> float:
+        def landed_at(s: float) -> float:
             for name, delta in update.items():
                 params[name].copy_(served[name] + s * delta)
-            return mean_loss(model, forget)
+            return float(self._landed(targets, forget, model.per_sample_loss(forget)))
 
-        if forget_loss_at(1.0) <= level * (1 + self.config.overshoot_tolerance):
-            return 1.0
-        scale = smallest_scale_reaching(forget_loss_at, level, 0.0, 1.0, self.config.bisection_steps)
-        forget_loss_at(scale)
+        scale = smallest_scale_reaching(landed_at, 0.5, 0.0, 1.0, self.config.bisection_steps)
+        landed_at(scale)
         return scale
 
     @torch.no_grad()

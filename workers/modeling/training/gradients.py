@@ -49,17 +49,18 @@ class GradientRecorder:
 
 
 class GradientStore:
-    """A saved recorder's file, read back one sample at a time."""
+    """A saved recorder's file, read back one sample at a time through a memory map: looking up a few
+    samples reads their rows only, whatever the size of the training set."""
 
     def __init__(self, path: Path):
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata()
+        self._file = safe_open(str(path), framework="pt")
+        metadata = self._file.metadata()
         self.index = {sid: i for i, sid in enumerate(json.loads(metadata["sample_ids"]))}
         self.sparse_shape = json.loads(metadata["sparse_shape"])
-        self.tensors = load_file(str(path))
+        self.keys = list(self._file.keys())
+        self._offsets: dict[str, torch.Tensor] = {}  # [n + 1] per sparse parameter: small, kept
 
     def get(self, sample_id: str) -> SampleGradient:
         try:
@@ -67,14 +68,16 @@ class GradientStore:
         except KeyError:
             raise KeyError(f"no first-epoch gradient recorded for sample {sample_id!r}") from None
         out: SampleGradient = {}
-        for key, tensor in self.tensors.items():
+        for key in self.keys:
             kind, name = key.split("::", 1)
             if kind == "dense":
-                out[name] = tensor[i].clone()
+                out[name] = self._file.get_slice(key)[i : i + 1].squeeze(0).clone()
             elif kind == "offsets":
-                lo, hi = int(tensor[i]), int(tensor[i + 1])
-                rows = self.tensors[f"rows::{name}"][lo:hi]
-                values = self.tensors[f"values::{name}"][lo:hi].clone()
+                if key not in self._offsets:
+                    self._offsets[key] = self._file.get_tensor(key)
+                lo, hi = int(self._offsets[key][i]), int(self._offsets[key][i + 1])
+                rows = self._file.get_slice(f"rows::{name}")[lo:hi]
+                values = self._file.get_slice(f"values::{name}")[lo:hi].clone()
                 out[name] = torch.sparse_coo_tensor(
                     rows.unsqueeze(0), values, self.sparse_shape[name], check_invariants=False
                 )
