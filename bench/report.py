@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import gate
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The goals tracked at the top of docs/benchmarks.md (issue 7, "Done when").
@@ -154,6 +156,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, str]]:
         *_seed_method_goals(sections, size),
         _exact_digits_goal(sections),
         _verification_goal(sections),
+        gate.goal(sections.get("gate")),
         _intake_goal(sections),
         _registration_goal(sections),
     ]
@@ -350,6 +353,7 @@ def render(results: dict[str, Any], plots: dict[str, Path]) -> str:
         _machine(results),
         _methods(sections.get("methods"), plots),
         _scaling(sections.get("scaling"), plots),
+        gate.render(sections.get("gate"), results["command"]),
         _batching(sections.get("batching")),
         _api(sections.get("api"), plots),
         _memory(sections.get("methods")),

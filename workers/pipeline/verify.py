@@ -92,6 +92,9 @@ def planted_probes(model: Model, forget: list[Any]) -> Any:
     clean = [s for s in workload.heldout if s.subject not in planted and "backdoor" not in s.meta]
     probes = probes_for_workload(workload, forget_names, clean)
     probes.canaries = [dataclasses.replace(c, subject=subject_hmac(c.subject)) for c in probes.canaries]
+    if probes.backdoor is not None:  # trigger owners keyed like the gate's references know the subjects
+        owners = [subject_hmac(owner) for owner in probes.backdoor.owners]
+        probes.backdoor = dataclasses.replace(probes.backdoor, owners=owners)
     return probes
 
 
