@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 COMPOSE ?= docker compose
 COMPOSE_ENV := .lethe/compose.env
 
-.PHONY: venv install test demo bench lint format migrate up down clean distclean
+.PHONY: venv install test demo screenshots bench lint format migrate up down clean distclean
 
 venv install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ test: $(VENV)/.installed $(CHROMIUM)
 
 demo: $(VENV)/.installed
 	$(TEST_ENV) $(PY) scripts/demo.py
+
+# Regenerates docs/screenshots/*.png from this checkout: a scratch database, the API on a loopback port,
+# headless Chromium (needs Postgres, as `make test` does).
+screenshots: $(VENV)/.installed $(CHROMIUM)
+	$(TEST_ENV) $(PY) -m tests.dashboard.screenshots docs/screenshots
 
 # Regenerates docs/benchmarks.md, its plots and bench/results/<mode>.json (BENCH_ARGS=--full: full settings).
 BENCH_ARGS ?= --quick
@@ -61,12 +66,22 @@ migrate: $(VENV)/.installed
 	mkdir -p .lethe
 	$(VENV)/bin/alembic upgrade head
 
-# Production-like stack: Postgres, Redis, migrations, API and a GPU worker (needs a Docker engine).
+# Production-like stack: Postgres, Redis, migrations, the API and workers (needs a Docker engine).
+# PROFILE=cpu (default): one worker on the CPU, any machine; PROFILE=gpu: a worker on a reserved NVIDIA GPU
+# and one for the short tasks. While the database holds no API key, `make up` creates the first one
+# (tenant `default`, every scope) and prints it once; more: docker compose exec api lethe keys create ...
+PROFILE ?= cpu
+STACK := $(COMPOSE) --env-file $(COMPOSE_ENV)
+
 up: $(COMPOSE_ENV)
-	$(COMPOSE) --env-file $(COMPOSE_ENV) up --build -d
+	$(STACK) --profile $(PROFILE) up --build -d
+	@if [ "$$($(STACK) exec -T api lethe keys list --json)" = "[]" ]; then \
+	  echo "first API key (tenant default, every scope), shown once: store it now"; \
+	  $(STACK) exec -T api lethe keys create --tenant default --scope all --name first; fi
+	@echo "API: http://127.0.0.1:8000, dashboard: http://127.0.0.1:8000/dashboard"
 
 down:
-	$(COMPOSE) --env-file $(COMPOSE_ENV) down
+	$(STACK) --profile cpu --profile gpu down
 
 # Secrets for the compose stack, made once and kept out of git (.lethe/ is ignored).
 $(COMPOSE_ENV):

@@ -9,7 +9,7 @@ Why not the ORM here: on this path the ORM's per-statement work and a worker-thr
 dependency cost several milliseconds of CPU per request, ten times the framework's own cost.
 
 Only for Postgres: `pool()` answers None for another database (the embedded SQLite demo), whose callers
-take the ORM path. Database errors surface as SQLAlchemy's exceptions, so app.errors answers a 503
+use the engine's sessions. Database errors surface as SQLAlchemy's exceptions, so app.errors answers a 503
 problem for an outage exactly as it does for the engine.
 """
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     MetaData,
+    Select,
     create_engine,
     event,
 )
@@ -118,6 +119,8 @@ def make_engine(url: str) -> Engine:
         return engine
     return create_engine(
         url,
+        # Error messages name the statement, not its parameters (rows, ids, subject HMACs).
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=settings.db_pool_pre_ping,
@@ -188,3 +191,11 @@ def one_of(column: str, values: Iterable[str]) -> CheckConstraint:
     """A named CHECK that `column` holds one of `values` (portable, unlike native enums)."""
     allowed = ", ".join(f"'{value}'" for value in values)
     return CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_allowed")
+
+
+def for_update(stmt: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
+    """The row lock of every state change (requests, jobs, models): FOR NO KEY UPDATE. It serializes
+    writers like FOR UPDATE but lets others insert rows referring to the locked one (their foreign-key
+    check takes KEY SHARE, which FOR UPDATE blocks: planning a request into a job being claimed
+    deadlocked that way)."""
+    return stmt.with_for_update(key_share=True, skip_locked=skip_locked)

@@ -8,6 +8,7 @@ Domain code raises `ProblemError` (or one of the helpers below); the handlers in
 from __future__ import annotations
 
 import logging
+import traceback
 import uuid
 from http import HTTPStatus
 from typing import Any
@@ -15,10 +16,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.types import Scope
+
+from app.domain import DomainError
+from app.ops.metrics import UNMATCHED_ROUTE
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 # A URN names each problem kind without claiming a web address that serves no documentation.
@@ -32,6 +38,31 @@ log = logging.getLogger("lethe.errors")
 
 class ProblemResponse(JSONResponse):
     media_type = PROBLEM_CONTENT_TYPE
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(
+        description="where: body, path, query or header, then field names or indexes"
+    )
+    msg: str
+    type: str
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error answer (RFC 9457, `application/problem+json`), as problem_body writes it.
+    Further members may appear for some problems (e.g. `checks` of /readyz)."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field(description="a URN naming the kind of problem (urn:lethe:problem:...), or about:blank")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(description="the path of the request")
+    request_id: str | None = Field(description="the request's X-Request-ID, for support and the logs")
+    errors: list[ValidationIssue] | None = Field(
+        default=None, description="validation problems (422 only): each failed field"
+    )
 
 
 class ProblemError(StarletteHTTPException):
@@ -152,6 +183,7 @@ def _is_connection_failure(exc: BaseException) -> bool:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _handle_problem)
+    app.add_exception_handler(DomainError, _handle_domain_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(OperationalError, _handle_database_error)
@@ -162,8 +194,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _handle_unexpected)
 
 
-async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, ProblemError)
+def render_problem(request: Request, exc: ProblemError) -> ProblemResponse:
+    """The answer of a ProblemError (middleware that answers before routing renders one with this)."""
     return problem_response(
         request,
         exc.status,
@@ -172,6 +204,18 @@ async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
         exc.type_suffix,
         headers=exc.headers,
         extensions=exc.extensions,
+    )
+
+
+async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, ProblemError)
+    return render_problem(request, exc)
+
+
+async def _handle_domain_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, DomainError)
+    return problem_response(
+        request, exc.status, exc.title, exc.detail, exc.type_suffix, extensions=exc.extensions
     )
 
 
@@ -225,11 +269,57 @@ async def _handle_database_error(request: Request, exc: Exception) -> ProblemRes
     )
 
 
-async def _handle_unexpected(request: Request, exc: Exception) -> ProblemResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (`/v1/subjects/{subject_id}`), never the path itself."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or UNMATCHED_ROUTE
+
+
+def log_unexpected(scope: Scope, exc: BaseException) -> None:
+    """One error line for an unexpected failure: the route template, the exceptions' types (and SQLSTATE)
+    and their stack frames. Neither the path nor any exception message goes to the log: a message may
+    quote the input (a subject identifier), a row, or a statement's parameters."""
+    route = route_template(scope)
+    log.error(
+        "unhandled error on %s %s: %s\n%s",
+        scope.get("method"),
+        route,
+        _describe(exc),
+        redacted_traceback(exc),
+        extra={"route": route},
+    )
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` and the exceptions it came from, messages left out."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return "\n".join(
+        "Traceback (most recent call last):\n"
+        + "".join(traceback.format_list(traceback.extract_tb(item.__traceback__)))
+        + _describe(item)
+        for item in reversed(chain)
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    kind = type(exc)
+    sqlstate = getattr(getattr(exc, "orig", None) or exc, "sqlstate", None)
+    return f"{kind.__module__}.{kind.__qualname__}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+
+
+def internal_error(request: Request) -> ProblemResponse:
     return problem_response(
         request, 500, "Internal server error", "an unexpected error occurred", "internal-error"
     )
+
+
+async def _handle_unexpected(request: Request, exc: Exception) -> ProblemResponse:
+    log_unexpected(request.scope, exc)
+    return internal_error(request)
 
 
 def _public_validation_error(error: dict[str, Any]) -> dict[str, Any]:

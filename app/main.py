@@ -9,7 +9,7 @@ import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.asyncdb import close_pools
 from app.audit.router import router as audit_router
@@ -18,8 +18,10 @@ from app.dashboard.router import router as dashboard_router
 from app.db import get_engine, import_all_models
 from app.errors import install_error_handlers
 from app.idempotency.service import install_idempotency_handler
+from app.inputs import enforce_input_rule
 from app.jobs.router import router as jobs_router
 from app.middleware import BodySizeLimitMiddleware, RateLimitMiddleware, RequestContextMiddleware
+from app.openapi import build_openapi, install_docs, operation_id
 from app.ops.logging import configure_logging
 from app.ops.metrics import build_registry
 from app.ops.ratelimit import build_rate_limiter
@@ -93,7 +95,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_json)
     # Every mapped class must be known before the first flush resolves foreign keys between domains.
     import_all_models()
-    app = FastAPI(title="Lethe", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan(settings))
+    app = FastAPI(
+        title="Lethe",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan(settings),
+        # Ahead of every route's own dependencies: one input rule for the whole API (app.inputs).
+        dependencies=[Depends(enforce_input_rule)],
+        generate_unique_id_function=operation_id,
+        docs_url=None,  # served by install_docs, without a CDN
+        redoc_url=None,
+    )
     app.state.settings = settings
     registry, http_metrics = build_registry(get_engine)
     app.state.metrics_registry = registry
@@ -101,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_idempotency_handler(app)
     include_domain_routers(app)
+    install_docs(app)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
 
     # Added innermost first: the request context wraps everything, so rate-limit and size-limit
     # answers carry a request id and are counted.

@@ -16,9 +16,17 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import REQUEST_ID_HEADER, ProblemError, problem_response
+from app.errors import (
+    REQUEST_ID_HEADER,
+    ProblemError,
+    internal_error,
+    log_unexpected,
+    problem_response,
+    render_problem,
+    route_template,
+)
 from app.ops.logging import current_request_id
-from app.ops.metrics import UNMATCHED_ROUTE, HttpMetrics
+from app.ops.metrics import HttpMetrics
 from app.ops.ratelimit import RateLimiter
 
 access_log = logging.getLogger("lethe.access")
@@ -32,7 +40,8 @@ OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 class RequestContextMiddleware:
     """Gives each request an id (the client's X-Request-ID when plain, else a new one), echoes it,
-    logs one access line with the route template, and records the request in the HTTP metrics."""
+    logs one access line with the route template, records the request in the HTTP metrics, and turns
+    an exception nothing else handled into a 500 problem."""
 
     def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
         self.app = app
@@ -49,11 +58,12 @@ class RequestContextMiddleware:
         token = current_request_id.set(request_id)
         started = time.perf_counter()
         status = 500
+        status_sent: int | None = None  # once the answer has started
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = status_sent = message["status"]
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == _REQUEST_ID_HEADER for name, _ in headers):
                     headers.append(id_header)
@@ -62,12 +72,16 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
+            # Answered and logged here, not raised on: the server would log the exception with its
+            # message (which may quote input or SQL parameters) and drop the keep-alive connection.
+            log_unexpected(scope, exc)
+            if status_sent is None:
+                await internal_error(Request(scope))(scope, receive, send_with_id)
             status = 500
-            raise
         finally:
             seconds = time.perf_counter() - started
-            route = _route_template(scope)
+            route = route_template(scope)
             self.metrics.observe(scope["method"], route, status, seconds)
             level = logging.DEBUG if scope["path"] in OPS_PATHS and status < 500 else logging.INFO
             if access_log.isEnabledFor(level):
@@ -113,7 +127,12 @@ class RateLimitMiddleware:
 
 class BodySizeLimitMiddleware:
     """413 for bodies over `max_bytes`: at once when Content-Length says so, and while reading a body
-    streamed without one (the error surfaces before any handler sees the body, so nothing changes)."""
+    streamed without one (the error surfaces before any handler sees the body, so nothing changes).
+
+    The rest of the body is read and dropped before the answer goes out, however large: a server that
+    answers and closes while the client is still sending resets the connection (unread data), and the
+    client, busy writing, never reads the 413. A client that asked `Expect: 100-continue` has sent
+    nothing yet and is answered at once."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -127,11 +146,9 @@ class BodySizeLimitMiddleware:
         if declared is not None:
             # The server stops the body at the declared length, so the declaration is all there is to check.
             if declared > self.max_bytes:
-                error = self._too_large_error()
-                response = problem_response(
-                    Request(scope), error.status, error.title, error.detail, error.type_suffix
-                )
-                await response(scope, receive, send)
+                if _header(scope, b"expect") is None:
+                    await _discard_body(receive)
+                await render_problem(Request(scope), self._too_large_error())(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -144,6 +161,8 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _discard_body(receive)
                     raise self._too_large_error()
             return message
 
@@ -156,6 +175,14 @@ class BodySizeLimitMiddleware:
             f"the request body exceeds the limit of {self.max_bytes} bytes",
             "payload-too-large",
         )
+
+
+async def _discard_body(receive: Receive) -> None:
+    """Read the request body to its end (or the client's disconnect), keeping none of it."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -184,8 +211,3 @@ def _client_identity(scope: Scope) -> str:
         return "key:" + hashlib.blake2b(authorization, digest_size=16).hexdigest()
     client = scope.get("client")
     return "addr:" + (client[0] if client else "unknown")
-
-
-def _route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    return getattr(route, "path", None) or UNMATCHED_ROUTE

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     # Unset: each process makes a throwaway key (logged loudly) and its certificates stop verifying
     # against the published public key after a restart.
     certificate_signing_key: SecretStr | None = None
+    # Ed25519 key of its own that signs the audit chain's checkpoints, in the same formats. Unset: a
+    # throwaway key per process (logged loudly): checkpoints then prove integrity, not who signed them.
+    audit_signing_key: SecretStr | None = None
+    # Where checkpoints are appended, one JSON Lines file per tenant: a folder the database's writers
+    # cannot rewrite (another volume or host, an append-only or WORM-backed mount).
+    audit_checkpoint_dir: str = str(DATA_DIR / "audit-checkpoints")
+    # How often the workers sign the chain heads that moved; each issued certificate also gets one.
+    audit_checkpoint_interval_seconds: float = Field(default=300.0, gt=0)
 
     api_key_prefix: str = "lethe_"
     # A verified API key is trusted this long per process without another database read: a revoked key
@@ -54,6 +62,12 @@ class Settings(BaseSettings):
 
     artifact_root: str = str(DATA_DIR / "artifacts")
     report_root: str = str(DATA_DIR / "reports")
+    # Customers' own model folders: a registered artifact_uri that is a path must lie below this folder
+    # (shared by the API and the workers, like artifact_root); anything outside it is refused.
+    models_root: str = str(DATA_DIR / "models")
+    # fsspec protocols an artifact_uri may use besides a path under models_root. Network protocols that
+    # reach arbitrary hosts (http, ftp, ...) are left out: registration would make the service fetch them.
+    artifact_url_protocols: list[str] = ["s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"]
 
     # Callback URLs to private or loopback hosts are refused unless allowed (tests, the demo).
     allow_private_callbacks: bool = False

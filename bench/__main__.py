@@ -34,7 +34,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.registry.methods import MethodName
 from bench import plots, report
+from bench.methods import COMPARED, DELETION_METHODS, REFERENCE, UNTOUCHED
 from bench.report import ratio_spread, spread
 from bench.scaling import add_verification_costs
 from bench.unlearning import forget_gap_closed
@@ -49,25 +51,13 @@ class Settings:
     size: str  # the workloads' setting: "small" or "full"
     workloads: tuple[str, ...] = ("digits", "bios", "minilm")
     # `none` is the untouched model (the gate must refuse it); retrain always runs first.
-    methods: tuple[str, ...] = (
-        "none",
-        "deepobliviate",
-        "nabla_tau",
-        "first_epoch_ascent",
-        "lora_residual_alignment",
-        "finetune",
-    )
+    methods: tuple[str, ...] = (UNTOUCHED, *COMPARED)
     repeats: int = 3
     repeat_budget_seconds: float = 30.0  # repeats of one method stop once they have taken this long
     verify: bool = True
     worker_timeout_seconds: float = 1800.0
     scaling_workloads: tuple[str, ...] = ("digits", "bios", "minilm")
-    scaling_methods: tuple[str, ...] = (
-        "deepobliviate",
-        "nabla_tau",
-        "first_epoch_ascent",
-        "lora_residual_alignment",
-    )
+    scaling_methods: tuple[str, ...] = DELETION_METHODS
     scaling_sizes: tuple[int, ...] = (1, 10, 100)
     scaling_repeats: int = 1
     # bench.gate: runs per workload and forget-set size (each: an exact retrain and three bad candidates)
@@ -107,11 +97,11 @@ MODES = {
         mode="smoke",
         size="small",
         workloads=("digits",),
-        methods=("none", "deepobliviate", "nabla_tau"),
+        methods=(UNTOUCHED, MethodName.DEEPOBLIVIATE.value, MethodName.NABLA_TAU.value),
         repeats=2,
         repeat_budget_seconds=5.0,
         scaling_workloads=("digits",),
-        scaling_methods=("nabla_tau",),
+        scaling_methods=(MethodName.NABLA_TAU.value,),
         scaling_sizes=(1, 10),
         gate_sizes=(1,),
         gate_runs=1,
@@ -144,7 +134,7 @@ def methods_section(s: Settings) -> dict[str, Any]:
         log(
             f"{name}: trained model ready ({time.perf_counter() - started:.0f} s; cached after the first run)"
         )
-        rows = [worker_row(s, name, method) for method in ("retrain", *s.methods)]
+        rows = [worker_row(s, name, method) for method in (REFERENCE, *s.methods)]
         compare_with_retrain(rows)
         n_forget = next((r["n_forget"] for r in rows if "n_forget" in r), None)
         out["workloads"].append(
@@ -167,7 +157,7 @@ def worker_row(s: Settings, workload: str, method: str) -> dict[str, Any]:
         "repeat_budget": s.repeat_budget_seconds,
         "verify": s.verify,
         # DeepObliviate's cost depends on the block holding the subject: on digits, one from every block
-        "sweep": method == "deepobliviate" and workload == "digits",
+        "sweep": method == MethodName.DEEPOBLIVIATE and workload == "digits",
     }
     log(f"{workload}: {method} (worker process)")
     row = run_worker(options, timeout=s.worker_timeout_seconds)
@@ -403,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[variable] = str(settings.torch_threads)
     if args.methods:
-        chosen_methods = tuple(m for m in args.methods.split(",") if m != "retrain")
-        scaled = tuple(m for m in chosen_methods if m != "none")
+        chosen_methods = tuple(m for m in args.methods.split(",") if m != REFERENCE)
+        scaled = tuple(m for m in chosen_methods if m != UNTOUCHED)
         settings = dataclasses.replace(settings, methods=chosen_methods, scaling_methods=scaled)
     if args.workloads:
         chosen = tuple(args.workloads.split(","))

@@ -239,10 +239,22 @@ def seed(api: httpx.Client, subjects: int) -> float:
     assert api.post("/v1/models", json={"name": "bench-model", "task": "causal-lm"}).status_code == 201
     version = api.post(
         "/v1/models/bench-model/versions",
-        json={"artifact_uri": "file:///dev/null", "training_set": {"dataset": "bench"}},
+        json={"artifact_uri": BENCH_MODEL_FOLDER, "training_set": {"dataset": "bench"}},
     )
     assert version.status_code == 201, version.text
     return samples_per_second
+
+
+BENCH_MODEL_FOLDER = "bench-lm"
+
+
+def models_root(directory: Path) -> Path:
+    """A models root holding the bench model's artifact (a tiny causal LM: registration reads and hashes
+    it; no worker loads it here)."""
+    from tests.tiny_models import save_gpt2
+
+    save_gpt2(directory / BENCH_MODEL_FOLDER, ["a record of a bench subject"])
+    return directory
 
 
 def create_key(database_url: str) -> str:
@@ -348,6 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # As in production, the API process hands the planning tasks to the broker itself (the test
             # suite's setting, inherited from tests.conftest, turns that off).
             "LETHE_OUTBOX_DISPATCH_IN_API": "true",
+            "LETHE_MODELS_ROOT": str(models_root(Path(tempfile.mkdtemp(prefix="lethe-bench-models-")))),
             "OMP_NUM_THREADS": "1",
         }
         bare = Server("bench.intake:bare_app", env, args.workers)

@@ -17,13 +17,15 @@ import json
 import os
 import random
 import statistics
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import httpx
 
-from bench.intake import Server, create_key
+from bench.intake import BENCH_MODEL_FOLDER, Server, create_key, models_root
 
 SAMPLES_PER_SUBJECT = 5
 LOOKUPS = 300
@@ -149,7 +151,7 @@ def load(
 def lookups(api: httpx.Client, subjects: int, datasets: list[str]) -> dict[str, float]:
     assert api.post("/v1/models", json={"name": "bench-model", "task": "causal-lm"}).status_code == 201
     for dataset in datasets:
-        body = {"artifact_uri": "file:///dev/null", "training_set": {"dataset": dataset}}
+        body = {"artifact_uri": BENCH_MODEL_FOLDER, "training_set": {"dataset": dataset}}
         assert api.post("/v1/models/bench-model/versions", json=body).status_code == 201
     rng = random.Random(0)
     durations = []
@@ -185,6 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "LETHE_RATE_LIMIT_PER_MINUTE": str(10**9),
             "LETHE_RATE_LIMIT_BURST": str(10**9),
             "LETHE_MAX_BULK_SAMPLES": str(max(args.batch, 1)),
+            "LETHE_MODELS_ROOT": str(models_root(Path(tempfile.mkdtemp(prefix="lethe-bench-models-")))),
             "OMP_NUM_THREADS": "1",
         }
         server = Server("app.main:app", env, workers=1)

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import gate
+from bench.methods import DELETION_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # The goals tracked at the top of docs/benchmarks.md (issue 7, "Done when").
-SEED_METHODS = ("nabla_tau", "first_epoch_ascent", "lora_residual_alignment", "deepobliviate")
+SEED_METHODS = DELETION_METHODS
 GOAL_SPEEDUP = 20.0
 GOAL_SUBJECTS = (1, 5, 20)
 GOAL_EXACT_DIGITS_SPEEDUP = 5.0

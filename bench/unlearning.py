@@ -23,13 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_METHODS = (
-    "deepobliviate",
-    "nabla_tau",
-    "first_epoch_ascent",
-    "lora_residual_alignment",
-    "finetune",
-)
+from bench.methods import COMPARED, REFERENCE
+
+DEFAULT_METHODS = COMPARED
 
 
 def forget_gap_closed(
@@ -72,7 +68,7 @@ def deepobliviate_sweep(served: Any, record: Any, workload: Any, case: Any, seed
     from workers.unlearning import UnlearningContext, get_method
     from workers.unlearning.evaluation import scenario
 
-    retrain_seconds = run_method("retrain", served, record, case, seed)["seconds"]
+    retrain_seconds = run_method(REFERENCE, served, record, case, seed)["seconds"]
     per_block: list[dict[str, Any]] = []
     method = get_method("deepobliviate")
     for k, subjects in enumerate(record.block_subjects):
@@ -103,13 +99,13 @@ def bench_workload(name: str, size: str, n_subjects: int, methods: list[str], se
     case = scenario(workload, n_subjects, seed)
     served_metrics = utility(served, case.evaluation_sets(seed))  # also warms up kernels before timing
     rows = [{"method": "served", "metrics": served_metrics}]
-    retrain = run_method("retrain", served, record, case, seed)
+    retrain = run_method(REFERENCE, served, record, case, seed)
     rows.append(retrain)
     for method in methods:
         print(f"[{name}] {method} ...", file=sys.stderr, flush=True)
         rows.append(run_method(method, served, record, case, seed))
     for row in rows:
-        if "seconds" in row and row["method"] != "retrain":
+        if "seconds" in row and row["method"] != REFERENCE:
             row["speedup"] = retrain["seconds"] / max(row["seconds"], 1e-9)
         if "metrics" in row and row["method"] != "served":
             closed = forget_gap_closed(row["metrics"], served_metrics, retrain["metrics"])

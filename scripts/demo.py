@@ -9,13 +9,18 @@ then acts as the apps would, over HTTP only:
    gradients) and points the alias `production` at it;
 3. an app sends deletion requests for two people, each with a secret PIN the model memorised;
 4. a dashboard polls the requests and the job, with a live progress line;
-5. the end: the gate's verdict, key metrics, the promoted version, and where the report and plots are.
-Everything lives under .lethe/demo (made anew on each run); the processes' logs are there too.
+5. the end: the gate's verdict, key metrics with their 95 % intervals, the promoted version, where the
+   report and plots are, and the dashboard's URL.
+On a terminal the API and the worker then keep running, for the dashboard, until Ctrl-C; elsewhere (CI, a
+pipe), or with DEMO_EXIT=1 or --exit, the demo stops them and ends. Everything lives under .lethe/demo
+(made anew on each run); the processes' logs are there too.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -39,6 +44,8 @@ FORGET_PEOPLE = 2
 POLICY = {"probes": {"workload": "bios", "size": "small"}, "gate": {"lira_references": 2, "n_boot": 300}}
 TRAIN_TIMEOUT = 900
 DELETION_TIMEOUT = 900
+# The API's port when it is free (else any free port), so the dashboard's URL is the usual one.
+PREFERRED_PORT = 8000
 
 
 def demo_env() -> dict[str, str]:
@@ -111,10 +118,12 @@ class ProgressLine:
 # ----------------------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def api_port() -> int:
+    for port in (PREFERRED_PORT, 0):
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.bind(("127.0.0.1", port))
+            return probe.getsockname()[1]
+    raise SystemExit("no free TCP port on 127.0.0.1")
 
 
 def start(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -147,7 +156,7 @@ def wait_until(what: str, check: Any, process: subprocess.Popen[bytes], log: str
 
 
 def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+    port = api_port()
     step(f"API: uvicorn app.main:app on 127.0.0.1:{port} (log: {DEMO_DIR / 'api.log'})")
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
     process = start("api", command + ["--no-access-log"], env)
@@ -185,7 +194,7 @@ def migrate(env: dict[str, str]) -> None:
 
 
 def create_key(env: dict[str, str]) -> str:
-    step("operator: lethe keys create --tenant demo --scope all")
+    step("operator: lethe keys create --tenant demo --scope all (the key is printed once)")
     result = subprocess.run(
         [sys.executable, "-m", "workers.cli", "keys", "create", "--tenant", "demo", "--scope", "all"],
         cwd=ROOT,
@@ -195,7 +204,8 @@ def create_key(env: dict[str, str]) -> str:
         text=True,
     )
     key = result.stdout.strip().splitlines()[-1]
-    print(f"key {key[:18]}... (printed once; kept by the client)")
+    print(f"API key: {key}")
+    print("(the apps below send it as `Authorization: Bearer ...`; the dashboard signs in with it)")
     return key
 
 
@@ -275,7 +285,7 @@ def follow_deletion(api: httpx.Client, created: list[dict[str, Any]]) -> list[di
 
 
 def metric(report: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """An estimate of the report by its full name (value, low, high, n)."""
+    """An estimate of the report by its full name: value, ci95 [low, high], n."""
     for check in report.get("checks", {}).values():
         if name in check.get("metrics", {}):
             return check["metrics"][name]
@@ -283,18 +293,31 @@ def metric(report: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def described(estimate: dict[str, Any]) -> str:
-    if estimate.get("low") is None:
+    low, high = (estimate.get("ci95") or [None, None])[:2]
+    if low is None or high is None:
         return f"{estimate['value']:.2f}"
-    return f"{estimate['value']:.2f} [{estimate['low']:.2f}, {estimate['high']:.2f}]"
+    return f"{estimate['value']:.2f} [{low:.2f}, {high:.2f}]"
 
 
+# What the served version and the promoted one are compared on, by the gate's metric names; a name the
+# report lacks (another model kind, a check turned off) is left out.
 KEY_METRICS = (
     ("perplexity, retained records", "utility.perplexity_retain"),
     ("perplexity, held-out people", "utility.perplexity_heldout"),
     ("forgotten PINs' exposure (bits)", "canary.exposure_deleted_bits"),
     ("never-inserted PINs' exposure (bits)", "canary.exposure_control_bits"),
     ("loss attack AUC, forgotten vs held-out", "loss.forget_auc"),
+    ("LiRA attack AUC, forgotten vs held-out", "lira.forget_auc"),
 )
+
+
+def key_metric_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for label, name in KEY_METRICS:
+        served, candidate = metric(report, f"{name}.served"), metric(report, f"{name}.candidate")
+        if served is not None and candidate is not None:
+            lines.append(f"  {label:<40} {described(served)} -> {described(candidate)}")
+    return lines or ["  (the report compares none of them: see report.json)"]
 
 
 def print_verdict(report: dict[str, Any], job: dict[str, Any]) -> None:
@@ -305,10 +328,7 @@ def print_verdict(report: dict[str, Any], job: dict[str, Any]) -> None:
         outcome = f"{attempt['method']} -> {attempt['verdict']}"
         print(f"  attempt {attempt['attempt']}: {outcome} ({attempt['seconds']:.0f} s)")
     print("key metrics (the version that served -> the promoted one; 95 % intervals):")
-    for label, name in KEY_METRICS:
-        served, candidate = metric(report, f"{name}.served"), metric(report, f"{name}.candidate")
-        if served is not None and candidate is not None:
-            print(f"  {label:<40} {described(served)} -> {described(candidate)}")
+    print("\n".join(key_metric_lines(report)))
     timings = report["timings"]
     unlearning, verification = (
         timings.get("unlearning_seconds", 0.0),
@@ -317,16 +337,18 @@ def print_verdict(report: dict[str, Any], job: dict[str, Any]) -> None:
     print(f"timings: unlearning {unlearning:.1f} s, verification {verification:.1f} s")
 
 
-def print_where(job: dict[str, Any], report: dict[str, Any], request: dict[str, Any]) -> None:
-    """Files on disk, and the API paths that serve them (the demo's API stops with the demo)."""
+def print_where(url: str, job: dict[str, Any], report: dict[str, Any], request: dict[str, Any]) -> None:
+    """Files on disk, and the URLs that serve them while the demo's API runs."""
     files = DEMO_DIR / "reports" / job["id"]
-    print(f"report: {next(files.glob('*/report.json'))}  (GET {job['report_url']})")
+    print(f"report: {next(files.glob('*/report.json'))}  ({url}{job['report_url']})")
     for plot in report.get("plots", []):
-        print(f"plot:   {next(files.glob('*/' + plot))}  (GET {job['report_url']}/{plot})")
-    print(f"certificate: GET {request['certificate_url']}; dashboard: /dashboard; logs: {DEMO_DIR}/*.log")
+        print(f"plot:   {next(files.glob('*/' + plot))}  ({url}{job['report_url']}/{plot})")
+    print(f"certificate: {url}{request['certificate_url']}  (JWS: ?format=jws)")
+    print(f"dashboard: {url}/dashboard/requests/{request['id']}  (sign in with the API key above)")
+    print(f"logs: {DEMO_DIR}/*.log")
 
 
-def print_outcome(api: httpx.Client, requests: list[dict[str, Any]]) -> int:
+def print_outcome(api: httpx.Client, url: str, requests: list[dict[str, Any]]) -> int:
     step("the outcome")
     for request in requests:
         print(f"request {request['id']}: {request['status']} (verdict {request['verdict']})")
@@ -343,11 +365,29 @@ def print_outcome(api: httpx.Client, requests: list[dict[str, Any]]) -> int:
     how = f"{promoted['status']}, method {promoted['method']}, exact {promoted['exact']}"
     print(f"promoted: {MODEL} version {promoted['version']} ({how}); alias production -> {alias['version']}")
     print(f"version {before['version']}: tainted={before['tainted']} (trained on the forgotten records)")
-    print_where(job, report, requests[0])
+    print_where(url, job, report, requests[0])
     return 0
 
 
-def main() -> int:
+def stays_open(argv: list[str] | None) -> bool:
+    """Whether to keep the API and the worker up for the dashboard: on a terminal, unless asked not to."""
+    parser = argparse.ArgumentParser(description="make demo: a whole deletion on an embedded stack")
+    parser.add_argument("--exit", action="store_true", help="stop the API and worker at the end (as in CI)")
+    args = parser.parse_args(argv)
+    asked_to_exit = args.exit or os.environ.get("DEMO_EXIT", "") not in ("", "0")
+    return not asked_to_exit and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def serve_until_interrupted(url: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    step(f"the dashboard: {url}/dashboard (sign in with the API key above); Ctrl-C stops the demo")
+    with contextlib.suppress(KeyboardInterrupt):
+        while all(process.poll() is None for process in processes):
+            time.sleep(1)
+        print(f"a process of the demo exited; see {DEMO_DIR}/*.log")
+
+
+def main(argv: list[str] | None = None) -> int:
+    keep_open = stays_open(argv)
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     DEMO_DIR.mkdir(parents=True)
     env = demo_env()
@@ -362,7 +402,10 @@ def main() -> int:
             train_version(api, workload)
             created = send_deletion_requests(api, workload)
             requests = follow_deletion(api, created)
-            return print_outcome(api, requests)
+            outcome = print_outcome(api, url, requests)
+        if keep_open:
+            serve_until_interrupted(url, [api_process, worker])
+        return outcome
     finally:
         if worker is not None:
             stop(worker)

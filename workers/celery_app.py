@@ -47,16 +47,13 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def task_annotations(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Time limits: the GPU tasks get hours, everything else minutes."""
+    """Time limits of the GPU tasks: hours. The others get the app's default limits (minutes): a "*"
+    annotation would not do, Celery applies it after a task's own and it would win."""
     gpu = {
         "soft_time_limit": settings.gpu_task_soft_time_limit_seconds,
         "time_limit": settings.gpu_task_time_limit_seconds,
     }
-    other = {
-        "soft_time_limit": settings.task_soft_time_limit_seconds,
-        "time_limit": settings.task_time_limit_seconds,
-    }
-    return {"*": other, **{name: gpu for name in GPU_TASKS}}
+    return {name: gpu for name in GPU_TASKS}
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -73,6 +70,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_annotations=task_annotations(settings),
+        task_soft_time_limit=settings.task_soft_time_limit_seconds,
+        task_time_limit=settings.task_time_limit_seconds,
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # The housekeeping thread needs the main process alive; children are recycled instead of leaking.

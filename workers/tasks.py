@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from app.outbox.celery_client import AUDIT_CHECKPOINT_TASK, CHECK_ARTIFACT_TASK
 from workers.celery_app import app
 from workers.pipeline.housekeeping import dispatch_now
 from workers.pipeline.stages import (
@@ -89,11 +90,27 @@ def train(job_id: str, tenant_id: str | None = None, version_id: str | None = No
     dispatch_now(app)
 
 
+@app.task(name=CHECK_ARTIFACT_TASK, **TRANSIENT)
+def check_artifact(version_id: str) -> None:
+    from workers.pipeline.artifacts import check_artifact as run_check
+
+    run_check(version_id)
+
+
 @app.task(name=DELIVER_WEBHOOK_TASK, **TRANSIENT)
 def deliver_webhook(delivery_id: str) -> None:
     from workers.pipeline.webhooks import deliver
 
     deliver(delivery_id)
+
+
+@app.task(name=AUDIT_CHECKPOINT_TASK, **TRANSIENT)
+def audit_checkpoint(tenant_id: str) -> None:
+    """Sign the tenant's audit head (queued with each issued certificate)."""
+    from app.audit.checkpoints import checkpoint_tenants
+
+    checkpoint_tenants([tenant_id])
+    dispatch_now(app)  # the audit.checkpoint webhook deliveries
 
 
 @app.task(name=SWEEP_TASK)

@@ -1,12 +1,13 @@
 """The audit trail's one writer (`record`) and its verifier.
 
 Each event's hash is sha256(previous hash + canonical JSON of the event), chained per tenant from
-GENESIS_HASH. `record` only queues the event on the session; just before the transaction commits, the
-queued events are chained in one go: the tenant's `audit_heads` row is locked, each event gets the next
-seq and its hashes, the head moves once. The head lock is thus held only for the commit itself, seq
-numbers stay gap-free, and the head always names the last event: a changed, removed or truncated row
-breaks the chain. A rolled-back transaction leaves no event. Callers pass ids and counts, never subject
-identifiers in clear.
+GENESIS_HASH. An event is an AuditEntry, whoever writes it. `record` only queues it on
+the session; just before the transaction commits, the queued entries are chained in one go: the
+tenant's `audit_heads` row is locked, each entry gets the next seq and its hashes, the head moves once
+and the entries go in as rows (`entry_rows`), as a bulk writer's do. The head lock is thus held only
+for the commit itself, seq numbers stay gap-free, and the head always names the last event: a changed,
+removed or truncated row breaks the chain. A rolled-back transaction leaves no event. Callers pass ids
+and counts, never subject identifiers in clear.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 import psycopg
-from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy import String, any_, bindparam, insert, select
 from sqlalchemy import event as orm_event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -66,7 +67,7 @@ def _is_plain_json(value: Any) -> bool:
 
 
 class Chainable(Protocol):
-    """What chaining reads and writes: an AuditEvent, or an AuditEntry of a bulk writer."""
+    """What chaining reads and writes: an AuditEntry, or an AuditEvent read back to be verified."""
 
     tenant_id: str
     seq: int
@@ -121,6 +122,27 @@ def _lock_head(session: Session, tenant_id: str) -> AuditHead:
     return head
 
 
+@dataclass
+class AuditEntry:
+    """One event as it is chained and stored (the columns of AuditEvent, without an ORM object); its
+    data is stored as normalized_data makes it."""
+
+    tenant_id: str
+    entity_type: str
+    entity_id: str
+    action: str
+    data: dict[str, Any]
+    actor: str | None
+    seq: int = 0
+    prev_hash: str = ""
+    hash: str = ""
+    created_at: datetime = field(default_factory=utcnow)  # set again when chained
+
+    def __post_init__(self) -> None:
+        self.entity_id = str(self.entity_id)
+        self.data = normalized_data(self.data)
+
+
 def record(
     session: Session,
     tenant_id: str,
@@ -129,32 +151,29 @@ def record(
     action: str,
     data: dict[str, Any] | None = None,
     actor: str | None = None,
-) -> AuditEvent:
+) -> None:
     """Add one event to the caller's transaction; it is chained (seq, hashes) when the transaction
     commits, or earlier by `chain_pending` / `current_head`."""
-    event = AuditEvent(
-        tenant_id=tenant_id,
-        entity_type=entity_type,
-        entity_id=str(entity_id),
-        action=action,
-        data=normalized_data(data),
-        actor=actor,
-    )
-    session.info.setdefault(_PENDING_KEY, []).append(event)
-    return event
+    queue_entries(session, [AuditEntry(tenant_id, entity_type, entity_id, action, data or {}, actor)])
+
+
+def queue_entries(session: Session, entries: Iterable[AuditEntry]) -> None:
+    """Add events to the caller's transaction, in order; chained as `record`'s are."""
+    session.info.setdefault(_PENDING_KEY, []).extend(entries)
 
 
 def chain_pending(session: Session) -> None:
-    """Chain and add the events recorded in this transaction so far. Tenants are locked in id order, so
-    two transactions that touch the same tenants cannot deadlock on their heads."""
-    pending: list[AuditEvent] = session.info.pop(_PENDING_KEY, [])
-    for tenant_id in sorted({event.tenant_id for event in pending}):
+    """Chain and insert the events recorded in this transaction so far. Tenants are locked in id order,
+    so two transactions that touch the same tenants cannot deadlock on their heads."""
+    pending: list[AuditEntry] = session.info.pop(_PENDING_KEY, [])
+    if not pending:
+        return
+    for tenant_id in sorted({entry.tenant_id for entry in pending}):
         head = _lock_head(session, tenant_id)
-        events = [event for event in pending if event.tenant_id == tenant_id]
-        head.seq, head.hash = chain_onto(head.seq, head.hash, events, utcnow())
-        session.add_all(events)
-    if pending:
-        session.flush()
+        entries = [entry for entry in pending if entry.tenant_id == tenant_id]
+        head.seq, head.hash = chain_onto(head.seq, head.hash, entries, utcnow())
+    session.flush()  # the heads move before the entries go in, as in append_entries_sql
+    session.execute(insert(AuditEvent.__table__), entry_rows(pending))
 
 
 def chain_onto(seq: int, prev_hash: str, events: Iterable[Chainable], now: datetime) -> tuple[int, str]:
@@ -184,28 +203,12 @@ def _drop_pending_on_rollback(session: Session) -> None:
     session.info.pop(_PENDING_KEY, None)
 
 
-# --- chaining outside the ORM (bulk writers on app.asyncdb; Postgres) ----------------------------------
+# --- chaining outside a session (bulk writers on app.asyncdb; Postgres) --------------------------------
 # The same chain: a writer chains its entries onto a head it read (`chain_onto`), then appends them
 # with append_entries_sql(), which locks each head and moves it only if it still is where the entries
 # were chained from. If it is not (another writer appended meanwhile), the statement fails
 # (`is_head_moved`) and the whole transaction with it; the writer may then lock the heads first
 # (LOCK_HEADS_SQL, after its other rows, in tenant order like chain_pending) and chain again.
-
-
-@dataclass
-class AuditEntry:
-    """An event of a bulk writer (the fields of AuditEvent, without the ORM's per-object cost)."""
-
-    tenant_id: str
-    entity_type: str
-    entity_id: str
-    action: str
-    data: dict[str, Any]
-    actor: str | None
-    seq: int = 0
-    prev_hash: str = ""
-    hash: str = ""
-    created_at: datetime = field(default_factory=utcnow)  # set again when chained
 
 
 _ENTRY_COLUMNS = (
@@ -269,7 +272,7 @@ def appended_heads(
 
 
 def entry_rows(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
-    """Chained entries as rows for append_entries_sql()."""
+    """Chained entries as rows of audit_events."""
     return [{column: getattr(entry, column) for column in _ENTRY_COLUMNS} for entry in entries]
 
 

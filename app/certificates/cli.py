@@ -2,54 +2,30 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from app.certificates.signing import KeyFormatError, Verification, load_public_key, public_key_pem, verify
+from app.certificates.signing import (
+    KeyFormatError,
+    Verification,
+    is_jws,
+    load_public_key,
+    public_key_pem,
+    verify,
+    verify_jws,
+)
+from app.commands import command_group
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser("certificate", help="deletion certificates")
-    actions = group.add_subparsers(dest="certificate_command", required=True)
-
-    check = actions.add_parser(
-        "verify", help="check a certificate's signature offline (exit 0 valid, 1 invalid)"
-    )
-    check.add_argument("file", type=Path, help="the certificate JSON as downloaded")
-    check.add_argument(
-        "--public-key",
-        type=Path,
-        help="the issuer's public key (PEM, from GET /v1/certificates/public-key); without it only the key "
-        "embedded in the certificate is checked, which proves integrity but not who signed",
-    )
-    check.set_defaults(func=verify_command)
-
-    public = actions.add_parser("public-key", help="print the configured signing key's public key (PEM)")
-    public.set_defaults(func=public_key_command)
-
-    generate = actions.add_parser(
-        "generate-key", help="print a new Ed25519 private key (PEM) for LETHE_CERTIFICATE_SIGNING_KEY"
-    )
-    generate.add_argument(
-        "--format",
-        choices=("pem", "seed"),
-        default="pem",
-        help="pem (PKCS#8), or seed: the base64 of the raw 32 bytes, one line for .env files",
-    )
-    generate.set_defaults(func=generate_key_command)
-
-    issue = actions.add_parser("issue", help="issue the certificate of a completed request that has none")
-    issue.add_argument("request_id")
-    issue.set_defaults(func=issue_command)
+cli = command_group("certificate", "Deletion certificates.")
 
 
 def _summary(certificate: dict[str, Any]) -> list[str]:
@@ -87,20 +63,42 @@ def report_verification(result: Verification) -> int:
     return 0
 
 
-def verify_command(args: argparse.Namespace) -> int:
+@cli.command("verify")
+def verify_command(
+    file: Annotated[Path, typer.Argument(help="the certificate as downloaded: JSON, or JWS (?format=jws)")],
+    public_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="the issuer's public key (PEM, from GET /v1/certificates/public-key); without it only the "
+            "key embedded in the certificate is checked, which proves integrity but not who signed",
+        ),
+    ] = None,
+) -> int:
+    """Check a certificate's signature offline (exit 0 valid, 1 invalid)."""
     try:
-        data = args.file.read_bytes()
-        public_key = load_public_key(args.public_key.read_bytes()) if args.public_key else None
+        data = file.read_bytes()
+        public_key = load_public_key(public_key_file.read_bytes()) if public_key_file else None
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (KeyFormatError, ValueError) as exc:
         print(f"error: the public key is not an Ed25519 PEM key: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if is_jws(data):
+        if public_key is None:
+            print(
+                "error: a JWS certificate is checked against the issuer's key: pass --public-key",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        return report_verification(verify_jws(data, public_key))
     return report_verification(verify(data, public_key))
 
 
-def public_key_command(args: argparse.Namespace) -> int:
+@cli.command("public-key")
+def public_key_command() -> int:
+    """Print the configured signing key's public key (PEM)."""
     from app.certificates.signing import signing_key
     from app.settings import get_settings
 
@@ -114,9 +112,18 @@ def public_key_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate_key_command(args: argparse.Namespace) -> int:
+@cli.command("generate-key")
+def generate_key_command(
+    key_format: Annotated[
+        Literal["pem", "seed"],
+        typer.Option(
+            "--format", help="pem (PKCS#8), or seed: the base64 of the raw 32 bytes, one line for .env files"
+        ),
+    ] = "pem",
+) -> int:
+    """Print a new Ed25519 private key for LETHE_CERTIFICATE_SIGNING_KEY."""
     key = Ed25519PrivateKey.generate()
-    if args.format == "seed":
+    if key_format == "seed":
         raw = key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
@@ -129,15 +136,17 @@ def generate_key_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def issue_command(args: argparse.Namespace) -> int:
+@cli.command("issue")
+def issue_command(request_id: Annotated[str, typer.Argument(help="the deletion request's id")]) -> int:
+    """Issue the certificate of a completed request that has none."""
     from app.certificates.service import issue_certificate
     from app.db import session_scope
     from app.requests.models import DeletionRequest
 
     with session_scope() as session:
-        request = session.get(DeletionRequest, args.request_id, with_for_update=True)
+        request = session.get(DeletionRequest, request_id, with_for_update=True)
         if request is None:
-            print(f"error: no deletion request {args.request_id}", file=sys.stderr)
+            print(f"error: no deletion request {request_id}", file=sys.stderr)
             return EXIT_INVALID
         try:
             certificate = issue_certificate(session, request, actor="cli")
@@ -145,5 +154,5 @@ def issue_command(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INVALID
         digest = certificate.sha256
-    print(f"certificate of {args.request_id}: sha256 {digest}")
+    print(f"certificate of {request_id}: sha256 {digest}")
     return 0

@@ -15,11 +15,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit.checkpoints import request_checkpoint
 from app.audit.service import current_head, record
 from app.certificates.models import DeletionCertificate
-from app.certificates.signing import sign, signing_key
+from app.certificates.signing import KeyMismatch, jws_of_document, sign, signing_key
 from app.db import utcnow
-from app.errors import ProblemError
+from app.errors import ProblemError, conflict
 from app.jobs.models import Job, JobAttempt
 from app.jobs.service import load_report
 from app.provenance.models import Sample
@@ -211,6 +212,7 @@ def issue_certificate(
         {"sha256": digest, "key_id": key.key_id, "audit_head_seq": head[0]},
         actor,
     )
+    request_checkpoint(session, request.tenant_id)  # the head with this event, anchored outside the database
     session.flush()
     return certificate
 
@@ -232,3 +234,13 @@ def get_certificate(session: Session, tenant_id: str, request_id: str) -> Deleti
             "not-found",
         )
     return certificate
+
+
+def get_certificate_jws(session: Session, tenant_id: str, request_id: str) -> tuple[DeletionCertificate, str]:
+    """The certificate and its compact JWS form; 409 problem when this service's key did not sign it (the
+    JSON form still verifies against the key that did)."""
+    certificate = get_certificate(session, tenant_id, request_id)
+    try:
+        return certificate, jws_of_document(certificate.document.encode("utf-8"), signing_key())
+    except KeyMismatch as exc:
+        raise conflict(f"{exc}: the JWS form is signed with the issuing key, fetch the JSON form") from exc

@@ -204,3 +204,91 @@ def verify(data: bytes, public_key: Ed25519PublicKey | None = None) -> Verificat
             False, "the signature does not match the certificate", key_id, public_key is not None
         )
     return Verification(True, "signature valid", key_id, public_key is not None, certificate)
+
+
+# ----------------------------------------------------------------------------------------- JWS
+
+# The same certificate as a compact JWS (RFC 7515) signed with EdDSA over Ed25519 (RFC 8037), so any JOSE
+# library checks it with the issuer's public key (PEM or JWK). The payload is the certificate's canonical
+# JSON, the very bytes the detached signature covers. Ed25519 signatures are deterministic (RFC 8032):
+# made again from the stored certificate with the key that issued it, the token is the same every time.
+JWS_ALGORITHM = "EdDSA"
+JWS_TYPE = "JWT"  # the payload is a JSON object; "JWT" is the type JOSE libraries accept by default
+_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+
+
+class KeyMismatch(ValueError):
+    """The certificate was signed with another key than the one this process holds."""
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes | None:
+    """Strict: the unpadded base64url of RFC 7515, and only its canonical spelling."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if b64url(raw) == text else None
+
+
+def jwk_of(public_key: Ed25519PublicKey) -> dict[str, str]:
+    """The public key as a JWK (RFC 8037: kty OKP, crv Ed25519)."""
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": b64url(_raw_public(public_key)),
+        "kid": key_id_of(public_key),
+        "alg": JWS_ALGORITHM,
+        "use": "sig",
+    }
+
+
+def sign_jws(certificate: dict[str, Any], key: SigningKey) -> str:
+    header = {"alg": JWS_ALGORITHM, "kid": key.key_id, "typ": JWS_TYPE}
+    signing_input = f"{b64url(canonical_bytes(header))}.{b64url(canonical_bytes(certificate))}"
+    return f"{signing_input}.{b64url(key.private_key.sign(signing_input.encode('ascii')))}"
+
+
+def jws_of_document(document: bytes, key: SigningKey) -> str:
+    """The JWS form of a signed document (as stored), signed with `key`, which must be the key that signed
+    the document (KeyMismatch otherwise: another key would make a new statement, not the same one)."""
+    parsed = json.loads(document)
+    signer = parsed["signature"]["key_id"]
+    if signer != key.key_id:
+        raise KeyMismatch(f"the certificate was signed by key {signer}; this service signs with {key.key_id}")
+    return sign_jws(parsed["certificate"], key)
+
+
+def is_jws(data: bytes) -> bool:
+    return _JWS.fullmatch(data.strip().decode("ascii", errors="replace")) is not None
+
+
+def verify_jws(data: bytes, public_key: Ed25519PublicKey) -> Verification:
+    """Check a compact JWS certificate against the issuer's public key (a JWS carries no key of its own)."""
+    match = _JWS.fullmatch(data.strip().decode("ascii", errors="replace"))
+    if match is None:
+        return Verification(False, "not a compact JWS (three base64url parts joined by dots)")
+    parts = [_b64url_decode(part) for part in match.groups()]
+    if any(part is None for part in parts):
+        return Verification(False, "a part of the JWS is not canonical unpadded base64url")
+    raw_header, raw_payload, signature = parts
+    try:
+        header, certificate = _parse(raw_header), _parse(raw_payload)  # type: ignore[arg-type]
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Verification(False, f"the JWS header or payload is not JSON: {exc}")
+    if not isinstance(header, dict) or header.get("alg") != JWS_ALGORITHM or "crit" in header:
+        return Verification(False, f"the JWS header must name alg {JWS_ALGORITHM} (and no crit): {header}")
+    if not isinstance(certificate, dict):
+        return Verification(False, "the JWS payload is not a JSON object")
+    key_id = key_id_of(public_key)
+    try:
+        public_key.verify(signature, f"{match.group(1)}.{match.group(2)}".encode("ascii"))  # type: ignore[arg-type]
+    except InvalidSignature:
+        signer = header.get("kid")
+        return Verification(
+            False, f"the signature does not verify with key {key_id} (kid {signer})", key_id, True
+        )
+    return Verification(True, "signature valid", key_id, True, certificate)

@@ -12,10 +12,14 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEvent
-from app.audit.service import ChainCheck, list_filters, verify_chain
+from app.audit.service import ChainCheck, verify_chain
 from app.certificates.models import DeletionCertificate
 from app.certificates.service import find_certificate, key_metrics
 from app.certificates.signing import Verification, public_key_pem, signing_key, verify
+from app.dashboard import audit, failures
+from app.dashboard.audit import AuditFilters, EntityName
+from app.dashboard.failures import FailureView
+from app.dashboard.queries import HeldRequest, requests_held_by
 from app.db import utcnow
 from app.errors import ProblemError
 from app.jobs import service as jobs_service
@@ -27,12 +31,13 @@ from app.registry.models import Alias, Model
 from app.registry.schemas import VersionOut
 from app.requests import service as requests_service
 from app.requests import views
-from app.requests.models import OPEN_STATUSES, DeletionRequestModel
+from app.requests.models import OPEN_STATUSES, DeletionRequestModel, RequestStatus
 from app.requests.schemas import DeletionRequestOut
 from app.security.auth import Principal
 from app.security.scopes import Scope
 
-# How the verification report's plots are introduced, and described to screen readers.
+# How the plots of a report written before figures had captions (report.json without "figures") are
+# introduced, and described to screen readers.
 PLOT_TEXT = {
     "roc": (
         "ROC of the membership-inference attack",
@@ -57,8 +62,11 @@ ALIAS_CHANGES_SHOWN = 5
 
 @dataclass
 class PlotView:
+    """A figure of the report: its finding (title), the numbers behind it (caption), and its image
+    (url None: not drawn, the caption says why)."""
+
     name: str
-    url: str
+    url: str | None
     title: str
     description: str
 
@@ -66,6 +74,7 @@ class PlotView:
 @dataclass
 class ReportView:
     verdict: str | None
+    summary: str | None  # the gate's one plain sentence, when the report has one
     label: str | None
     reasons: list[str]
     rules: list[dict[str, Any]]
@@ -98,25 +107,58 @@ class RequestPage:
     certificate: CertificateView | None
     is_open: bool
     live_token: str
+    failure: FailureView | None  # a failed request's cause, consequence and next step
+    can_retry: bool  # failed, and the key may write requests
+
+
+# How a model's progress reads once its job no longer runs (a stale "done: 5 %" says nothing).
+ENDED_PROGRESS_TEXT = {
+    RequestStatus.FAILED: "stopped: the job failed",
+    RequestStatus.CANCELED: "canceled",
+    RequestStatus.COMPLETED: "done",
+}
+
+
+def progress_text(status: str, stage: str | None, progress: int | None) -> str:
+    """One model's progress in words, for the page and its live updates."""
+    return ENDED_PROGRESS_TEXT.get(status) or f"{stage or status}: {progress or 0} %"
 
 
 def plot_url(job_id: str, plot: str) -> str:
     return f"/dashboard/jobs/{job_id}/plots/{plot}.png"
 
 
-def report_view(job_id: str, report: dict[str, Any]) -> ReportView:
+def _plots(job_id: str, report: dict[str, Any]) -> list[PlotView]:
+    listed = {str(file_name) for file_name in report.get("plots") or []}
+    figures = report.get("figures")
+    if isinstance(figures, list):
+        return [
+            PlotView(
+                name=str(figure.get("name")),
+                url=plot_url(job_id, str(figure["name"])) if figure.get("file") in listed else None,
+                title=str(figure.get("title") or ""),
+                description=str(figure.get("caption") or ""),
+            )
+            for figure in figures
+            if isinstance(figure, dict) and figure.get("name")
+        ]
     plots = []
     for file_name in report.get("plots") or []:
-        name = file_name.removesuffix(".png")
+        name = str(file_name).removesuffix(".png")
         title, description = PLOT_TEXT.get(name, (name.replace("_", " "), f"Verification plot {name}."))
         plots.append(PlotView(name, plot_url(job_id, name), title, description))
+    return plots
+
+
+def report_view(job_id: str, report: dict[str, Any]) -> ReportView:
     return ReportView(
         verdict=report.get("verdict"),
+        summary=report.get("summary") or None,
         label=report.get("label"),
         reasons=list(report.get("reasons") or []),
         rules=list(report.get("rules") or []),
         metrics=key_metrics(report),
-        plots=plots,
+        plots=_plots(job_id, report),
         not_checked=list(report.get("not_checked") or []),
         samples=dict(report.get("samples") or {}),
     )
@@ -191,9 +233,11 @@ def request_page(session: Session, principal: Principal, request_id: str) -> Req
     request = requests_service.get_request(session, principal.tenant_id, request_id)
     detail = views.detailed(session, request)
     record = find_certificate(session, request)
+    jobs = [_job_view(session, principal, job_id) for job_id in detail.job_ids]
+    failure = failures.explain(detail, [view.job for view in jobs])
     return RequestPage(
         request=detail,
-        jobs=[_job_view(session, principal, job_id) for job_id in detail.job_ids],
+        jobs=jobs,
         audit_events=(
             _request_audit(session, request.id, principal.tenant_id)
             if Scope.AUDIT_READ in principal.scopes
@@ -202,6 +246,8 @@ def request_page(session: Session, principal: Principal, request_id: str) -> Req
         certificate=certificate_view(record) if record is not None else None,
         is_open=request.status in OPEN_STATUSES,
         live_token=live_token(session, detail),
+        failure=failure,
+        can_retry=failure is not None and Scope.REQUESTS_WRITE in principal.scopes,
     )
 
 
@@ -214,7 +260,12 @@ def live_state(session: Session, principal: Principal, request_id: str) -> dict[
         "open": request.status in OPEN_STATUSES,
         "token": live_token(session, detail),
         "models": [
-            {"model": m.model, "status": m.status, "stage": m.stage, "progress": m.progress}
+            {
+                "model": m.model,
+                "status": m.status,
+                "progress": m.progress or 0,
+                "text": progress_text(m.status, m.stage, m.progress),
+            }
             for m in detail.models
         ],
     }
@@ -237,6 +288,8 @@ class ModelView:
     versions: list[VersionOut]
     aliases: list[AliasView]
     served_by: dict[int, list[str]] = field(default_factory=dict)  # version -> alias names
+    # served version -> the open or failed requests whose data it still holds
+    holding: dict[int, list[HeldRequest]] = field(default_factory=dict)
 
     @property
     def tainted(self) -> list[VersionOut]:
@@ -258,11 +311,17 @@ def model_view(session: Session, model: Model) -> ModelView:
     served_by: dict[int, list[str]] = {}
     for alias in alias_views:
         served_by.setdefault(alias.version, []).append(alias.name)
+    holding = {
+        version.version: held
+        for version in versions
+        if version.version in served_by and (held := requests_held_by(session, version))
+    }
     return ModelView(
         model=model,
         versions=[registry.describe_version(session, model, version) for version in versions],
         aliases=alias_views,
         served_by=served_by,
+        holding=holding,
     )
 
 
@@ -277,18 +336,38 @@ def models_page(
 
 
 @dataclass
+class AuditRow:
+    event: AuditEvent
+    entity: EntityName
+    detail: str
+
+
+@dataclass
 class AuditPage:
     check: ChainCheck
-    events: list[AuditEvent]
+    rows: list[AuditRow]
     next_cursor: str | None
     checked_at: datetime
+    entity_types: list[str]  # the filter's choices
+    actions: list[str]
 
 
-def audit_page(
-    session: Session, principal: Principal, page: PageParams, entity_type: str | None, action: str | None
-) -> AuditPage:
-    conditions = list_filters(principal.tenant_id, entity_type, None, action, None, None)
+def audit_page(session: Session, principal: Principal, page: PageParams, filters: AuditFilters) -> AuditPage:
+    tenant_id = principal.tenant_id
     events, next_cursor = paginate(
-        session, select(AuditEvent).where(*conditions), [AuditEvent.seq], page, descending=True
+        session,
+        select(AuditEvent).where(*filters.conditions(tenant_id)),
+        [AuditEvent.seq],
+        page,
+        descending=True,
     )
-    return AuditPage(verify_chain(session, principal.tenant_id), events, next_cursor, utcnow())
+    names = audit.entity_names(session, tenant_id, events)
+    rows = [AuditRow(e, names[e.entity_type, e.entity_id], audit.event_detail(e)) for e in events]
+    return AuditPage(
+        check=verify_chain(session, tenant_id),
+        rows=rows,
+        next_cursor=next_cursor,
+        checked_at=utcnow(),
+        entity_types=audit.entity_types(session, tenant_id),
+        actions=audit.recent_actions(session, tenant_id, filters.entity_type),
+    )

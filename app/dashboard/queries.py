@@ -7,12 +7,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from app.jobs.models import Job, JobAttempt
+from app.provenance.membership import training_sample_ids
+from app.provenance.models import Sample
 from app.registry.models import Model, ModelVersion
-from app.requests.models import OPEN_STATUSES, DeletionRequest, DeletionRequestModel, Regime, RequestStatus
+from app.requests.models import (
+    ACTION_NEEDED_STATUSES,
+    DEADLINE_STATUSES,
+    DeletionRequest,
+    DeletionRequestModel,
+    DeletionRequestSample,
+    Regime,
+    RequestStatus,
+)
 from app.requests.schemas import ModelProgress
 
 
@@ -22,12 +32,15 @@ class RequestFilters:
     regime: Regime | None = None
     model: str | None = None
     overdue: bool = False
+    action_needed: bool = False  # failed requests: someone has to retry, extend or answer
     # Keyed HMAC of a searched subject id (the id itself is never kept or echoed).
     subject_hmac: str | None = None
 
     @property
     def active(self) -> bool:
-        return any((self.status, self.regime, self.model, self.overdue, self.subject_hmac))
+        return any(
+            (self.status, self.regime, self.model, self.overdue, self.action_needed, self.subject_hmac)
+        )
 
 
 def filtered_requests(
@@ -48,8 +61,22 @@ def filtered_requests(
             .where(Model.tenant_id == tenant_id, Model.name == filters.model)
         )
     if filters.overdue:
-        stmt = stmt.where(DeletionRequest.status.in_(OPEN_STATUSES), DeletionRequest.due_at < now)
+        stmt = stmt.where(DeletionRequest.status.in_(DEADLINE_STATUSES), DeletionRequest.due_at < now)
+    if filters.action_needed:
+        stmt = stmt.where(DeletionRequest.status.in_(ACTION_NEEDED_STATUSES))
     return stmt
+
+
+def action_needed_count(session: Session, tenant_id: str) -> int:
+    """How many of the tenant's requests need someone to act."""
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                DeletionRequest.tenant_id == tenant_id, DeletionRequest.status.in_(ACTION_NEEDED_STATUSES)
+            )
+        )
+        or 0
+    )
 
 
 def models_by_request(session: Session, request_ids: Sequence[str]) -> dict[str, list[ModelProgress]]:
@@ -94,3 +121,40 @@ def models_by_request(session: Session, request_ids: Sequence[str]) -> dict[str,
             )
         )
     return progress
+
+
+@dataclass(frozen=True)
+class HeldRequest:
+    """A deletion request whose subject's data a model version still holds."""
+
+    id: str
+    status: str
+    due_at: datetime
+
+
+def requests_held_by(session: Session, version: ModelVersion) -> list[HeldRequest]:
+    """Open and failed requests concerning the version's model whose samples trained the version: what
+    it serves while the deletion is not done. Oldest due first."""
+    if version.training_root_id is None:  # no recorded training set: nothing to tell
+        return []
+    trained_on = training_sample_ids(version).where(Sample.id == DeletionRequestSample.sample_id).exists()
+    holds = (
+        select(DeletionRequestSample.request_id)
+        .where(DeletionRequestSample.request_id == DeletionRequest.id, trained_on)
+        .exists()
+    )
+    rows = session.execute(
+        select(DeletionRequest.id, DeletionRequest.status, DeletionRequest.due_at)
+        .join(
+            DeletionRequestModel,
+            (DeletionRequestModel.request_id == DeletionRequest.id)
+            & (DeletionRequestModel.model_id == version.model_id),
+        )
+        .where(
+            DeletionRequest.tenant_id == version.tenant_id,
+            DeletionRequest.status.in_(DEADLINE_STATUSES),
+            holds,
+        )
+        .order_by(DeletionRequest.due_at, DeletionRequest.id)
+    )
+    return [HeldRequest(request_id, status, due_at) for request_id, status, due_at in rows]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -19,7 +19,9 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
 from app.certificates.service import get_certificate
-from app.dashboard import pages
+from app.dashboard import audit as audit_views
+from app.dashboard import failures, pages, text
+from app.dashboard.audit import AuditFilters
 from app.dashboard.auth import (
     HOME_PATH,
     LOGIN_PATH,
@@ -32,14 +34,22 @@ from app.dashboard.auth import (
 )
 from app.dashboard.export import csv_response
 from app.dashboard.export import router as export_router
-from app.dashboard.queries import RequestFilters, filtered_requests, models_by_request
+from app.dashboard.queries import RequestFilters, action_needed_count, filtered_requests, models_by_request
 from app.db import SessionDep, utcnow
+from app.domain import DomainError
 from app.errors import ProblemError
 from app.jobs import service as jobs_service
 from app.pagination import PageParams, paginate
 from app.requests import service as requests_service
 from app.requests import views
-from app.requests.models import OPEN_STATUSES, DeletionRequest, Regime, RequestStatus
+from app.requests.models import (
+    ACTION_NEEDED_STATUSES,
+    DEADLINE_STATUSES,
+    OPEN_STATUSES,
+    DeletionRequest,
+    Regime,
+    RequestStatus,
+)
 from app.requests.views import combined_verdict
 from app.security.keys import find_active_key
 from app.security.scopes import Scope
@@ -70,6 +80,11 @@ def _when(moment: datetime | None) -> str:
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters["when"] = _when
 templates.env.globals["open_statuses"] = OPEN_STATUSES
+templates.env.globals["deadline_statuses"] = DEADLINE_STATUSES
+templates.env.globals["action_needed_statuses"] = ACTION_NEEDED_STATUSES
+templates.env.globals["progress_text"] = pages.progress_text
+templates.env.globals["redact"] = text.redact
+templates.env.globals["timeline_detail"] = failures.timeline_detail
 
 
 def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
@@ -83,7 +98,7 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
 
 class DashboardRoute(APIRoute):
     """Dashboard routes answer HTML: a redirect to the login page without a session, an error page for
-    a problem (a missing request, a missing scope) instead of problem+json."""
+    a problem (a missing request, a missing scope, a refused change) instead of problem+json."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -94,7 +109,7 @@ class DashboardRoute(APIRoute):
             except LoginRequired:
                 target = f"{LOGIN_PATH}?{urlencode({'next': request.url.path})}"
                 return RedirectResponse(target, status_code=303)
-            except ProblemError as problem:
+            except (ProblemError, DomainError) as problem:
                 return render(
                     request, "error.html", {"title": problem.title, "detail": problem.detail}, problem.status
                 )
@@ -167,7 +182,12 @@ def logout(form: Form) -> Response:
 
 
 def _filters(
-    status: str | None, regime: str | None, model: str | None, overdue: str | None, subject: str | None
+    status: str | None,
+    regime: str | None,
+    model: str | None,
+    overdue: str | None,
+    subject: str | None,
+    action_needed: str | None = None,
 ) -> RequestFilters:
     """Filters from the query string; unknown values are ignored rather than failing the page."""
     return RequestFilters(
@@ -175,6 +195,7 @@ def _filters(
         regime=Regime(regime) if regime in set(Regime) else None,
         model=model.strip() or None if model else None,
         overdue=overdue == "1",
+        action_needed=action_needed == "1",
         subject_hmac=subject if subject and re.fullmatch(r"[0-9a-f]{64}", subject) else None,
     )
 
@@ -185,6 +206,7 @@ def _filter_query(filters: RequestFilters) -> dict[str, str]:
         "regime": filters.regime or "",
         "model": filters.model or "",
         "overdue": "1" if filters.overdue else "",
+        "action_needed": "1" if filters.action_needed else "",
         "subject": filters.subject_hmac or "",
     }
     return {name: value for name, value in values.items() if value}
@@ -200,10 +222,11 @@ def requests_page(
     model: str | None = None,
     overdue: str | None = None,
     subject: str | None = None,
+    action_needed: str | None = None,
     cursor: str | None = None,
     limit: Annotated[int | None, Query(ge=1, le=200)] = None,
 ) -> Response:
-    filters = _filters(status, regime, model, overdue, subject)
+    filters = _filters(status, regime, model, overdue, subject, action_needed)
     now = utcnow()
     page = PageParams(limit or get_settings().default_page_size, cursor)
     items, next_cursor = paginate(
@@ -237,6 +260,7 @@ def requests_page(
             "first_url": f"?{urlencode(query)}" if cursor else None,
             "export_url": f"/dashboard/export.csv?{urlencode(query)}" if query else "/dashboard/export.csv",
             "any_open": any(row["status"] in OPEN_STATUSES for row in rows),
+            "action_needed": action_needed_count(session, principal.tenant_id),
         },
     )
 
@@ -258,9 +282,21 @@ def search(form: Form, session: SessionDep, principal: Viewer) -> Response:
 
 
 @pages_router.get("/requests/{request_id}")
-def request_detail(request: Request, request_id: str, session: SessionDep, principal: Viewer) -> Response:
+def request_detail(
+    request: Request, request_id: str, session: SessionDep, principal: Viewer, retried: str | None = None
+) -> Response:
     page = pages.request_page(session, principal, request_id)
-    return render(request, "request.html", {"page": page, "r": page.request})
+    return render(request, "request.html", {"page": page, "r": page.request, "retried": retried == "1"})
+
+
+@pages_router.post("/requests/{request_id}/retry")
+def retry(request: Request, request_id: str, form: Form, session: SessionDep, principal: Viewer) -> Response:
+    """The request page's retry button (POST /v1/deletion-requests/{id}:retry for the dashboard)."""
+    if Scope.REQUESTS_WRITE not in principal.scopes:
+        return _missing_scope(request, Scope.REQUESTS_WRITE)
+    requests_service.retry_request(session, principal, request_id)
+    session.commit()
+    return RedirectResponse(f"/dashboard/requests/{request_id}?retried=1", status_code=303)
 
 
 @pages_router.get("/requests/{request_id}/live")
@@ -301,8 +337,9 @@ def export(
     model: str | None = None,
     overdue: str | None = None,
     subject: str | None = None,
+    action_needed: str | None = None,
 ) -> Response:
-    return csv_response(principal.tenant_id, _filters(status, regime, model, overdue, subject))
+    return csv_response(principal.tenant_id, _filters(status, regime, model, overdue, subject, action_needed))
 
 
 # ---------------------------------------------------------------- models and audit
@@ -333,6 +370,29 @@ def models(
     )
 
 
+def _day(value: str | None) -> date | None:
+    """A yyyy-mm-dd date from the query string; anything else is ignored rather than failing the page."""
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _audit_query(
+    entity_type: str | None, action: str | None, since: str | None, until: str | None
+) -> tuple[AuditFilters, dict[str, str]]:
+    """The audit page's filters, and the query string that repeats them."""
+    start, end = _day(since), _day(until)
+    filters = AuditFilters(entity_type or None, None, action or None, *audit_views.day_range(start, end))
+    values = {
+        "entity_type": entity_type or "",
+        "action": action or "",
+        "since": start.isoformat() if start else "",
+        "until": end.isoformat() if end else "",
+    }
+    return filters, {name: value for name, value in values.items() if value}
+
+
 @pages_router.get("/audit")
 def audit(
     request: Request,
@@ -340,24 +400,43 @@ def audit(
     principal: Viewer,
     entity_type: str | None = None,
     action: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
     cursor: str | None = None,
 ) -> Response:
     if Scope.AUDIT_READ not in principal.scopes:
         return _missing_scope(request, Scope.AUDIT_READ)
-    page = pages.audit_page(session, principal, PageParams(50, cursor), entity_type or None, action or None)
-    query = {name: value for name, value in (("entity_type", entity_type), ("action", action)) if value}
+    filters, query = _audit_query(entity_type, action, since, until)
+    page = pages.audit_page(session, principal, PageParams(50, cursor), filters)
     return render(
         request,
         "audit.html",
         {
             "page": page,
-            "entity_type": entity_type or "",
-            "action": action or "",
+            "query": query,
+            "entity_labels": audit_views.ENTITY_LABELS,
             "next_url": f"?{urlencode({**query, 'cursor': page.next_cursor})}" if page.next_cursor else None,
+            "export_url": f"/dashboard/audit.csv?{urlencode(query)}" if query else "/dashboard/audit.csv",
         },
     )
 
 
-# The CSV export's /v1 route first: `/v1/deletion-requests/{id}` would otherwise take "export.csv".
+@pages_router.get("/audit.csv")
+def audit_export(
+    request: Request,
+    principal: Viewer,
+    entity_type: str | None = None,
+    action: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Response:
+    if Scope.AUDIT_READ not in principal.scopes:
+        return _missing_scope(request, Scope.AUDIT_READ)
+    filters, _ = _audit_query(entity_type, action, since, until)
+    return audit_views.csv_response(principal.tenant_id, filters)
+
+
+# The CSV exports' /v1 routes first: `/v1/deletion-requests/{id}` would otherwise take "export.csv".
 router.include_router(export_router)
+router.include_router(audit_views.router)
 router.include_router(pages_router)

@@ -29,14 +29,14 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.encoders import jsonable_encoder
-from sqlalchemy import String, any_, bindparam, func, select
+from sqlalchemy import String, any_, bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from app.asyncdb import compiled_sql
-from app.db import SessionDep, new_id
+from app.db import SessionDep, new_id, utcnow
 from app.errors import ProblemError, unprocessable
 from app.idempotency.hashing import request_hash
 from app.idempotency.models import IdempotencyKey, IdempotencyState
@@ -73,18 +73,11 @@ class Idempotency:
     def record(self, body: Any, status_code: int) -> Any:
         """Store the answer in the session's transaction (no commit); answers `body` unchanged."""
         if self.key is not None:
-            self.session.add(
-                IdempotencyKey(
-                    tenant_id=self.principal.tenant_id,
-                    key=self.key,
-                    method=self.method,
-                    path=self.path,
-                    request_hash=self.request_hash,
-                    state=IdempotencyState.DONE,
-                    response_status=status_code,
-                    response_body=jsonable_encoder(body),
-                )
-            )
+            row = done_key_row(
+                self.principal.tenant_id, self.key, self.method, self.path, self.request_hash, status_code,
+                jsonable_encoder(body), utcnow(),
+            )  # fmt: skip
+            self.session.execute(insert(IdempotencyKey.__table__), [row])
         return body
 
     def finish(self, body: Any, status_code: int) -> Any:
@@ -123,15 +116,13 @@ def in_flight() -> ProblemError:
     )
 
 
-def _claim(session: Session, tenant_id: str, key: str) -> None:
-    """Hold (tenant, key) until this transaction ends; 409 when another request holds it."""
+def claim_key(session: Session, tenant_id: str, key: str) -> bool:
+    """Hold (tenant, key) until this transaction ends; False when another request holds it."""
     if session.get_bind().dialect.name != "postgresql":
-        return  # the embedded SQLite demo serialises writers anyway; the unique key still holds
-    locked = session.scalar(
-        select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_CLASS, _lock_id(tenant_id, key)))
+        return True  # the embedded SQLite demo serialises writers anyway; the unique key still holds
+    return bool(
+        session.scalar(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_CLASS, _lock_id(tenant_id, key))))
     )
-    if not locked:
-        raise in_flight()
 
 
 class StoredKey(Protocol):
@@ -156,18 +147,6 @@ def judge_reuse(stored: StoredKey | None, digest: str) -> None:
     raise IdempotentReplay(stored.response_status, stored.response_body)
 
 
-def check_key(session: Session, tenant_id: str, key: str, digest: str) -> None:
-    """Claim the key, then refuse or replay when it was used before."""
-    _claim(session, tenant_id, key)
-    stored = session.scalar(
-        select(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)
-    )
-    judge_reuse(stored, digest)
-
-
-# --- the same for bulk writers on app.asyncdb (Postgres) ---------------------------------------------
-
-
 @dataclass(frozen=True)
 class StoredKeyRow:
     key: str
@@ -177,8 +156,35 @@ class StoredKeyRow:
     response_body: Any
 
 
+def stored_keys_query(tenant_id: Any, keys: Any) -> Any:
+    """Earlier uses of keys, as rows of StoredKeyRow: `keys` is a condition on IdempotencyKey.key."""
+    return select(
+        IdempotencyKey.key,
+        IdempotencyKey.request_hash,
+        IdempotencyKey.state,
+        IdempotencyKey.response_status,
+        IdempotencyKey.response_body,
+    ).where(IdempotencyKey.tenant_id == tenant_id, keys)
+
+
+def stored_key(session: Session, tenant_id: str, key: str) -> StoredKeyRow | None:
+    row = session.execute(stored_keys_query(tenant_id, IdempotencyKey.key == key)).first()
+    return StoredKeyRow(*row) if row is not None else None
+
+
+def check_key(session: Session, tenant_id: str, key: str, digest: str) -> None:
+    """Claim the key (409 while another request holds it), then refuse or replay when it was used
+    before."""
+    if not claim_key(session, tenant_id, key):
+        raise in_flight()
+    judge_reuse(stored_key(session, tenant_id, key), digest)
+
+
+# --- the same for bulk writers on app.asyncdb (Postgres) ---------------------------------------------
+
+
 def claims_sql(tenant_id: str, keys: Sequence[str]) -> tuple[str, tuple[int, list[int]]]:
-    """The statement that claims each (tenant, key) until the transaction ends, as _claim does; its one
+    """The statement that claims each (tenant, key) until the transaction ends, as claim_key does; its one
     row holds a boolean per key, false where another transaction holds the key (then: 409)."""
     return (
         "SELECT array_agg(pg_try_advisory_xact_lock(%s, lock_id) ORDER BY position) "
@@ -189,19 +195,9 @@ def claims_sql(tenant_id: str, keys: Sequence[str]) -> tuple[str, tuple[int, lis
 
 @lru_cache(maxsize=1)
 def stored_keys_sql() -> str:
-    """Earlier uses of keys: parameters tenant_id and keys (a list); rows as StoredKeyRow."""
-    return compiled_sql(
-        select(
-            IdempotencyKey.key,
-            IdempotencyKey.request_hash,
-            IdempotencyKey.state,
-            IdempotencyKey.response_status,
-            IdempotencyKey.response_body,
-        ).where(
-            IdempotencyKey.tenant_id == bindparam("tenant_id"),
-            IdempotencyKey.key == any_(bindparam("keys", type_=ARRAY(String))),
-        )
-    )
+    """stored_keys_query for app.asyncdb: parameters tenant_id and keys (a list)."""
+    keys = IdempotencyKey.key == any_(bindparam("keys", type_=ARRAY(String)))
+    return compiled_sql(stored_keys_query(bindparam("tenant_id"), keys))
 
 
 # The columns of IdempotencyKey that done_key_row fills.

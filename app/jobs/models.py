@@ -25,6 +25,17 @@ class JobStatus(StrEnum):
     CANCELED = "canceled"
 
 
+class Stage(StrEnum):
+    """Where a job stands; workers.pipeline.stages says which task carries it on from each."""
+
+    QUEUED = "queued"  # waiting for its batching window and for its model to be free
+    TRAINING = "training"
+    UNLEARNING = "unlearning"
+    VERIFYING = "verifying"
+    PROMOTING = "promoting"
+    DONE = "done"
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

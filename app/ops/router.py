@@ -30,6 +30,7 @@ class Readiness(BaseModel):
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
 async def healthz() -> Health:
+    """Liveness: answers while the process serves requests; checks nothing else."""
     return Health(status="ok")
 
 
@@ -40,6 +41,7 @@ async def healthz() -> Health:
     responses={503: {"description": "A dependency is down (problem+json naming it in `checks`)."}},
 )
 def readyz(request: Request) -> Readiness:
+    """Readiness: the database and the broker answer; 503 naming the one that does not."""
     checks = {
         "database": _run_check("database", lambda: check_database(get_engine())),
         "broker": _run_check("broker", lambda: check_broker(request.app.state.settings.broker_url)),
@@ -63,6 +65,7 @@ def readyz(request: Request) -> Readiness:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
 )
 def metrics(request: Request) -> Response:
+    """Prometheus metrics of HTTP requests, deletion requests and jobs (text exposition format)."""
     registry: CollectorRegistry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -18,12 +18,15 @@ GPU_QUEUE = "gpu"
 
 PLAN_TASK = "lethe.plan"
 TRAIN_TASK = "lethe.train"
+CHECK_ARTIFACT_TASK = "lethe.check_artifact"  # load a registered artifact once: may the version serve
 UNLEARN_TASK = "lethe.unlearn"
 VERIFY_TASK = "lethe.verify"
 DELIVER_WEBHOOK_TASK = "lethe.deliver_webhook"
+AUDIT_CHECKPOINT_TASK = "lethe.audit_checkpoint"
 
 TASK_ROUTES: dict[str, dict[str, str]] = {
     TRAIN_TASK: {"queue": GPU_QUEUE},
+    CHECK_ARTIFACT_TASK: {"queue": GPU_QUEUE},  # the workers sized for loading models
     UNLEARN_TASK: {"queue": GPU_QUEUE},
     VERIFY_TASK: {"queue": GPU_QUEUE},
     "lethe.*": {"queue": DEFAULT_QUEUE},

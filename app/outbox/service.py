@@ -1,9 +1,11 @@
 """The transactional outbox.
 
 `enqueue` writes a task row in the caller's transaction, so the task exists exactly when the state it
-follows was committed. `dispatch_pending` hands committed rows to the broker afterwards and marks them
-dispatched; while the broker is down the rows stay pending and a later pass sends them. Delivery is at
-least once (a crash between send and mark sends again): every task is idempotent.
+follows was committed; bulk writers build the same rows (`outbox_row`) and insert them with their own
+statement, or on a session with `enqueue_rows`. `dispatch_pending` hands committed rows to the broker
+afterwards and marks them dispatched; while the broker is down the rows stay pending and a later pass
+sends them. Delivery is at least once (a crash between send and mark sends again): every task is
+idempotent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
@@ -43,22 +45,36 @@ class DispatchResult:
     pending: bool  # rows were left: the batch was full or the broker failed
 
 
-def enqueue(session: Session, task_name: str, payload: dict[str, Any]) -> OutboxMessage:
-    """Add a task to the caller's transaction; it reaches the broker only after that commits."""
-    message = OutboxMessage(task_name=task_name, payload=payload)
-    session.add(message)
-    session.info[_ENQUEUED_FLAG] = True
-    return message
+@dataclass(frozen=True)
+class QueuedTask:
+    id: int
+    task_name: str
+    payload: dict[str, Any]
 
 
-# Bulk writers (app.asyncdb) insert these columns of OutboxMessage, and set `committed_work` once their
-# transaction has committed.
+# The columns of OutboxMessage a task's row fills. Bulk writers (app.asyncdb) insert these, and set
+# `committed_work` once their transaction has committed.
 OUTBOX_COLUMNS = ("task_name", "payload", "created_at", "attempts")
 
 
 def outbox_row(task_name: str, payload: dict[str, Any], now: datetime) -> dict[str, Any]:
     """A task as a row of OUTBOX_COLUMNS."""
     return {"task_name": task_name, "payload": payload, "created_at": now, "attempts": 0}
+
+
+def enqueue(session: Session, task_name: str, payload: dict[str, Any]) -> QueuedTask:
+    """Add a task to the caller's transaction; it reaches the broker only after that commits."""
+    (message_id,) = enqueue_rows(session, [outbox_row(task_name, payload, utcnow())])
+    return QueuedTask(message_id, task_name, payload)
+
+
+def enqueue_rows(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert tasks (outbox_row) in the caller's transaction; answers their ids."""
+    if not rows:
+        return []
+    session.info[_ENQUEUED_FLAG] = True
+    table = OutboxMessage.__table__
+    return list(session.scalars(insert(table).returning(table.c.id), list(rows)))
 
 
 @event.listens_for(Session, "after_commit")

@@ -7,6 +7,7 @@ a row per sample per version except for samples a registrant listed one by one.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,14 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, insert, litera
 from sqlalchemy.orm import Session
 
 from app.errors import unprocessable
-from app.provenance.models import Dataset, Sample, TrainingListedSample, TrainingSource, VersionExclusion
+from app.provenance.models import (
+    Dataset,
+    HeldoutSample,
+    Sample,
+    TrainingListedSample,
+    TrainingSource,
+    VersionExclusion,
+)
 from app.registry.models import Model, ModelVersion
 
 LOOKUP_CHUNK = 5000
@@ -33,12 +41,14 @@ class TrainingSet:
     size: int
 
 
-def _dataset_for(session: Session, tenant_id: str, dataset_name: str) -> Dataset:
+def _dataset_for(
+    session: Session, tenant_id: str, dataset_name: str, field: str = "training_set.dataset"
+) -> Dataset:
     dataset = session.scalars(
         select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.name == dataset_name)
     ).one_or_none()
     if dataset is None:
-        raise unprocessable(f"training_set.dataset: no dataset named {dataset_name!r}", "unknown-dataset")
+        raise unprocessable(f"{field}: no dataset named {dataset_name!r}", "unknown-dataset")
     return dataset
 
 
@@ -69,42 +79,153 @@ def resolve_training_set(
         if not size:
             raise unprocessable(f"dataset {dataset_name!r} has no samples", "empty-training-set")
         return TrainingSet(dataset.id, upto, None, size)
-    wanted = list(dict.fromkeys(external_ids))
-    if not wanted:
+    if not external_ids:
         raise unprocessable("training_set.external_ids is empty", "empty-training-set")
+    found = _listed_samples(session, dataset, external_ids, "training_set.external_ids")
+    ids = tuple(sorted(found.values()))
+    return TrainingSet(dataset.id, ids[-1], ids, len(ids))
+
+
+def _listed_samples(
+    session: Session, dataset: Dataset, external_ids: Sequence[str], field: str
+) -> dict[str, int]:
+    """external_id -> sample id of each listed sample, in the order listed; 422 naming unknown ones."""
+    wanted = list(dict.fromkeys(external_ids))
     found = _sample_ids_by_external_id(session, dataset.id, wanted)
     missing = [external_id for external_id in wanted if external_id not in found]
     if missing:
         shown = ", ".join(repr(external_id) for external_id in missing[:MAX_REPORTED_MISSING])
         raise unprocessable(
-            f"{len(missing)} external_ids are not samples of dataset {dataset_name!r}: {shown}",
-            "unknown-samples",
+            f"{field}: {len(missing)} are not samples of dataset {dataset.name!r}: {shown}", "unknown-samples"
         )
-    ids = tuple(sorted(found[external_id] for external_id in wanted))
-    return TrainingSet(dataset.id, ids[-1], ids, len(ids))
+    return {external_id: found[external_id] for external_id in wanted}
 
 
-def attach_training_set(session: Session, root: ModelVersion, training_set: TrainingSet) -> None:
-    """Make `root` a root version trained on `training_set`."""
+def attach_training_set(session: Session, root: ModelVersion, *training_sets: TrainingSet) -> None:
+    """Make `root` a root version trained on `training_sets` (one per dataset)."""
     root.training_root_id = root.id
-    root.training_set_size = training_set.size
-    session.add(
-        TrainingSource(
-            root_version_id=root.id,
-            dataset_id=training_set.dataset_id,
-            upto_sample_id=training_set.upto_sample_id,
-            listed=training_set.listed_sample_ids is not None,
+    root.training_set_size = sum(training_set.size for training_set in training_sets)
+    for training_set in training_sets:
+        session.add(
+            TrainingSource(
+                root_version_id=root.id,
+                dataset_id=training_set.dataset_id,
+                upto_sample_id=training_set.upto_sample_id,
+                listed=training_set.listed_sample_ids is not None,
+            )
         )
-    )
     session.flush()
-    if training_set.listed_sample_ids:
-        session.execute(
-            insert(TrainingListedSample),
-            [
-                {"root_version_id": root.id, "sample_id": sample_id}
-                for sample_id in training_set.listed_sample_ids
-            ],
+    for training_set in training_sets:
+        if training_set.listed_sample_ids:
+            session.execute(
+                insert(TrainingListedSample),
+                [
+                    {"root_version_id": root.id, "sample_id": sample_id}
+                    for sample_id in training_set.listed_sample_ids
+                ],
+            )
+
+
+def with_training_set_of(
+    session: Session, training_set: TrainingSet, base: ModelVersion
+) -> list[TrainingSet]:
+    """`training_set` together with everything `base` was trained on, one listed set per dataset: a model
+    fine-tuned from `base` still holds what `base` learnt, so a deletion must find it too."""
+    by_dataset: dict[str, set[int]] = {}
+    inherited = select(Sample.dataset_id, Sample.id).where(Sample.id.in_(training_sample_ids(base)))
+    for dataset_id, sample_id in session.execute(inherited):
+        by_dataset.setdefault(dataset_id, set()).add(sample_id)
+    own = {sample_id for sample_id, _ in session.execute(_training_set_rows(training_set))}
+    by_dataset.setdefault(training_set.dataset_id, set()).update(own)
+    return [
+        TrainingSet(dataset_id, max(ids), tuple(sorted(ids)), len(ids))
+        for dataset_id, ids in sorted(by_dataset.items())
+    ]
+
+
+def _training_set_rows(training_set: TrainingSet) -> Select[tuple[int, str]]:
+    """(id, subject_hmac) of the samples of a resolved training set, by id."""
+    stmt = select(Sample.id, Sample.subject_hmac).where(
+        Sample.dataset_id == training_set.dataset_id, Sample.id <= training_set.upto_sample_id
+    )
+    if training_set.listed_sample_ids is not None:
+        stmt = stmt.where(Sample.id.in_(training_set.listed_sample_ids))
+    return stmt.order_by(Sample.id)
+
+
+def _subject_rank(subject_hmac: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{subject_hmac}".encode()).hexdigest()
+
+
+def reserve_heldout(
+    session: Session, training_set: TrainingSet, fraction: float, seed: int
+) -> tuple[TrainingSet, tuple[int, ...]]:
+    """Split a training set by subject: (what is trained on, the held-out sample ids).
+
+    round(fraction x subjects) subjects, chosen by a hash of (seed, subject) so the same request reserves
+    the same people, keep all their samples out of training; at least one subject stays on each side when
+    fraction > 0 and there are two or more subjects."""
+    rows = session.execute(_training_set_rows(training_set)).all()
+    subjects = sorted({subject for _, subject in rows}, key=lambda subject: _subject_rank(subject, seed))
+    count = round(fraction * len(subjects))
+    if fraction > 0 and len(subjects) >= 2:
+        count = min(max(count, 1), len(subjects) - 1)
+    reserved = set(subjects[:count])
+    if not reserved:
+        return training_set, ()
+    kept = tuple(sample_id for sample_id, subject in rows if subject not in reserved)
+    heldout = tuple(sample_id for sample_id, subject in rows if subject in reserved)
+    return TrainingSet(training_set.dataset_id, kept[-1], kept, len(kept)), heldout
+
+
+def resolve_heldout(
+    session: Session,
+    tenant_id: str,
+    dataset_name: str,
+    external_ids: Sequence[str] | None,
+    training_set: TrainingSet,
+) -> tuple[int, ...]:
+    """Ids of the named held-out samples (the listed ones, or the whole dataset as of now); 422 when some
+    are unknown or in the training set."""
+    dataset = _dataset_for(session, tenant_id, dataset_name, "heldout.dataset")
+    if external_ids is None:
+        rows = session.execute(
+            select(Sample.id, Sample.external_id).where(Sample.dataset_id == dataset.id).order_by(Sample.id)
         )
+        ids = {sample_id: external_id for sample_id, external_id in rows}
+    else:
+        listed = _listed_samples(session, dataset, external_ids, "heldout.external_ids")
+        ids = {sample_id: external_id for external_id, sample_id in listed.items()}
+    if not ids:
+        raise unprocessable(f"heldout.dataset: dataset {dataset_name!r} has no samples", "empty-heldout")
+    if dataset.id == training_set.dataset_id:
+        listed = set(training_set.listed_sample_ids or ())
+        whole = training_set.listed_sample_ids is None
+        trained = sorted(
+            sample_id
+            for sample_id in ids
+            if (sample_id <= training_set.upto_sample_id if whole else sample_id in listed)
+        )
+        if trained:
+            shown = ", ".join(repr(ids[sample_id]) for sample_id in trained[:MAX_REPORTED_MISSING])
+            raise unprocessable(
+                f"heldout: {len(trained)} of these samples are in the training set: {shown}",
+                "heldout-in-training-set",
+            )
+    return tuple(sorted(ids))
+
+
+def attach_heldout(session: Session, root: ModelVersion, sample_ids: Sequence[int]) -> None:
+    if sample_ids:
+        session.execute(
+            insert(HeldoutSample),
+            [{"root_version_id": root.id, "sample_id": sample_id} for sample_id in sample_ids],
+        )
+
+
+def heldout_sample_ids(version: ModelVersion) -> Select[tuple[int]]:
+    """Ids of the samples declared held out for `version`'s root (none for roots that declared none)."""
+    return select(HeldoutSample.sample_id).where(HeldoutSample.root_version_id == version.training_root_id)
 
 
 def _covered_by_root(root_version_id: str) -> Select[tuple[int]]:

@@ -33,6 +33,8 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20))
     description: Mapped[str | None] = mapped_column(Text)
+    # Class name -> integer label: samples may then send their label by name (stored as the integer).
+    label_map: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -88,6 +90,18 @@ class TrainingSource(Base):
 
 class TrainingListedSample(Base):
     __tablename__ = "training_listed_samples"
+
+    root_version_id: Mapped[str] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), primary_key=True)
+
+
+class HeldoutSample(Base):
+    """A sample a root version was NOT trained on and that verification may use as held-out data: named
+    by the registrant of an existing artifact, or reserved by the service's own training."""
+
+    __tablename__ = "heldout_samples"
 
     root_version_id: Mapped[str] = mapped_column(
         ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True

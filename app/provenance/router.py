@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app.db import SessionDep
 from app.idempotency.service import Idempotency, idempotent
+from app.openapi import problem_responses
 from app.pagination import Page, PageParamsDep
 from app.provenance import service
 from app.provenance.models import DatasetKind
@@ -44,6 +45,7 @@ async def raw_body(request: Request) -> bytes:
 
 @router.post("/datasets", status_code=201, response_model=DatasetOut, summary="Create a dataset")
 def create_dataset(body: DatasetIn, idempotency: ProvenanceWriter) -> DatasetOut:
+    """Create a dataset by a name unique in the tenant; paths then name it by that name."""
     dataset = service.create_dataset(idempotency.session, idempotency.principal, body)
     return idempotency.finish(DatasetOut.model_validate(dataset), 201)
 
@@ -52,12 +54,14 @@ def create_dataset(body: DatasetIn, idempotency: ProvenanceWriter) -> DatasetOut
 def list_datasets(
     principal: ProvenanceReader, session: SessionDep, page: PageParamsDep, kind: DatasetKind | None = None
 ) -> Page[DatasetOut]:
+    """The tenant's datasets, oldest first; `kind` filters."""
     datasets, next_cursor = service.list_datasets(session, principal.tenant_id, page, kind)
     return Page(items=[DatasetOut.model_validate(d) for d in datasets], next_cursor=next_cursor)
 
 
 @router.get("/datasets/{dataset}", response_model=DatasetDetail, summary="A dataset and its sample count")
 def get_dataset(dataset: str, principal: ProvenanceReader, session: SessionDep) -> DatasetDetail:
+    """The dataset named `dataset`, with its sample count."""
     found = service.get_dataset(session, principal.tenant_id, dataset)
     out = DatasetOut.model_validate(found)
     return DatasetDetail(**out.model_dump(), sample_count=service.count_samples(session, found))
@@ -73,6 +77,7 @@ def get_dataset(dataset: str, principal: ProvenanceReader, session: SessionDep) 
         "fails the batch with 409 and nothing is stored."
     ),
     openapi_extra=SAMPLES_REQUEST_BODY,
+    responses=problem_responses(409, 415, e409="An external_id is registered with other content."),
 )
 def register_samples(
     dataset: str,
@@ -93,4 +98,6 @@ def register_samples(
     summary="A data subject's samples and the model versions trained on them",
 )
 def get_subject(subject_id: str, principal: ProvenanceReader, session: SessionDep) -> SubjectProvenance:
+    """The samples of the caller's tenant that belong to the data subject, and the model versions trained on
+    them. The identifier is matched by its keyed HMAC and never stored in clear."""
     return service.subject_provenance(session, principal.tenant_id, subject_id)

@@ -9,6 +9,7 @@ external_id with other content fails the whole batch (409) and nothing is writte
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -54,7 +55,11 @@ def create_dataset(session: Session, principal: Principal, body: DatasetIn) -> D
     if find_dataset(session, principal.tenant_id, body.name) is not None:
         raise conflict(f"a dataset named {body.name!r} exists", "dataset-exists")
     dataset = Dataset(
-        tenant_id=principal.tenant_id, name=body.name, kind=body.kind, description=body.description
+        tenant_id=principal.tenant_id,
+        name=body.name,
+        kind=body.kind,
+        description=body.description,
+        label_map=body.label_map,
     )
     session.add(dataset)
     try:
@@ -150,22 +155,93 @@ def _missing(loc: list[Any], msg: str) -> dict[str, Any]:
     return {"loc": ["body", *loc], "msg": msg, "type": "missing"}
 
 
-def check_samples_fit(samples: Sequence[SampleIn], kind: str) -> None:
-    """What a dataset's kind demands of each sample: text for text; a label and content for
-    classification."""
+def _invalid(loc: list[Any], msg: str) -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": msg, "type": "value_error"}
+
+
+def feature_shape(value: Any) -> tuple[int, ...] | None:
+    """The shape of a rectangular nested list of finite numbers ((13,) for 13 features), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return () if math.isfinite(value) else None
+    if not isinstance(value, list) or not value:
+        return None
+    shapes = {feature_shape(item) for item in value}
+    if len(shapes) != 1 or None in shapes:
+        return None
+    return (len(value), *shapes.pop())
+
+
+def _known_shape(session: Session, dataset: Dataset) -> tuple[int, ...] | None:
+    stored = session.scalars(
+        select(Sample.features).where(Sample.dataset_id == dataset.id, Sample.features.is_not(None)).limit(1)
+    ).first()
+    return feature_shape(stored) if stored is not None else None
+
+
+def _label_value(label: int | str, label_map: dict[str, int] | None) -> int | str:
+    """The integer a label stands for; the text of what is wrong with it otherwise."""
+    if isinstance(label, int):
+        if label < 0:
+            return "a label is an integer >= 0"
+        if label_map is not None and label not in label_map.values():
+            return f"label {label} is not a value of the dataset's label_map"
+        return label
+    if label_map is None:
+        return f"label {label!r} is not an integer (create the dataset with a label_map to send class names)"
+    if label not in label_map:
+        shown = ", ".join(repr(name) for name in list(label_map)[:10])
+        return f"label {label!r} is not a class of the dataset's label_map ({shown})"
+    return label_map[label]
+
+
+def fit_samples(session: Session, samples: Sequence[SampleIn], dataset: Dataset) -> list[SampleIn]:
+    """What a dataset's kind demands of each sample, checked for the whole batch before anything is
+    written: text for a text dataset; for a classification dataset a usable label (class names mapped
+    through the dataset's label_map) and text or features of the dataset's one shape. Answers the samples
+    with their labels as integers; 422 naming each unusable field otherwise."""
     errors: list[dict[str, Any]] = []
+    fitted: list[SampleIn] = []
+    shape = _known_shape(session, dataset) if dataset.kind == DatasetKind.CLASSIFICATION else None
     for index, sample in enumerate(samples):
-        if kind == DatasetKind.TEXT and sample.text is None:
-            errors.append(_missing([index, "text"], "a text dataset needs text"))
-        elif kind == DatasetKind.CLASSIFICATION:
-            if sample.label is None:
-                errors.append(_missing([index, "label"], "a classification sample needs a label"))
-            if sample.text is None and sample.features is None:
-                errors.append(_missing([index], "give text or features"))
         if len(errors) >= MAX_REPORTED_ERRORS:
             break
+        if dataset.kind == DatasetKind.TEXT:
+            if not sample.text:
+                errors.append(_missing([index, "text"], "a text dataset needs text"))
+            fitted.append(sample)
+            continue
+        label: int | str | None = None
+        if sample.label is None:
+            errors.append(_missing([index, "label"], "a classification sample needs a label"))
+        else:
+            label = _label_value(sample.label, dataset.label_map)
+            if isinstance(label, str):
+                errors.append(_invalid([index, "label"], label))
+        if sample.text is None and sample.features is None:
+            errors.append(_missing([index], "give text or features"))
+        if sample.features is not None:
+            found = feature_shape(sample.features)
+            if found is None:
+                errors.append(
+                    _invalid(
+                        [index, "features"], "features are a list of finite numbers (or equal nested lists)"
+                    )
+                )
+            elif shape is None:
+                shape = found
+            elif found != shape:
+                errors.append(
+                    _invalid(
+                        [index, "features"],
+                        f"features of shape {list(found)}, the dataset's are {list(shape)}",
+                    )
+                )
+        fitted.append(sample if label == sample.label else sample.model_copy(update={"label": label}))
     if errors:
-        raise RequestValidationError(errors)
+        raise RequestValidationError(errors[:MAX_REPORTED_ERRORS])
+    return fitted
 
 
 # --- storing a batch ------------------------------------------------------------------------------------
@@ -343,8 +419,7 @@ def _store_rows_portable(session: Session, tenant_id: str, dataset_id: str, rows
 def register_samples(
     session: Session, principal: Principal, dataset: Dataset, samples: Sequence[SampleIn]
 ) -> SampleBatchResult:
-    check_samples_fit(samples, dataset.kind)
-    rows = build_rows(samples)
+    rows = build_rows(fit_samples(session, samples, dataset))
     if session.get_bind().dialect.name == "postgresql":
         created = _store_rows_postgres(session, principal.tenant_id, dataset.id, rows)
     else:

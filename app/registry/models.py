@@ -16,9 +16,11 @@ class ModelTask(StrEnum):
     CAUSAL_LM = "causal-lm"
     SEQUENCE_CLASSIFICATION = "sequence-classification"
     IMAGE_CLASSIFICATION = "image-classification"
+    TABULAR_CLASSIFICATION = "tabular-classification"
 
 
 class VersionStatus(StrEnum):
+    CHECKING = "checking"  # registered artifact waiting for a worker to load it; not promotable yet
     REGISTERED = "registered"  # attested by the registrant: promotable like "verified"
     TRAINING = "training"
     CANDIDATE = "candidate"
@@ -28,6 +30,14 @@ class VersionStatus(StrEnum):
 
 
 PROMOTABLE_STATUSES = frozenset({VersionStatus.REGISTERED, VersionStatus.VERIFIED})
+
+
+class ArtifactFormat(StrEnum):
+    """How a version's files are laid out (app.registry.artifacts recognises them)."""
+
+    HUGGINGFACE = "huggingface"  # a save_pretrained folder: config.json, safetensors weights, tokenizer
+    TORCH_CLASSIFIER = "torch-classifier"  # classifier.json naming the architecture + model.safetensors
+    LETHE = "lethe"  # adapter.json + model.safetensors, as the engine saves a model
 
 
 class Model(Base):
@@ -49,6 +59,7 @@ class ModelVersion(Base):
     __table_args__ = (
         UniqueConstraint("model_id", "version"),
         one_of("status", VersionStatus),
+        one_of("artifact_format", ArtifactFormat),
         Index("ix_model_versions_tenant_id_model_id", "tenant_id", "model_id"),
     )
 
@@ -63,6 +74,9 @@ class ModelVersion(Base):
     taint_reason: Mapped[str | None] = mapped_column(Text)
     artifact_uri: Mapped[str | None] = mapped_column(Text)
     artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    artifact_format: Mapped[str | None] = mapped_column(String(40))
+    # Why the version has its status when that needs saying (e.g. the artifact failed to load).
+    status_reason: Mapped[str | None] = mapped_column(Text)
     method: Mapped[str | None] = mapped_column(String(100))
     # True when the version was retrained from scratch without the forgotten data (exact unlearning).
     exact: Mapped[bool] = mapped_column(default=False)

@@ -13,14 +13,43 @@ from sqlalchemy.orm import Session
 
 from app.audit.service import record
 from app.db import utcnow
-from app.errors import ProblemError, conflict, not_found, unprocessable
-from app.jobs.models import Job, JobKind, JobStatus
-from app.outbox.celery_client import TRAIN_TASK
+from app.domain import DomainError
+from app.errors import conflict, not_found, unprocessable
+from app.jobs.models import Job, JobKind, JobStatus, Stage
+from app.jobs.params import TrainParams as TrainJobParams
+from app.outbox.celery_client import CHECK_ARTIFACT_TASK, TRAIN_TASK
 from app.outbox.service import enqueue
 from app.pagination import PageParams, paginate
-from app.provenance.membership import attach_training_set, derive_training_set, resolve_training_set
-from app.registry.models import Alias, AliasHistory, Model, ModelTask, ModelVersion, VersionStatus
-from app.registry.schemas import AliasChange, AliasOut, ModelIn, TrainIn, VersionIn, VersionOut
+from app.provenance.membership import (
+    attach_heldout,
+    attach_training_set,
+    derive_training_set,
+    heldout_sample_ids,
+    reserve_heldout,
+    resolve_heldout,
+    resolve_training_set,
+    with_training_set_of,
+)
+from app.registry import artifacts
+from app.registry.models import (
+    Alias,
+    AliasHistory,
+    Model,
+    ModelTask,
+    ModelVersion,
+    VersionStatus,
+)
+from app.registry.policy import model_policy, stored_policy
+from app.registry.schemas import (
+    AliasChange,
+    AliasOut,
+    ModelIn,
+    ModelPatch,
+    TrainIn,
+    VersionIn,
+    VersionOut,
+)
+from app.registry.training import check_training_data, resolve_base
 from app.security.auth import Principal
 
 # --- models ---------------------------------------------------------------------------------------------
@@ -34,7 +63,7 @@ def create_model(session: Session, principal: Principal, body: ModelIn) -> Model
         name=body.name,
         task=body.task,
         description=body.description,
-        policy=body.policy,
+        policy=stored_policy(body.policy),
     )
     session.add(model)
     try:
@@ -44,6 +73,20 @@ def create_model(session: Session, principal: Principal, body: ModelIn) -> Model
     record(
         session, principal.tenant_id, "model", model.id, "model.created",
         {"name": model.name, "task": model.task}, principal.actor,
+    )  # fmt: skip
+    return model
+
+
+def update_model(session: Session, principal: Principal, model: Model, body: ModelPatch) -> Model:
+    """Apply the keys the patch sets (the caller holds the model row locked); the policy is replaced whole."""
+    changed = sorted(body.model_fields_set)
+    if "description" in body.model_fields_set:
+        model.description = body.description
+    if "policy" in body.model_fields_set:
+        model.policy = stored_policy(body.policy) if body.policy is not None else {}
+    record(
+        session, principal.tenant_id, "model", model.id, "model.updated",
+        {"name": model.name, "changed": changed}, principal.actor,
     )  # fmt: skip
     return model
 
@@ -116,53 +159,99 @@ def _new_version(session: Session, model: Model, status: VersionStatus, **fields
     return version
 
 
-def register_version(session: Session, principal: Principal, model: Model, body: VersionIn) -> ModelVersion:
-    """Record an existing artifact as a new root version, trained on the named training set."""
+def register_version(
+    session: Session, principal: Principal, model_name: str, body: VersionIn
+) -> tuple[Model, ModelVersion]:
+    """Record an existing artifact as a new root version, trained on the named training set.
+
+    The files are recognised and hashed before the model row is locked (that takes as long as reading
+    them). A version from the artifact store serves at once (the workers wrote and loaded it); any other
+    waits in `checking` for a worker to load it."""
+    info = artifacts.inspect_artifact(
+        body.artifact_uri,
+        ModelTask(get_model(session, principal.tenant_id, model_name).task),
+        body.artifact_sha256,
+    )
+    model = get_model(session, principal.tenant_id, model_name, lock=True)
     training_set = resolve_training_set(
         session, principal.tenant_id, body.training_set.dataset, body.training_set.external_ids
     )
+    heldout: tuple[int, ...] = ()
+    if body.heldout is not None:  # named held-out samples: a whole dataset, or listed ones
+        heldout = resolve_heldout(
+            session, principal.tenant_id, body.heldout.dataset or body.training_set.dataset,
+            body.heldout.external_ids, training_set,
+        )  # fmt: skip
     parent = _parent(session, model, body.parent_version)
+    stored = artifacts.store_artifact_id(body.artifact_uri) is not None
     version = _new_version(
         session,
         model,
-        VersionStatus.REGISTERED,
+        VersionStatus.REGISTERED if stored else VersionStatus.CHECKING,
         parent_id=parent.id if parent else None,
         artifact_uri=body.artifact_uri,
-        artifact_sha256=body.artifact_sha256,
+        artifact_sha256=info.sha256,
+        artifact_format=info.format,
+        status_reason=None if stored else "waiting for a worker to load the artifact",
         method=body.method,
         training_fingerprint=body.training_fingerprint,
         metrics=body.metrics,
     )
     attach_training_set(session, version, training_set)
+    attach_heldout(session, version, heldout)
+    if not stored:
+        enqueue(session, CHECK_ARTIFACT_TASK, {"version_id": version.id})
     record(
         session, principal.tenant_id, "model_version", version.id, "model_version.registered",
         {"model": model.name, "version": version.version, "artifact_uri": version.artifact_uri,
-         "training_set_size": version.training_set_size, "dataset_id": training_set.dataset_id},
+         "artifact_sha256": info.sha256, "artifact_format": info.format, "artifact": info.facts,
+         "training_set_size": version.training_set_size, "heldout_size": len(heldout),
+         "dataset_id": training_set.dataset_id},
         principal.actor,
     )  # fmt: skip
-    return version
+    return model, version
 
 
 def request_training(
     session: Session, principal: Principal, model: Model, body: TrainIn
 ) -> tuple[Job, ModelVersion]:
-    """A version in status training with its provenance recorded now, a train job, and its task in the
-    outbox; the workers fill in the artifact."""
-    training_set = resolve_training_set(
+    """A version in status training with its provenance recorded now (the training set minus a held-out
+    share of its subjects), a train job, and its task in the outbox; the workers fill in the artifact."""
+    task = ModelTask(model.task)
+    params = model_policy(model.policy).training_params(body.params)
+    named = params.base.version if params.base is not None else None
+    base_version = get_version(session, model, named) if named is not None else None
+    base = resolve_base(task, params, base_version)
+    requested = resolve_training_set(
         session, principal.tenant_id, body.training_set.dataset, body.training_set.external_ids
     )
+    check_training_data(session, task, requested)
+    share = body.heldout.share(listed=body.training_set.external_ids is not None)
+    trained, heldout = reserve_heldout(session, requested, share, params.recipe.seed)
     parent = _parent(session, model, body.parent_version)
     version = _new_version(session, model, VersionStatus.TRAINING, parent_id=parent.id if parent else None)
-    attach_training_set(session, version, training_set)
+    # Fine-tuned from one of its versions, the model also holds what that version learnt.
+    attach_training_set(
+        session,
+        version,
+        *(with_training_set_of(session, trained, base_version) if base_version else [trained]),
+    )
+    attach_heldout(session, version, heldout)
     job = Job(
         tenant_id=principal.tenant_id,
         model_id=model.id,
         kind=JobKind.TRAIN,
         status=JobStatus.QUEUED,
-        stage="queued",
+        stage=Stage.QUEUED,
         candidate_version_id=version.id,
-        params={"version_id": version.id, "dataset_id": training_set.dataset_id, **body.params},
     )
+    TrainJobParams(
+        version_id=version.id,
+        dataset_id=requested.dataset_id,
+        training=params.model_dump(mode="json", exclude_unset=True),
+        base=base,
+        base_version_id=base_version.id if base_version else None,
+    ).write(job)
     session.add(job)
     session.flush()
     enqueue(
@@ -171,7 +260,7 @@ def request_training(
     record(
         session, principal.tenant_id, "model_version", version.id, "model_version.training_requested",
         {"model": model.name, "version": version.version, "job_id": job.id,
-         "training_set_size": version.training_set_size},
+         "training_set_size": version.training_set_size, "heldout_size": len(heldout)},
         principal.actor,
     )  # fmt: skip
     return job, version
@@ -193,6 +282,12 @@ def version_number(session: Session, version_id: str | None) -> int | None:
     return version.version if version is not None else None
 
 
+def heldout_size(session: Session, version: ModelVersion) -> int:
+    if version.training_root_id is None:
+        return 0
+    return session.scalar(select(func.count()).select_from(heldout_sample_ids(version).subquery())) or 0
+
+
 def describe_version(session: Session, model: Model, version: ModelVersion) -> VersionOut:
     return VersionOut(
         id=version.id,
@@ -207,8 +302,11 @@ def describe_version(session: Session, model: Model, version: ModelVersion) -> V
         tainted=version.tainted,
         tainted_at=version.tainted_at,
         taint_reason=version.taint_reason,
+        status_reason=version.status_reason,
         artifact_uri=version.artifact_uri,
         artifact_sha256=version.artifact_sha256,
+        artifact_format=version.artifact_format,
+        heldout_size=heldout_size(session, version),
         training_fingerprint=version.training_fingerprint,
         metrics=version.metrics,
         verification=version.verification,
@@ -260,6 +358,8 @@ def create_derived_version(
     model = session.get(Model, parent.model_id)
     assert model is not None
     session.scalars(select(Model).where(Model.id == model.id).with_for_update()).one()
+    # the candidate is saved by the parent's own kind of adapter: the same format, handed back alike
+    fields.setdefault("artifact_format", parent.artifact_format)
     version = _new_version(session, model, status, parent_id=parent.id, method=method, exact=exact, **fields)
     removed = derive_training_set(session, parent, version, removed_sample_ids)
     record(
@@ -302,14 +402,22 @@ def describe_alias(session: Session, model: Model, alias: Alias) -> AliasOut:
     )
 
 
-def _stale(name: str, expected: int | None, current: int | None) -> ProblemError:
+class AliasMoved(DomainError):
+    """The alias no longer points where the caller expected (compare-and-set lost)."""
+
+    type_suffix = "stale-expected-version"
+
+
+class VersionNotPromotable(DomainError):
+    """The version may not serve: tainted, purged, or not registered or verified."""
+
+    type_suffix = "version-not-promotable"
+
+
+def _stale(name: str, expected: int | None, current: int | None) -> AliasMoved:
     shown = "no version (the alias does not exist)" if current is None else f"version {current}"
-    return ProblemError(
-        409,
-        "Conflict",
-        f"alias {name} points to {shown}, not the expected_version {expected}",
-        "stale-expected-version",
-        extensions={"current_version": current},
+    return AliasMoved(
+        f"alias {name} points to {shown}, not the expected_version {expected}", current_version=current
     )
 
 
@@ -317,10 +425,8 @@ def _refuse_unpromotable(version: ModelVersion) -> None:
     if version.promotable:
         return
     why = "tainted" if version.tainted else "purged" if version.purged_at else f"status {version.status}"
-    raise conflict(
-        f"version {version.version} cannot serve ({why}); "
-        "only registered or verified, untainted versions can",
-        "version-not-promotable",
+    raise VersionNotPromotable(
+        f"version {version.version} cannot serve ({why}); only registered or verified, untainted versions can"
     )
 
 
@@ -360,7 +466,8 @@ def set_alias(
     actor: str,
 ) -> tuple[Alias, bool]:
     """Point alias `name` at `target` if it still points at `expected_version` (compare-and-set).
-    Answers the alias and whether it was created. 409 when stale or when `target` may not serve."""
+    Answers the alias and whether it was created. AliasMoved when stale, VersionNotPromotable when
+    `target` may not serve."""
     alias = _find_alias(session, model, name, lock=True)
     current = version_number(session, alias.version_id) if alias else None
     if current != expected_version:

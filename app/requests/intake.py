@@ -1,26 +1,34 @@
-"""Deletion-request intake on Postgres: the requests a process receives at the same time are recorded
-together, one transaction per batch.
+"""Deletion-request intake: one decision (what a request resolves to and what it writes), two executors.
 
-Why: every request appends to its tenant's audit chain, whose head row stays locked until the commit,
-and a commit waits for its WAL flush (about 5 ms on the disks this runs on). One transaction per request
-therefore caps a tenant at a couple of hundred requests a second whatever the CPU, and the ORM path
+The decision: `_record` turns a submission and the lookups of its tenant (TenantLookups: the samples,
+the versions trained on them, the named models, the webhook subscriptions, the Idempotency-Key's
+earlier use) into rows (Rows): the request, its samples and models, and through the life cycle
+(app.requests.lifecycle.status_change) the timeline, webhooks and audit entries of its first changes.
+Both executors fill the same lookups from the same queries (`_lookup_queries`) and write the same rows.
+
+On Postgres the requests a process receives at the same time are recorded together, one transaction per
+batch. Why: every request appends to its tenant's audit chain, whose head row stays locked until the
+commit, and a commit waits for its WAL flush (about 5 ms on the disks this runs on). One transaction per
+request therefore caps a tenant at a couple of hundred requests a second whatever the CPU, and a session
 spends several milliseconds of CPU per request besides.
 
 How: requests that arrive while MAX_WRITERS batches are in flight form the next batch. A batch is one
 transaction on an app.asyncdb connection, in two round trips: (1) one lookup statement per tenant
-(samples, trained versions, named models, subscriptions, idempotency keys, the audit head); (2) every
-row in one statement (one JSON document), the audit entries chained onto the head and appended by
-app.audit.service.append_entries_sql, and COMMIT. The batches of a process commit in the order they
-chained: each waits, in the database, for the advisory lock its predecessor holds until it ends, so
-the next batch's work overlaps the previous one's commit. If another writer (a worker, another process)
-moved a head meanwhile, the append fails and the batch is written again with the heads locked first
-(three round trips), which cannot fail that way.
+(the lookups, and the audit head); (2) every row in one statement (one JSON document), the audit
+entries chained onto the head and appended by app.audit.service.append_entries_sql, and COMMIT. The
+batches of a process commit in the order they chained: each waits, in the database, for the advisory
+lock its predecessor holds until it ends, so the next batch's work overlaps the previous one's commit.
+If another writer (a worker, another process) moved a head meanwhile, the append fails and the batch is
+written again with the heads locked first (three round trips), which cannot fail that way.
 
-Guarantees, as on the ORM path (app.requests.service.create_request, used on other databases, with the
-same rules: intake_steps, live_models, audit_change, announcement): a 202 is answered only once its
-batch has committed; a request refused while resolving (unknown samples or models, a refused callback
-URL, an Idempotency-Key conflict or replay) writes nothing and does not affect the others of its batch;
-a database failure fails the whole batch (503 for an outage), and nothing of it is stored.
+On other databases (the embedded SQLite demo) `record_on_session` records one request in a session's
+transaction: the lookups one query each, the rows inserted through SQLAlchemy Core, the audit entries
+chained at commit as every session's are.
+
+Guarantees, on both: a 202 is answered only once its transaction has committed; a request refused while
+resolving (unknown samples or models, a refused callback URL, an Idempotency-Key conflict or replay)
+writes nothing and does not affect the others of its batch; a database failure fails the whole batch
+(503 for an outage), and nothing of it is stored.
 """
 
 from __future__ import annotations
@@ -28,16 +36,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, String, Table, any_, bindparam, select
+from sqlalchemy import BigInteger, ColumnElement, Select, String, Table, any_, bindparam, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from app import asyncdb
 from app.audit.service import (
@@ -48,59 +57,58 @@ from app.audit.service import (
     appended_heads,
     entry_rows,
     is_head_moved,
-    normalized_data,
+    queue_entries,
 )
-from app.db import new_id
+from app.db import new_id, utcnow
 from app.errors import ProblemError, unprocessable
 from app.idempotency.models import IdempotencyKey
 from app.idempotency.service import (
     KEY_COLUMNS,
     IdempotentReplay,
     StoredKeyRow,
+    claim_key,
     claims_sql,
     done_key_row,
     in_flight,
     judge_reuse,
-    stored_keys_sql,
+    stored_keys_query,
 )
 from app.outbox.celery_client import PLAN_TASK
 from app.outbox.models import OutboxMessage
-from app.outbox.service import OUTBOX_COLUMNS, committed_work, outbox_row
+from app.outbox.service import OUTBOX_COLUMNS, committed_work, enqueue_rows, outbox_row
 from app.provenance.membership import TrainedVersion, trained_versions_query
 from app.provenance.models import Sample
-from app.registry.models import Model
-from app.requests import service, views
+from app.registry.models import Model, VersionStatus
+from app.requests import views
 from app.requests.deadlines import deadline_for
-from app.requests.models import DeletionRequest, DeletionRequestModel, DeletionRequestSample, RequestEvent
-from app.requests.schemas import DeletionRequestCreate, DeletionRequestCreated
-from app.requests.service import (
-    ENTITY_TYPE,
-    MODEL_PENDING,
-    AffectedModel,
-    Intake,
+from app.requests.lifecycle import (
     RequestSnapshot,
-    TimelineEntryRow,
-    announcement,
-    audit_change,
-    intake_steps,
-    live_models,
+    RequestState,
+    StatusChange,
+    TimelineStep,
     plan_task_payload,
+    status_change,
 )
+from app.requests.models import (
+    DeletionRequest,
+    DeletionRequestModel,
+    DeletionRequestSample,
+    ModelStatus,
+    RequestEvent,
+    RequestStatus,
+)
+from app.requests.schemas import DeletionRequestCreate, DeletionRequestCreated
 from app.security.auth import Principal
 from app.security.subjects import subject_hmac
 from app.settings import get_settings
-from app.webhooks.events import request_event
 from app.webhooks.models import WebhookDelivery
 from app.webhooks.service import (
     DELIVERY_COLUMNS,
     SubscriptionRow,
-    active_subscriptions_sql,
     callback_secret,
     checked_url,
-    delivery_rows,
-    delivery_targets,
-    delivery_task,
-    event_envelope,
+    delivery_tasks,
+    subscriptions_query,
 )
 
 # Requests per transaction: large enough for any burst one process sees, small enough that a batch
@@ -111,16 +119,20 @@ MAX_WRITERS = 2
 ACCEPTED = 202
 
 
+# Versions that can never serve do not hold data in the sense of a deletion (tainted ones neither).
+DEAD_VERSION_STATUSES = (VersionStatus.REJECTED, VersionStatus.FAILED)
+
+
 @dataclass
 class Submission:
-    """One POST waiting for its batch."""
+    """One POST to record: who, what, and its Idempotency-Key (with the request's path and digest)."""
 
     principal: Principal
     payload: DeletionRequestCreate
-    path: str
+    path: str = ""
     key: str | None = None
     digest: str = ""
-    future: asyncio.Future[DeletionRequestCreated] = field(init=False)
+    future: asyncio.Future[DeletionRequestCreated] = field(init=False)  # its answer, when batched
     subject_hmac: str | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -132,40 +144,58 @@ class Submission:
         return self.principal.tenant_id
 
 
-# --- round trip 1: what the batch's requests resolve to, one statement per tenant -----------------------
-
-_TENANT = bindparam("tenant_id", type_=String)
-_HMACS = bindparam("hmacs", type_=ARRAY(String))
-_SAMPLE_IDS = bindparam("sample_ids", type_=ARRAY(BigInteger))
-_NAMES = bindparam("names", type_=ARRAY(String))
+@dataclass(frozen=True)
+class AffectedModel:
+    id: str
+    name: str
 
 
-@lru_cache(maxsize=2)
-def _lookup_sql(taking_token: bool) -> str:
-    """One statement, one row: each part a JSON array (the audit head: [seq, hash] or null). Parameters:
-    tenant_id, hmacs, sample_ids, names, keys (empty lists for what the batch does not name); when
-    `taking_token`, also `token`: the advisory lock the batch holds until it ends (first column)."""
+@dataclass
+class Intake:
+    """A request just created, with what its answer shows (known in memory: no re-read)."""
+
+    request: RequestState
+    sample_count: int
+    models: list[AffectedModel]
+    events: Sequence[TimelineStep]
+
+
+# --- the lookups: what a tenant's submissions resolve to ------------------------------------------------
+
+# How a query matches a column to the values named (hmacs, sample_ids, names, keys) of the submissions.
+Match = Callable[[Any, str], ColumnElement[bool]]
+
+
+def _lookup_queries(tenant_id: Any, match: Match) -> list[Select[Any]]:
+    """The lookups of one tenant, in TenantLookups.read's order: subjects' samples, listed samples, the
+    versions trained on either, the named models, the active subscriptions, the keys' earlier uses."""
     erased = Sample.erased_at.is_not(None)
-    parts = [
-        (select(Sample.subject_hmac, Sample.id, erased).where(
-            Sample.tenant_id == _TENANT, Sample.subject_hmac == any_(_HMACS)), 3),
-        (select(Sample.id, erased).where(Sample.tenant_id == _TENANT, Sample.id == any_(_SAMPLE_IDS)), 2),
-        (trained_versions_query(_TENANT, Sample.subject_hmac == any_(_HMACS)), 7),
-        (trained_versions_query(_TENANT, Sample.id == any_(_SAMPLE_IDS)), 7),
-        (select(Model.id, Model.name).where(Model.tenant_id == _TENANT, Model.name == any_(_NAMES)), 2),
-    ]  # fmt: skip
-    subqueries = [asyncdb.json_rows_sql(asyncdb.compiled_sql(stmt), width) for stmt, width in parts]
-    subqueries.append(asyncdb.json_rows_sql(active_subscriptions_sql(), 3))
-    subqueries.append(asyncdb.json_rows_sql(stored_keys_sql(), 5))
-    subqueries.append("(SELECT json_build_array(seq, hash) FROM audit_heads WHERE tenant_id = %(tenant_id)s)")
-    if taking_token:
-        subqueries.insert(0, "pg_advisory_xact_lock(%(token)s::bigint)")
-    return "SELECT " + ", ".join(subqueries)
+    subjects, listed = match(Sample.subject_hmac, "hmacs"), match(Sample.id, "sample_ids")
+    return [
+        select(Sample.subject_hmac, Sample.id, erased).where(Sample.tenant_id == tenant_id, subjects),
+        select(Sample.id, erased).where(Sample.tenant_id == tenant_id, listed),
+        trained_versions_query(tenant_id, match(Sample.subject_hmac, "hmacs")),
+        trained_versions_query(tenant_id, match(Sample.id, "sample_ids")),
+        select(Model.id, Model.name).where(Model.tenant_id == tenant_id, match(Model.name, "names")),
+        subscriptions_query(tenant_id),
+        stored_keys_query(tenant_id, match(IdempotencyKey.key, "keys")),
+    ]
+
+
+def _lookup_values(subs: Iterable[Submission]) -> dict[str, list[Any]]:
+    """The values the lookups of these submissions (one tenant's) match, by name."""
+    subs = list(subs)
+    return {
+        "hmacs": sorted({sub.subject_hmac for sub in subs if sub.subject_hmac is not None}),
+        "sample_ids": sorted({sample_id for sub in subs for sample_id in sub.payload.sample_ids or ()}),
+        "names": sorted({name for sub in subs for name in sub.payload.models or ()}),
+        "keys": sorted({sub.key for sub in subs if sub.key is not None}),
+    }
 
 
 @dataclass
 class TenantLookups:
-    """What round trip 1 found for the submissions of one tenant."""
+    """What the lookups found for the submissions of one tenant."""
 
     samples_of_subject: dict[str, list[tuple[int, bool]]] = field(default_factory=lambda: defaultdict(list))
     listed_samples: dict[int, bool] = field(default_factory=dict)
@@ -176,24 +206,9 @@ class TenantLookups:
     claimed: dict[str, bool] = field(default_factory=dict)
     head: tuple[int, str] | None = None
 
-    def claims_reader(self, keys: list[str]) -> Callable[[list[Any]], None]:
-        """Reads the claims statement's one row: a boolean per key."""
-
-        def read(rows: list[Any]) -> None:
-            self.claimed.update(zip(keys, rows[0][0], strict=True))
-
-        return read
-
-    def reader(self, *, skip: bool) -> Callable[[list[Any]], None]:
-        """Reads the lookup's one row; `skip`: its first column is the token's (see _lookup_sql)."""
-
-        def read(rows: list[Any]) -> None:
-            self.read(rows[0][1:] if skip else rows[0])
-
-        return read
-
-    def read(self, row: Sequence[Any]) -> None:
-        subject_samples, listed, by_subject, by_sample, models, subscriptions, keys, head = row
+    def read(self, parts: Sequence[Any], head: Sequence[Any] | None = None) -> None:
+        """The rows of each of _lookup_queries, in order; the audit head ([seq, hash]) when read."""
+        subject_samples, listed, by_subject, by_sample, models, subscriptions, keys = parts
         for hmac, sample_id, erased in subject_samples:
             self.samples_of_subject[hmac].append((sample_id, erased))
         self.listed_samples.update((sample_id, erased) for sample_id, erased in listed)
@@ -205,84 +220,26 @@ class TenantLookups:
         self.head = (head[0], head[1]) if head else None
 
 
-class Lookups:
-    """The lookups of a batch: added to the script of round trip 1, read when it has run."""
-
-    def __init__(self, batch: Sequence[Submission]) -> None:
-        self.by_tenant: dict[str, list[Submission]] = defaultdict(list)
-        for sub in batch:
-            self.by_tenant[sub.tenant_id].append(sub)
-        self.found = {tenant_id: TenantLookups() for tenant_id in self.by_tenant}
-
-    def add_to(self, script: asyncdb.Script, token: int | None = None) -> None:
-        """With `token`, the first lookup also takes that advisory lock."""
-        for tenant_id, subs in self.by_tenant.items():
-            found = self.found[tenant_id]
-            keys = sorted({sub.key for sub in subs if sub.key is not None})
-            if keys:  # claimed before the stored keys are read, as check_key does
-                script.add(*claims_sql(tenant_id, keys), read=found.claims_reader(keys))
-            params: dict[str, Any] = {
-                "tenant_id": tenant_id,
-                "hmacs": sorted({sub.subject_hmac for sub in subs if sub.subject_hmac is not None}),
-                "sample_ids": sorted(
-                    {sample_id for sub in subs for sample_id in sub.payload.sample_ids or ()}
-                ),
-                "names": sorted({name for sub in subs for name in sub.payload.models or ()}),
-                "keys": keys,
-            }
-            if token is not None:
-                params["token"] = token
-            script.add(_lookup_sql(token is not None), params, found.reader(skip=token is not None))
-            token = None
-
-
-# --- what a batch writes ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Rows:
-    """Every row a batch inserts, per table, in insertion order; the audit entries per tenant."""
-
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    models: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    deliveries: list[dict[str, Any]] = field(default_factory=list)
-    outbox: list[dict[str, Any]] = field(default_factory=list)
-    keys: list[dict[str, Any]] = field(default_factory=list)
-    audit: dict[str, list[AuditEntry]] = field(default_factory=lambda: defaultdict(list))
-    planned: list[str] = field(default_factory=list)  # the requests of the batch's one planning task
-
-
-_REQUEST_COLUMNS = (
-    "id", "tenant_id", "subject_hmac", "status", "regime", "method", "requested_models", "callback_url",
-    "received_at", "due_at", "updated_at",
-)  # fmt: skip
-
-
-def _tables() -> dict[str, tuple[Table, Sequence[str]]]:
-    """The table and columns of each Rows list, parents first."""
-    return {
-        "requests": (DeletionRequest.__table__, _REQUEST_COLUMNS),
-        "samples": (DeletionRequestSample.__table__, ("request_id", "sample_id")),
-        "models": (DeletionRequestModel.__table__, ("request_id", "model_id", "status")),
-        "events": (RequestEvent.__table__, ("request_id", "from_status", "to_status", "at", "detail")),
-        "deliveries": (WebhookDelivery.__table__, DELIVERY_COLUMNS),
-        "outbox": (OutboxMessage.__table__, OUTBOX_COLUMNS),
-        "keys": (IdempotencyKey.__table__, KEY_COLUMNS),
-    }
-
-
-@lru_cache(maxsize=32)
-def _insert_sql(names: tuple[str, ...]) -> str:
-    """The one statement inserting the non-empty lists `names` of a Rows."""
-    tables = _tables()
-    return asyncdb.json_inserts_sql([(name, *tables[name]) for name in names])
+def live_models(hits: Iterable[TrainedVersion], allowed: Container[str] | None = None) -> list[AffectedModel]:
+    """The models among `hits` with a live version (not tainted, rejected or failed), by name; only
+    those whose id is in `allowed` when the client named models."""
+    names: dict[str, str] = {}
+    for hit in hits:
+        if not hit.tainted and hit.status not in DEAD_VERSION_STATUSES:
+            names.setdefault(hit.model_id, hit.model_name)
+    return sorted(
+        (
+            AffectedModel(model_id, name)
+            for model_id, name in names.items()
+            if allowed is None or model_id in allowed
+        ),
+        key=lambda m: m.name,
+    )
 
 
 def _resolve(sub: Submission, found: TenantLookups) -> tuple[list[tuple[int, bool]], list[AffectedModel]]:
-    """The samples and the affected models of one submission; ProblemError for unknown ones (in the
-    order the ORM path checks them)."""
+    """The samples and the affected models of one submission; 422 for unknown models, then for unknown
+    samples."""
     payload = sub.payload
     allowed: set[str] | None = None
     if payload.models is not None:
@@ -305,9 +262,74 @@ def _resolve(sub: Submission, found: TenantLookups) -> tuple[list[tuple[int, boo
     return samples, live_models(hits, allowed)
 
 
-def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) -> DeletionRequestCreated:
-    """Add the rows of one accepted submission to `rows`; answers its 202 body. Raises the ProblemError
-    (or IdempotentReplay) that answers a refused one, which adds nothing."""
+def intake_steps(
+    holds_data: bool, sample_count: int, models: Sequence[AffectedModel]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The status changes (and their timeline details) of a new request: received, then resolved when
+    something is held (samples not yet erased, or a live model trained on them), else no_data. A
+    resolved request also gets its planning task."""
+    steps: list[tuple[str, dict[str, Any]]] = [(RequestStatus.RECEIVED, {"samples": sample_count})]
+    if holds_data:
+        steps.append((RequestStatus.RESOLVED, {"models": [model.name for model in models]}))
+    else:
+        steps.append((RequestStatus.NO_DATA, {}))
+    return steps
+
+
+# --- what a request writes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """Every row a batch inserts, per table, in insertion order; the audit entries per tenant."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    audit: dict[str, list[AuditEntry]] = field(default_factory=lambda: defaultdict(list))
+    planned: list[str] = field(default_factory=list)  # the requests of the batch's one planning task
+
+    def add_change(self, change: StatusChange, now: datetime) -> None:
+        self.events.append(change.event_row())
+        if change.deliveries:
+            self.deliveries.extend(change.deliveries)
+            self.outbox.extend(delivery_tasks(change.deliveries, now))
+        self.audit[change.audit.tenant_id].append(change.audit)
+
+    def add_planning(self, now: datetime) -> None:
+        """The one planning task of the requests recorded (see MERGEABLE_TASKS)."""
+        if self.planned:
+            self.outbox.append(outbox_row(PLAN_TASK, plan_task_payload(self.planned), now))
+
+
+_REQUEST_COLUMNS = (
+    "id", "tenant_id", "subject_hmac", "status", "regime", "method", "requested_models", "callback_url",
+    "received_at", "due_at", "updated_at",
+)  # fmt: skip
+
+
+def _tables() -> dict[str, tuple[Table, Sequence[str]]]:
+    """The table and columns of each Rows list, parents first."""
+    return {
+        "requests": (DeletionRequest.__table__, _REQUEST_COLUMNS),
+        "samples": (DeletionRequestSample.__table__, ("request_id", "sample_id")),
+        "models": (DeletionRequestModel.__table__, ("request_id", "model_id", "status")),
+        "events": (RequestEvent.__table__, ("request_id", "from_status", "to_status", "at", "detail")),
+        "deliveries": (WebhookDelivery.__table__, DELIVERY_COLUMNS),
+        "outbox": (OutboxMessage.__table__, OUTBOX_COLUMNS),
+        "keys": (IdempotencyKey.__table__, KEY_COLUMNS),
+    }
+
+
+def _record(
+    sub: Submission, found: TenantLookups, rows: Rows, now: datetime
+) -> tuple[Intake, DeletionRequestCreated]:
+    """Add the rows of one accepted submission to `rows`; answers the request and its 202 body. Raises
+    the ProblemError (or IdempotentReplay) that answers a refused one, which adds nothing."""
     payload, tenant_id, actor = sub.payload, sub.tenant_id, sub.principal.actor
     if sub.key is not None:
         if not found.claimed.get(sub.key):
@@ -331,46 +353,133 @@ def _record(sub: Submission, found: TenantLookups, rows: Rows, now: datetime) ->
     )
     rows.samples.extend({"request_id": request.id, "sample_id": sample_id} for sample_id, _ in samples)
     rows.models.extend(
-        {"request_id": request.id, "model_id": model.id, "status": MODEL_PENDING} for model in models
+        {"request_id": request.id, "model_id": model.id, "status": ModelStatus.PENDING} for model in models
     )
     timeline = []
-    from_status: str | None = None
     for to_status, detail in intake_steps(holds_data, len(samples), models):
-        # What change_status writes for each step: timeline row, webhooks, audit event.
-        request.status = to_status
-        timeline.append(TimelineEntryRow(from_status, to_status, now, detail))
-        rows.events.append(
-            {
-                "request_id": request.id,
-                "from_status": from_status,
-                "to_status": to_status,
-                "at": now,
-                "detail": detail,
-            }
+        change = status_change(
+            request, to_status, actor=actor, detail=detail, subscriptions=lambda: found.subscriptions, now=now
         )
-        event = request_event(to_status)
-        targets = delivery_targets(found.subscriptions, event, callback_url) if event is not None else ()
-        if targets:
-            payload_of_event = announcement(request, {"previous_status": from_status, **detail})
-            envelope = event_envelope(event, payload_of_event)
-            deliveries = delivery_rows(tenant_id, event, envelope, targets, request.id, now)
-            rows.deliveries.extend(deliveries)
-            rows.outbox.extend(outbox_row(*delivery_task(delivery["id"]), now) for delivery in deliveries)
-        action, data = audit_change(from_status, to_status, detail)
-        rows.audit[tenant_id].append(
-            AuditEntry(tenant_id, ENTITY_TYPE, request.id, action, normalized_data(data), actor)
-        )
-        from_status = to_status
+        assert change is not None  # every step moves the new request on
+        timeline.append(change.timeline)
+        rows.add_change(change, now)
     if holds_data:
         rows.planned.append(request.id)
     rows.requests.append({column: getattr(request, column) for column in _REQUEST_COLUMNS})
 
-    secret = callback_secret(request.id) if callback_url else None
-    answer = views.created(Intake(request, len(samples), models, timeline), secret)
+    intake = Intake(request, len(samples), models, timeline)
+    answer = views.created(intake, callback_secret(request.id) if callback_url else None)
     if sub.key is not None:
         body = answer.model_dump(mode="json")
         rows.keys.append(done_key_row(tenant_id, sub.key, "POST", sub.path, sub.digest, ACCEPTED, body, now))
-    return answer
+    return intake, answer
+
+
+# --- one request in a session (databases other than Postgres) -------------------------------------------
+
+
+def record_on_session(session: Session, sub: Submission) -> tuple[Intake, DeletionRequestCreated]:
+    """Record one submission in the session's transaction (no commit): its lookups one query each, its
+    rows through SQLAlchemy Core, its audit entries chained at commit. Raises as _record does, and then
+    nothing is written."""
+    found = TenantLookups()
+    if sub.key is not None:  # claimed before its earlier use is read, as check_key does
+        found.claimed[sub.key] = claim_key(session, sub.tenant_id, sub.key)
+    values = _lookup_values([sub])
+    queries = _lookup_queries(sub.tenant_id, lambda column, name: column.in_(values[name]))
+    found.read([session.execute(query).all() for query in queries])
+    now = utcnow()
+    rows = Rows()
+    recorded = _record(sub, found, rows, now)
+    rows.add_planning(now)
+    for name, (table, _columns) in _tables().items():
+        if name != "outbox" and getattr(rows, name):
+            session.execute(insert(table), getattr(rows, name))
+    enqueue_rows(session, rows.outbox)
+    queue_entries(session, [entry for entries in rows.audit.values() for entry in entries])
+    return recorded
+
+
+def create_request(session: Session, principal: Principal, payload: DeletionRequestCreate) -> Intake:
+    """Record a request in the session's transaction (no commit), without an Idempotency-Key."""
+    return record_on_session(session, Submission(principal, payload))[0]
+
+
+# --- round trip 1 of a batch: the lookups of each tenant, one statement ----------------------------------
+
+_TENANT = bindparam("tenant_id", type_=String)
+_ARRAYS = {
+    "hmacs": bindparam("hmacs", type_=ARRAY(String)),
+    "sample_ids": bindparam("sample_ids", type_=ARRAY(BigInteger)),
+    "names": bindparam("names", type_=ARRAY(String)),
+    "keys": bindparam("keys", type_=ARRAY(String)),
+}
+
+
+@lru_cache(maxsize=2)
+def _lookup_sql(taking_token: bool) -> str:
+    """One statement, one row: each lookup a JSON array, then the audit head ([seq, hash] or null).
+    Parameters: tenant_id and the lists of _lookup_values (empty for what the batch does not name);
+    when `taking_token`, also `token`: the advisory lock the batch holds until it ends (first column)."""
+    queries = _lookup_queries(_TENANT, lambda column, name: column == any_(_ARRAYS[name]))
+    subqueries = [
+        asyncdb.json_rows_sql(asyncdb.compiled_sql(query), len(query.selected_columns)) for query in queries
+    ]
+    subqueries.append("(SELECT json_build_array(seq, hash) FROM audit_heads WHERE tenant_id = %(tenant_id)s)")
+    if taking_token:
+        subqueries.insert(0, "pg_advisory_xact_lock(%(token)s::bigint)")
+    return "SELECT " + ", ".join(subqueries)
+
+
+class Lookups:
+    """The lookups of a batch: added to the script of round trip 1, read when it has run."""
+
+    def __init__(self, batch: Sequence[Submission]) -> None:
+        self.by_tenant: dict[str, list[Submission]] = defaultdict(list)
+        for sub in batch:
+            self.by_tenant[sub.tenant_id].append(sub)
+        self.found = {tenant_id: TenantLookups() for tenant_id in self.by_tenant}
+
+    def add_to(self, script: asyncdb.Script, token: int | None = None) -> None:
+        """With `token`, the first lookup also takes that advisory lock."""
+        for tenant_id, subs in self.by_tenant.items():
+            found = self.found[tenant_id]
+            params: dict[str, Any] = {"tenant_id": tenant_id, **_lookup_values(subs)}
+            if params["keys"]:  # claimed before the stored keys are read, as check_key does
+                script.add(*claims_sql(tenant_id, params["keys"]), read=_claims_reader(found, params["keys"]))
+            if token is not None:
+                params["token"] = token
+            script.add(_lookup_sql(token is not None), params, _lookup_reader(found, skip=token is not None))
+            token = None
+
+
+def _claims_reader(found: TenantLookups, keys: list[str]) -> Callable[[list[Any]], None]:
+    """Reads the claims statement's one row: a boolean per key."""
+
+    def read(rows: list[Any]) -> None:
+        found.claimed.update(zip(keys, rows[0][0], strict=True))
+
+    return read
+
+
+def _lookup_reader(found: TenantLookups, *, skip: bool) -> Callable[[list[Any]], None]:
+    """Reads the lookup statement's one row; `skip`: its first column is the token's (see _lookup_sql)."""
+
+    def read(rows: list[Any]) -> None:
+        row = rows[0][1:] if skip else rows[0]
+        found.read(row[:-1], row[-1])
+
+    return read
+
+
+# --- what a batch writes ----------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=32)
+def _insert_sql(names: tuple[str, ...]) -> str:
+    """The one statement inserting the non-empty lists `names` of a Rows."""
+    tables = _tables()
+    return asyncdb.json_inserts_sql([(name, *tables[name]) for name in names])
 
 
 @lru_cache(maxsize=8)
@@ -536,7 +645,7 @@ class IntakeBatcher:
                     first.add("BEGIN")
                     lookups.add_to(first, ticket.token)
                     await first.run()
-                    now = service.utcnow()  # the requests domain's clock, as on the ORM path
+                    now = utcnow()
                     outcomes = _outcomes(batch, lookups, rows, now)
                     second = asyncdb.Script(conn)
                     if rows.requests:
@@ -580,7 +689,7 @@ class IntakeBatcher:
                 first.add("BEGIN")
                 lookups.add_to(first)
                 await first.run()
-                now = service.utcnow()
+                now = utcnow()
                 outcomes = _outcomes(batch, lookups, rows, now)
                 last = asyncdb.Script(conn)
                 if rows.requests:
@@ -612,11 +721,10 @@ def _outcomes(
     outcomes: list[tuple[Submission, DeletionRequestCreated | Exception]] = []
     for sub in batch:
         try:
-            outcomes.append((sub, _record(sub, lookups.found[sub.tenant_id], rows, now)))
+            outcomes.append((sub, _record(sub, lookups.found[sub.tenant_id], rows, now)[1]))
         except (ProblemError, IdempotentReplay) as refusal:
             outcomes.append((sub, refusal))
-    if rows.planned:
-        rows.outbox.append(outbox_row(PLAN_TASK, plan_task_payload(rows.planned), now))
+    rows.add_planning(now)
     return outcomes
 
 

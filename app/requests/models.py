@@ -1,4 +1,8 @@
-"""Deletion requests: the subject's samples they resolved to, the models they affect, their timeline."""
+"""Deletion requests: the subject's samples they resolved to, the models they affect, their timeline.
+
+The states here are the columns' vocabularies; which state may follow which, and how a request's status
+follows its models' progress, is app.requests.lifecycle.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,22 @@ OPEN_STATUSES: tuple[str, ...] = (
     RequestStatus.UNLEARNING,
     RequestStatus.VERIFYING,
 )
+# Failed requests wait for someone to act (retry, extend, or answer the data subject): a failure does
+# not end the obligation, so their deadline keeps running like an open request's.
+ACTION_NEEDED_STATUSES: tuple[str, ...] = (RequestStatus.FAILED,)
+DEADLINE_STATUSES: tuple[str, ...] = (*OPEN_STATUSES, *ACTION_NEEDED_STATUSES)
+
+
+class ModelStatus(StrEnum):
+    """The progress of one request on one affected model (deletion_request_models.status)."""
+
+    PENDING = "pending"  # resolved at intake, not yet in a job
+    QUEUED = "queued"
+    UNLEARNING = "unlearning"
+    VERIFYING = "verifying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
 
 
 class Regime(StrEnum):
@@ -86,7 +106,7 @@ class DeletionRequestModel(Base):
         ForeignKey("deletion_requests.id", ondelete="CASCADE"), primary_key=True
     )
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), primary_key=True, index=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=ModelStatus.PENDING)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     from_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
     to_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))

@@ -1,4 +1,4 @@
-"""/v1/deletion-requests: intake, status, lists, cancellation, deadline extension."""
+"""/v1/deletion-requests: intake, status, lists, cancellation, retry, deadline extension."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from app.idempotency.service import (
     IDEMPOTENCY_HEADER,
     Idempotency,
     IdempotencyKeyHeader,
-    check_key,
     idempotent,
     request_digest,
     validated_key,
 )
+from app.inputs import enforce_input_rule
 from app.pagination import PageParamsDep
 from app.requests import intake, service, views
 from app.requests.models import RequestStatus
@@ -36,7 +36,6 @@ from app.requests.schemas import (
 )
 from app.security.auth import Principal, require_scope
 from app.security.scopes import Scope
-from app.webhooks.service import callback_secret
 
 
 class IntakeRoute(APIRoute):
@@ -57,6 +56,7 @@ class IntakeRoute(APIRoute):
         async def handle(request: Request) -> Response:
             if intake.batcher() is None or not _is_json(request.headers.get("content-type")):
                 return await standard(request)
+            await enforce_input_rule(request)  # the app's dependency, which this path does not solve
             principal = await authorize(request)
             try:
                 body = DeletionRequestCreate.model_validate_json(await request.body())
@@ -128,13 +128,9 @@ def _create_with_orm(
 ) -> DeletionRequestCreated:
     """Intake on databases other than Postgres: one transaction per request."""
     with get_session_factory()() as session:
-        if key is not None:
-            check_key(session, principal.tenant_id, key, digest)
-        created = service.create_request(session, principal, body)
-        secret = callback_secret(created.request.id) if created.request.callback_url else None
-        return Idempotency(session, principal, key, "POST", path, digest).finish(
-            views.created(created, secret), 202
-        )
+        _, answer = intake.record_on_session(session, intake.Submission(principal, body, path, key, digest))
+        session.commit()
+        return answer
 
 
 @router.get("", response_model=DeletionRequestPage)
@@ -147,7 +143,7 @@ def list_deletion_requests(
         datetime | None, Query(description="due strictly before this instant (UTC when no offset is given)")
     ] = None,
     model: Annotated[str | None, Query(description="affecting this model (name)")] = None,
-    overdue: Annotated[bool | None, Query(description="true: open and past due_at")] = None,
+    overdue: Annotated[bool | None, Query(description="true: open or failed, and past due_at")] = None,
 ) -> DeletionRequestPage:
     """Newest first."""
     return views.list_page(
@@ -188,6 +184,14 @@ def cancel_deletion_request(
             session, idempotency.principal, request_id, body.reason if body else None
         )
     return idempotency.finish(views.detailed(session, request), 200)
+
+
+@router.post("/{request_id}:retry", response_model=DeletionRequestOut, status_code=202)
+def retry_deletion_request(request_id: str, idempotency: WriteGuard) -> DeletionRequestOut:
+    """Retry a failed request (409 for any other): the models that failed get a new unlearning job.
+    The deadline is not reset; it kept running while the request was failed."""
+    request = service.retry_request(idempotency.session, idempotency.principal, request_id)
+    return idempotency.finish(views.detailed(idempotency.session, request), 202)
 
 
 @router.post("/{request_id}:extend", response_model=DeletionRequestOut)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.registry.methods import REQUESTABLE, choice_enum
 from app.requests.models import Regime, RequestStatus
 
 MAX_SAMPLE_IDS = 10_000
@@ -15,16 +15,12 @@ MAX_MODELS = 100
 MAX_SUBJECT_ID_LENGTH = 512
 
 
-class UnlearningMethod(StrEnum):
-    """Accepted method names (METHODS.md); `auto` lets the model's policy and its version decide.
-    The workers' method registry serves exactly these names."""
-
-    AUTO = "auto"
-    FIRST_EPOCH_ASCENT = "first_epoch_ascent"
-    LORA_RESIDUAL_ALIGNMENT = "lora_residual_alignment"
-    DEEPOBLIVIATE = "deepobliviate"
-    NABLA_TAU = "nabla_tau"
-    RETRAIN = "retrain"
+# The methods a request may name: app/registry/methods.py's list, which the workers' registry serves.
+UnlearningMethod = choice_enum(
+    "UnlearningMethod",
+    REQUESTABLE,
+    "Accepted method names (METHODS.md); `auto` lets the model's policy and its version decide.",
+)
 
 
 class DeletionRequestCreate(BaseModel):
@@ -117,7 +113,7 @@ class DeletionRequestSummary(BaseModel):
     received_at: datetime
     due_at: datetime
     days_left: int = Field(description="Calendar days (UTC) until due_at; negative once late.")
-    overdue: bool = Field(description="Still open after due_at.")
+    overdue: bool = Field(description="Still open (or failed: its deadline keeps running) after due_at.")
     completed_at: datetime | None = None
     updated_at: datetime
 

@@ -1,39 +1,26 @@
-"""`lethe keys ...`: API key administration for operators."""
+"""`lethe keys ...`: API key administration for operators (on the database, no API needed)."""
 
 from __future__ import annotations
 
-import argparse
-import sys
+import json
+from typing import Annotated
 
+import typer
 from sqlalchemy import select
 
+from app.commands import command_group, stdout_console, table
 from app.db import session_scope, utcnow
 from app.security.auth import forget_key
 from app.security.keys import create_api_key, validate_scopes
 from app.security.models import ApiKey
 from app.security.scopes import ALL_SCOPES
-from app.tenancy.service import get_or_create_tenant
+from app.tenancy.models import Tenant
+from app.tenancy.service import get_or_create_tenant, get_tenant_by_name
 
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    keys = subparsers.add_parser("keys", help="manage API keys")
-    actions = keys.add_subparsers(dest="keys_command", required=True)
-
-    create = actions.add_parser("create", help="create an API key (printed once) for a tenant")
-    create.add_argument("--tenant", required=True, help="tenant name (created when missing)")
-    create.add_argument(
-        "--scope",
-        dest="scopes",
-        action="append",
-        required=True,
-        help=f"a scope (repeat, or comma-separate); known: {', '.join(ALL_SCOPES)}, or 'all'",
-    )
-    create.add_argument("--name", help="a label for the key")
-    create.set_defaults(func=create_key_command)
-
-    revoke = actions.add_parser("revoke", help="revoke an API key by its key id")
-    revoke.add_argument("key_id")
-    revoke.set_defaults(func=revoke_key_command)
+cli = command_group("keys", "Create, list and revoke API keys.")
 
 
 def expand_scopes(values: list[str]) -> list[str]:
@@ -43,35 +30,89 @@ def expand_scopes(values: list[str]) -> list[str]:
     return validate_scopes(scopes)
 
 
-def create_key_command(args: argparse.Namespace) -> int:
+@cli.command("create")
+def create_key(
+    tenant: Annotated[str, typer.Option(help="tenant name (created when missing)")],
+    scopes: Annotated[
+        list[str],
+        typer.Option(
+            "--scope", help=f"a scope (repeat, or comma-separate); known: {', '.join(ALL_SCOPES)}, or 'all'"
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="a label for the key")] = None,
+) -> None:
+    """Create an API key for a tenant; the key is printed once, alone on stdout."""
     try:
-        scopes = expand_scopes(args.scopes)
+        chosen = expand_scopes(scopes)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from exc
     with session_scope() as session:
-        tenant, created = get_or_create_tenant(session, args.tenant)
-        api_key, plaintext = create_api_key(session, tenant.id, scopes, args.name)
+        found, created = get_or_create_tenant(session, tenant)
+        api_key, plaintext = create_api_key(session, found.id, chosen, name)
         key_id = api_key.key_id
     if created:
-        print(f"created tenant {args.tenant}", file=sys.stderr)
-    print(
-        f"key id {key_id}, scopes {' '.join(scopes)}; store the key now, it is not shown again:",
-        file=sys.stderr,
+        typer.echo(f"created tenant {tenant}", err=True)
+    typer.echo(
+        f"key id {key_id}, scopes {' '.join(chosen)}; store the key now, it is not shown again:", err=True
     )
     print(plaintext)
-    return 0
 
 
-def revoke_key_command(args: argparse.Namespace) -> int:
+@cli.command("list")
+def list_keys(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
+    revoked: Annotated[bool, typer.Option("--revoked", help="include revoked keys")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON array instead of a table")] = False,
+) -> None:
+    """The keys (never their secrets): key id, tenant, label, scopes, created, revoked."""
     with session_scope() as session:
-        api_key = session.scalars(select(ApiKey).where(ApiKey.key_id == args.key_id)).one_or_none()
+        query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+        if tenant is not None:
+            found = get_tenant_by_name(session, tenant)
+            if found is None:
+                typer.echo(f"error: no tenant {tenant}", err=True)
+                raise typer.Exit(EXIT_NOT_FOUND)
+            query = query.where(ApiKey.tenant_id == found.id)
+        if not revoked:
+            query = query.where(ApiKey.revoked_at.is_(None))
+        rows = [
+            {
+                "key_id": key.key_id,
+                "tenant": tenant_name,
+                "name": key.name,
+                "scopes": list(key.scopes),
+                "created_at": key.created_at.isoformat(),
+                "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+            }
+            for key, tenant_name in session.execute(query.order_by(Tenant.name, ApiKey.created_at))
+        ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    grid = table("key id", "tenant", "name", "scopes", "created", "revoked")
+    for row in rows:
+        grid.add_row(
+            row["key_id"],
+            row["tenant"],
+            row["name"] or "",
+            " ".join(row["scopes"]),
+            row["created_at"][:19],
+            (row["revoked_at"] or "")[:19],
+        )
+    stdout_console().print(grid)
+
+
+@cli.command("revoke")
+def revoke_key(key_id: Annotated[str, typer.Argument(help="the key id (from `lethe keys list`)")]) -> None:
+    """Revoke an API key by its key id."""
+    with session_scope() as session:
+        api_key = session.scalars(select(ApiKey).where(ApiKey.key_id == key_id)).one_or_none()
         if api_key is None:
-            print(f"error: no API key {args.key_id}", file=sys.stderr)
-            return 1
+            typer.echo(f"error: no API key {key_id}", err=True)
+            raise typer.Exit(EXIT_NOT_FOUND)
         if api_key.revoked_at is None:
             api_key.revoked_at = utcnow()
     # Other API processes stop accepting it within settings.api_key_cache_seconds.
-    forget_key(args.key_id)
-    print(f"revoked {args.key_id}", file=sys.stderr)
-    return 0
+    forget_key(key_id)
+    typer.echo(f"revoked {key_id}", err=True)

@@ -17,6 +17,7 @@ class EventType(StrEnum):
     REQUEST_EXTENDED = "request.extended"
     MODEL_PROMOTED = "model.promoted"
     MODEL_ROLLED_BACK = "model.rolled_back"
+    AUDIT_CHECKPOINT = "audit.checkpoint"  # a signed head of the tenant's audit chain (app.audit.checkpoints)
     ALL = "*"
 
 

@@ -40,6 +40,7 @@ def create_webhook(
 
 @router.get("", response_model=WebhookPage)
 def list_webhooks(session: SessionDep, principal: Reader, page: PageParamsDep) -> WebhookPage:
+    """The tenant's active subscriptions (without their secrets)."""
     items, next_cursor = paginate(
         session,
         service.active_subscriptions_stmt(principal.tenant_id),
@@ -51,11 +52,13 @@ def list_webhooks(session: SessionDep, principal: Reader, page: PageParamsDep) -
 
 @router.get("/{webhook_id}", response_model=WebhookOut)
 def get_webhook(webhook_id: str, session: SessionDep, principal: Reader) -> WebhookOut:
+    """One active subscription (without its secret)."""
     return WebhookOut.model_validate(service.get_subscription(session, principal.tenant_id, webhook_id))
 
 
 @router.delete("/{webhook_id}", status_code=204, response_class=Response)
 def delete_webhook(webhook_id: str, session: SessionDep, principal: Writer) -> Response:
+    """Stop the subscription; deliveries not yet sent are dropped."""
     service.delete_subscription(session, principal.tenant_id, webhook_id, principal.actor)
     session.commit()
     return Response(status_code=204)

@@ -2,8 +2,9 @@
 
 `enqueue_event` runs in the caller's transaction: one delivery row per matching subscriber (and one for
 the request's own callback URL), each with an outbox task `lethe.deliver_webhook`, so deliveries exist
-exactly when the change they announce was committed. The worker signs and POSTs them (Standard
-Webhooks: the delivery id is the webhook-id, stable across retries).
+exactly when the change they announce was committed. Bulk writers build the same rows (`delivery_rows`,
+`delivery_tasks`) from subscriptions they looked up themselves (`subscriptions_query`). The worker signs
+and POSTs them (Standard Webhooks: the delivery id is the webhook-id, stable across retries).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from sqlalchemy import String, bindparam, select
+from sqlalchemy import String, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from app.asyncdb import compiled_sql
@@ -22,7 +23,7 @@ from app.audit.service import record
 from app.db import new_id, utcnow
 from app.errors import not_found, unprocessable
 from app.outbox.celery_client import DELIVER_WEBHOOK_TASK
-from app.outbox.service import enqueue
+from app.outbox.service import enqueue_rows, outbox_row
 from app.settings import get_settings
 from app.webhooks.events import EventType
 from app.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookSubscription
@@ -74,10 +75,28 @@ def get_subscription(session: Session, tenant_id: str, subscription_id: str) -> 
     return subscription
 
 
-def active_subscriptions_stmt(tenant_id: str) -> Any:
+def active_subscriptions_stmt(tenant_id: Any) -> Any:
     return select(WebhookSubscription).where(
         WebhookSubscription.tenant_id == tenant_id, WebhookSubscription.active.is_(True)
     )
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    id: str
+    url: str
+    events: list[str]
+
+
+def subscriptions_query(tenant_id: Any) -> Any:
+    """A tenant's active subscriptions as rows of SubscriptionRow (`tenant_id` a value or a bindparam)."""
+    return active_subscriptions_stmt(tenant_id).with_only_columns(
+        WebhookSubscription.id, WebhookSubscription.url, WebhookSubscription.events
+    )
+
+
+def active_subscriptions(session: Session, tenant_id: str) -> list[SubscriptionRow]:
+    return [SubscriptionRow(*row) for row in session.execute(subscriptions_query(tenant_id))]
 
 
 def delete_subscription(session: Session, tenant_id: str, subscription_id: str, actor: str) -> None:
@@ -132,48 +151,29 @@ def enqueue_event(
     payload: dict[str, Any],
     callback_url: str | None = None,
     request_id: str | None = None,
-) -> list[WebhookDelivery]:
+) -> list[dict[str, Any]]:
     """Queue `event_type` for the tenant's subscribers (and `callback_url`, signed with the secret of
-    `request_id`) in the caller's transaction."""
-    envelope = event_envelope(event_type, payload)
-    subscriptions = session.scalars(active_subscriptions_stmt(tenant_id))
-    deliveries = []
-    for subscription_id, url in delivery_targets(subscriptions, event_type, callback_url):
-        delivery = WebhookDelivery(
-            id=new_id(),
-            tenant_id=tenant_id,
-            subscription_id=subscription_id,
-            request_id=request_id if subscription_id is None else None,
-            url=url,
-            event_type=event_type,
-            payload=envelope,
-            status=DeliveryStatus.PENDING,
-            attempts=0,
-            next_attempt_at=utcnow(),
-        )
-        session.add(delivery)
-        enqueue(session, *delivery_task(delivery.id))
-        deliveries.append(delivery)
+    `request_id`) in the caller's transaction; answers the deliveries' rows."""
+    targets = delivery_targets(active_subscriptions(session, tenant_id), event_type, callback_url)
+    now = utcnow()
+    deliveries = delivery_rows(
+        tenant_id, event_type, event_envelope(event_type, payload), targets, request_id, now
+    )
+    write_deliveries(session, deliveries, now)
     return deliveries
 
 
-# --- the same for bulk writers on app.asyncdb (Postgres) ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class SubscriptionRow:
-    id: str
-    url: str
-    events: list[str]
+def write_deliveries(session: Session, deliveries: list[dict[str, Any]], now: datetime) -> None:
+    """Insert deliveries (delivery_rows) and their outbox tasks in the caller's transaction."""
+    if deliveries:
+        session.execute(insert(WebhookDelivery.__table__), deliveries)
+        enqueue_rows(session, delivery_tasks(deliveries, now))
 
 
 @lru_cache(maxsize=1)
 def active_subscriptions_sql() -> str:
-    """A tenant's active subscriptions (parameter tenant_id), rows as SubscriptionRow."""
-    stmt = active_subscriptions_stmt(bindparam("tenant_id", type_=String))
-    return compiled_sql(
-        stmt.with_only_columns(WebhookSubscription.id, WebhookSubscription.url, WebhookSubscription.events)
-    )
+    """subscriptions_query for app.asyncdb (parameter tenant_id)."""
+    return compiled_sql(subscriptions_query(bindparam("tenant_id", type_=String)))
 
 
 # The columns of WebhookDelivery that delivery_rows fills.
@@ -191,8 +191,8 @@ def delivery_rows(
     request_id: str | None,
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """What enqueue_event adds for `targets`, as rows of DELIVERY_COLUMNS; each needs its outbox task
-    (delivery_task)."""
+    """The deliveries of an event to `targets`, as rows of DELIVERY_COLUMNS; each needs its outbox task
+    (delivery_tasks)."""
     return [
         {
             "id": new_id(),
@@ -211,9 +211,9 @@ def delivery_rows(
     ]
 
 
-def delivery_task(delivery_id: str) -> tuple[str, dict[str, Any]]:
-    """The outbox task (name, payload) that sends a delivery."""
-    return DELIVER_WEBHOOK_TASK, {"delivery_id": delivery_id}
+def delivery_tasks(deliveries: Iterable[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """The outbox rows of the tasks that send `deliveries` (delivery_rows)."""
+    return [outbox_row(DELIVER_WEBHOOK_TASK, {"delivery_id": row["id"]}, now) for row in deliveries]
 
 
 def delivery_secret(session: Session, delivery: WebhookDelivery) -> str | None:

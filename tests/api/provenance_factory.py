@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -13,10 +14,17 @@ def unique(prefix: str) -> str:
 
 
 def create_dataset(
-    client: TestClient, auth: dict[str, str], kind: str = "text", name: str | None = None
+    client: TestClient,
+    auth: dict[str, str],
+    kind: str = "text",
+    name: str | None = None,
+    label_map: dict[str, int] | None = None,
 ) -> str:
     name = name or unique("ds")
-    response = client.post("/v1/datasets", json={"name": name, "kind": kind}, headers=auth)
+    body: dict[str, Any] = {"name": name, "kind": kind}
+    if label_map is not None:
+        body["label_map"] = label_map
+    response = client.post("/v1/datasets", json=body, headers=auth)
     assert response.status_code == 201, response.text
     return name
 
@@ -49,13 +57,32 @@ def create_model(client: TestClient, auth: dict[str, str], task: str = "causal-l
     return name
 
 
+@lru_cache
+def stored_causal_lm() -> str:
+    """artifact://<id> of a tiny causal LM in the (test session's) artifact store: registering a version
+    from the store needs no worker, so it may serve at once."""
+    import tempfile
+    from pathlib import Path
+
+    from app.settings import get_settings
+    from tests.tiny_models import save_gpt2
+    from workers.modeling.artifacts import ArtifactStore
+    from workers.modeling.formats import load_folder
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_gpt2(Path(folder), ["a tiny model for the registry tests"])
+        manifest = ArtifactStore(get_settings().artifact_root).put(load_folder(Path(folder)))
+    return f"artifact://{manifest.version_id}"
+
+
 def register_version(
     client: TestClient, auth: dict[str, str], model: str, dataset: str, external_ids: list[str] | None = None
 ) -> dict[str, Any]:
+    """Version n of a causal-lm `model`, trained on the dataset (or the listed samples), ready to serve."""
     training_set: dict[str, Any] = {"dataset": dataset}
     if external_ids is not None:
         training_set["external_ids"] = external_ids
-    body = {"artifact_uri": f"s3://bucket/{unique('artifact')}", "training_set": training_set}
+    body = {"artifact_uri": stored_causal_lm(), "training_set": training_set}
     response = client.post(f"/v1/models/{model}/versions", json=body, headers=auth)
     assert response.status_code == 201, response.text
     return response.json()

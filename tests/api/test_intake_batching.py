@@ -1,25 +1,34 @@
 """Deletion-request intake on Postgres records concurrent requests in shared transactions
 (app.requests.intake): what a client sees must not depend on which requests shared a batch, and the
-batched path must write what the one-request ORM path writes."""
+batched path must write what the one-request session path (other databases) writes."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.audit.models import AuditEvent
 from app.audit.service import record
-from app.db import session_scope
+from app.db import reset_engine, session_scope
 from app.outbox.models import OutboxMessage
-from app.requests import intake, service, views
+from app.requests import intake, views
 from app.requests.models import DeletionRequest, RequestEvent
 from app.requests.schemas import DeletionRequestCreate
 from app.security.auth import Principal
+from app.security.keys import create_api_key
 from app.security.scopes import ALL_SCOPES
+from app.settings import get_settings
+from app.tenancy.service import create_tenant
 from app.webhooks.models import WebhookDelivery
 from tests.api.seeding import seed, unique_subject
+from tests.conftest import run_migrations
 
 URL = "/v1/deletion-requests"
 
@@ -121,7 +130,7 @@ def test_batched_intake_writes_what_the_orm_path_writes(client, tenant_a, auth_a
     batched = client.post(URL, json={"subject_id": batched_subject, **callback}, headers=auth_a).json()
     principal = Principal(tenant_a, "orm-path", frozenset(ALL_SCOPES))
     with session_scope() as session:
-        created = service.create_request(
+        created = intake.create_request(
             session, principal, DeletionRequestCreate(subject_id=orm_subject, **callback)
         )
         orm = views.created(created, "secret").model_dump(mode="json")
@@ -201,3 +210,66 @@ def test_requests_the_hot_path_cannot_answer_get_fastapis_answer(client, tenant_
     assert wrong_type.json()["errors"][0]["loc"] == ["body", "subject_id"]
     assert unknown_field.json()["errors"][0]["loc"] == ["body", "color"]
     assert _count(DeletionRequest, tenant_a) == 0
+
+
+@pytest.fixture
+def sqlite_api(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    """The API on the embedded demo's kind of database (SQLite), where intake takes the session path."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    run_migrations(url)
+    os.environ["LETHE_DATABASE_URL"] = url
+    get_settings.cache_clear()
+    reset_engine()
+    try:
+        from app.main import create_app
+
+        with TestClient(create_app(get_settings())) as client:
+            yield client
+    finally:
+        os.environ["LETHE_DATABASE_URL"] = database_url
+        get_settings.cache_clear()
+        reset_engine()
+
+
+def test_on_sqlite_a_request_is_recorded_replayed_and_refused_as_on_postgres(sqlite_api) -> None:
+    with session_scope() as session:
+        tenant_id = create_tenant(session, "demo").id
+        _, plaintext = create_api_key(session, tenant_id, ALL_SCOPES, name="demo")
+    auth = {"Authorization": f"Bearer {plaintext}"}
+    subject, nobody = unique_subject(), unique_subject()
+    seeded = seed(tenant_id, {subject: 2}, model_names=("m1",))
+    body = {"subject_id": subject, "callback_url": "https://hooks.example.com/lethe"}
+    keyed = {**auth, "Idempotency-Key": "demo-1"}
+
+    first = sqlite_api.post(URL, json=body, headers=keyed)
+    again = sqlite_api.post(URL, json=body, headers=keyed)
+    other_body = sqlite_api.post(URL, json={"subject_id": nobody}, headers=keyed)
+    unknown = sqlite_api.post(URL, json={"sample_ids": [2**60]}, headers=auth)
+    empty = sqlite_api.post(URL, json={"subject_id": nobody}, headers=auth)
+
+    assert first.status_code == again.status_code == 202
+    created = first.json()
+    assert (created["status"], created["sample_count"]) == ("resolved", 2)
+    assert [m["model"] for m in created["models"]] == [seeded.models["m1"]]
+    assert [step["to_status"] for step in created["timeline"]] == ["received", "resolved"]
+    assert again.json() == created and again.headers["Idempotent-Replayed"] == "true"
+    assert other_body.status_code == 422 and other_body.json()["type"].endswith("idempotency-mismatch")
+    assert unknown.status_code == 422 and unknown.json()["type"].endswith("unknown-samples")
+    assert empty.status_code == 202 and empty.json()["status"] == "no_data"
+    assert sqlite_api.get(f"{URL}/{created['id']}", headers=auth).json()["timeline"] == created["timeline"]
+    assert _count(DeletionRequest, tenant_id) == 2
+    assert [action for action, _ in _audit_actions(created["id"])] == [
+        "deletion_request.received",
+        "deletion_request.resolved",
+    ]
+    assert _tasks_for(created["id"]) == Counter({"lethe.plan": 1})
+    with session_scope() as session:
+        deliveries = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.request_id == created["id"])
+        ).all()
+        assert [(d.event_type, d.url) for d in deliveries] == [("request.resolved", body["callback_url"])]
+        sent = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.task_name == "lethe.deliver_webhook")
+        )
+        assert [row.payload for row in sent] == [{"delivery_id": deliveries[0].id}]
+    assert sqlite_api.get("/v1/audit/verify", headers=auth).json()["ok"] is True

@@ -130,7 +130,7 @@ def test_only_listed_plots_are_served(client, tenant_a, auth_a, tmp_path, plot) 
 
     answer = client.get(f"/v1/jobs/{job_id}/report/{plot}.png", headers=auth_a)
 
-    assert answer.status_code == 404
+    assert answer.status_code == (422 if "%00" in plot else 404)  # a NUL breaks the input rule
     assert b"not listed" not in answer.content and b"outside" not in answer.content
 
 

@@ -143,7 +143,8 @@ def test_bulk_json_then_ndjson_counts_new_and_existing(client, auth_a) -> None:
 
 
 def test_classification_samples_with_features_and_labels(client, auth_a, db_session) -> None:
-    dataset = create_dataset(client, auth_a, kind="classification")
+    label_map = {"negative": 0, "positive": 1, "mixed": 3}
+    dataset = create_dataset(client, auth_a, kind="classification", label_map=label_map)
     samples = [
         {"external_id": "img-0", "subject_id": "dora", "features": [0.0, 0.5, 1.0], "label": 3},
         {"external_id": "txt-0", "subject_id": "dora", "text": "great product", "label": "positive"},
@@ -151,7 +152,53 @@ def test_classification_samples_with_features_and_labels(client, auth_a, db_sess
     assert add_samples(client, auth_a, dataset, samples)["created"] == 2
     rows = db_session.scalars(select(Sample).where(Sample.subject_hmac == subject_hmac("dora"))).all()
     stored = {row.external_id: (row.features, row.label, row.text) for row in rows}
-    assert stored == {"img-0": ([0.0, 0.5, 1.0], 3, None), "txt-0": (None, "positive", "great product")}
+    assert stored == {"img-0": ([0.0, 0.5, 1.0], 3, None), "txt-0": (None, 1, "great product")}
+    assert client.get(f"/v1/datasets/{dataset}", headers=auth_a).json()["label_map"] == label_map
+
+
+@pytest.mark.parametrize(
+    ("sample", "field", "why"),
+    [
+        (
+            {"features": [1.0, 2.0, 3.0], "label": "malignant"},
+            "label",
+            "is not a class of the dataset's label_map",
+        ),
+        ({"features": [1.0, 2.0, 3.0], "label": 7}, "label", "is not a value of the dataset's label_map"),
+        ({"features": [1.0, 2.0, 3.0], "label": -1}, "label", "an integer >= 0"),
+        ({"features": [1.0, 2.0], "label": 0}, "features", "the dataset's are [3]"),
+        ({"features": [1.0, "x", 3.0], "label": 0}, "features", "list of finite numbers"),
+        ({"features": [[1.0], [2.0, 3.0]], "label": 0}, "features", "list of finite numbers"),
+        ({"features": [1.0, 2.0, 3.0]}, "label", "needs a label"),
+    ],
+)
+def test_samples_a_task_cannot_use_fail_the_whole_batch(client, auth_a, sample, field, why) -> None:
+    dataset = create_dataset(client, auth_a, kind="classification", label_map={"benign": 0, "mixed": 1})
+    add_samples(
+        client,
+        auth_a,
+        dataset,
+        [{"external_id": "first", "subject_id": "eve", "features": [0, 0, 1], "label": 0}],
+    )
+    good = {"external_id": "fine", "subject_id": "eve", "features": [0.5, 0.5, 0.5], "label": "benign"}
+    batch = [good, {"external_id": "bad", "subject_id": "eve", **sample}]
+    body = assert_problem(client.post(f"/v1/datasets/{dataset}/samples", json=batch, headers=auth_a), 422)
+    (error,) = body["errors"]
+    assert error["loc"] == ["body", 1, field] and why in error["msg"]
+    assert sample_count(client, auth_a, dataset) == 1  # the good sample of the batch was not stored either
+
+
+def test_string_labels_need_a_label_map(client, auth_a) -> None:
+    dataset = create_dataset(client, auth_a, kind="classification")
+    batch = [{"external_id": "a", "subject_id": "eve", "text": "hi", "label": "spam"}]
+    body = assert_problem(client.post(f"/v1/datasets/{dataset}/samples", json=batch, headers=auth_a), 422)
+    assert "label_map" in body["errors"][0]["msg"]
+    bad_maps = [{"a": 0, "b": 0}, {"a": -1}]
+    for label_map in bad_maps:
+        body = {"name": unique("ds"), "kind": "classification", "label_map": label_map}
+        assert_problem(client.post("/v1/datasets", json=body, headers=auth_a), 422)
+    text = {"name": unique("ds"), "kind": "text", "label_map": {"a": 0}}
+    assert_problem(client.post("/v1/datasets", json=text, headers=auth_a), 422)
 
 
 def test_subject_ids_are_stored_only_as_keyed_hmacs(client, auth_a, db_session) -> None:

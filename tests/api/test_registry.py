@@ -18,9 +18,11 @@ from tests.api.provenance_factory import (
     create_dataset,
     create_model,
     register_version,
+    stored_causal_lm,
     text_samples,
     unique,
 )
+from tests.tiny_models import save_gpt2
 
 
 @pytest.fixture
@@ -48,10 +50,10 @@ def taint(model_version_id: str) -> None:
 
 def test_create_get_list_models(client, auth_a, auth_b) -> None:
     name = unique("model")
-    body = {"name": name, "task": "sequence-classification", "policy": {"method": "scrub"}}
+    body = {"name": name, "task": "sequence-classification", "policy": {"method": "nabla_tau"}}
     created = client.post("/v1/models", json=body, headers=auth_a)
     assert created.status_code == 201
-    assert client.get(f"/v1/models/{name}", headers=auth_a).json()["policy"] == {"method": "scrub"}
+    assert client.get(f"/v1/models/{name}", headers=auth_a).json()["policy"] == {"method": "nabla_tau"}
     other = create_model(client, auth_a, task="causal-lm")
     listed = client.get("/v1/models?limit=1", headers=auth_a).json()
     assert [item["name"] for item in listed["items"]] == [name]
@@ -103,8 +105,8 @@ def test_versions_are_numbered_and_carry_their_training_sets(client, auth_a, tra
         None,
     )
     body = {
-        "artifact_uri": "s3://bucket/v2",
-        "artifact_sha256": "ab" * 32,
+        "artifact_uri": stored_causal_lm(),
+        "artifact_sha256": whole["artifact_sha256"],
         "training_set": {"dataset": dataset, "external_ids": ["s-ann-0", "s-ben-1", "s-ann-0"]},
         "parent_version": 1,
         "metrics": {"accuracy": 0.91},
@@ -135,7 +137,7 @@ def test_versions_are_numbered_and_carry_their_training_sets(client, auth_a, tra
 def test_unknown_training_sets_are_refused(client, auth_a, trained, training_set, why) -> None:
     dataset, model = trained
     training_set = {**training_set, "dataset": training_set["dataset"].replace("{dataset}", dataset)}
-    body = {"artifact_uri": "s3://x", "training_set": training_set}
+    body = {"artifact_uri": stored_causal_lm(), "training_set": training_set}
     assert_problem(client.post(f"/v1/models/{model}/versions", json=body, headers=auth_a), 422, why)
     assert client.get(f"/v1/models/{model}/versions", headers=auth_a).json()["items"] == []
 
@@ -143,7 +145,7 @@ def test_unknown_training_sets_are_refused(client, auth_a, trained, training_set
 def test_empty_dataset_and_unknown_parent_are_refused(client, auth_a) -> None:
     model = create_model(client, auth_a)
     empty = create_dataset(client, auth_a)
-    body = {"artifact_uri": "s3://x", "training_set": {"dataset": empty}}
+    body = {"artifact_uri": stored_causal_lm(), "training_set": {"dataset": empty}}
     assert_problem(
         client.post(f"/v1/models/{model}/versions", json=body, headers=auth_a), 422, "empty-training-set"
     )
@@ -158,7 +160,7 @@ def test_version_bad_input_unknown_ids_tenants_and_scopes(
     client, make_key, tenant_a, auth_a, auth_b, trained
 ) -> None:
     dataset, model = trained
-    body = {"artifact_uri": "s3://x", "training_set": {"dataset": dataset}}
+    body = {"artifact_uri": stored_causal_lm(), "training_set": {"dataset": dataset}}
     path = f"/v1/models/{model}/versions"
     assert_problem(client.post(path, json={**body, "artifact_uri": 3}, headers=auth_a), 422)
     assert_problem(client.post(path, json={**body, "artifact_sha256": "xyz"}, headers=auth_a), 422)
@@ -176,16 +178,25 @@ def test_version_bad_input_unknown_ids_tenants_and_scopes(
 def test_version_registration_replays(client, auth_a, trained) -> None:
     dataset, model = trained
     headers = {**auth_a, "Idempotency-Key": unique("key")}
-    body = {"artifact_uri": "s3://x", "training_set": {"dataset": dataset}}
+    body = {"artifact_uri": stored_causal_lm(), "training_set": {"dataset": dataset}}
     first = client.post(f"/v1/models/{model}/versions", json=body, headers=headers)
     again = client.post(f"/v1/models/{model}/versions", json=body, headers=headers)
     assert first.json() == again.json() and first.json()["version"] == 1
     assert len(client.get(f"/v1/models/{model}/versions", headers=auth_a).json()["items"]) == 1
 
 
-def test_train_endpoint_queues_a_job_with_provenance(client, auth_a, trained, db_session) -> None:
+def test_train_endpoint_queues_a_job_with_provenance(
+    client, auth_a, trained, db_session, models_root
+) -> None:
     dataset, model = trained
-    body = {"training_set": {"dataset": dataset, "external_ids": ["s-ann-1"]}, "params": {"epochs": 2}}
+    save_gpt2(models_root / "registry-base", ["ann wrote 0", "ben wrote 1"])
+    params = {"base": {"path": "registry-base"}, "recipe": {"epochs": 2}}
+    body = {"training_set": {"dataset": dataset, "external_ids": ["s-ann-1"]}, "params": params}
+    misspelled = {**body, "params": {**params, "recipe": {"epoch": 2}}}
+    refused = assert_problem(
+        client.post(f"/v1/models/{model}/versions:train", json=misspelled, headers=auth_a), 422
+    )
+    assert "epoch" in str(refused)
     response = client.post(f"/v1/models/{model}/versions:train", json=body, headers=auth_a)
     assert response.status_code == 202, response.text
     job = response.json()
@@ -199,7 +210,10 @@ def test_train_endpoint_queues_a_job_with_provenance(client, auth_a, trained, db
     assert (version["status"], version["training_set_size"], version["promotable"]) == ("training", 1, False)
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth_a).json()["id"] == job["id"]
     stored = db_session.get(Job, job["id"])
-    assert stored.params["epochs"] == 2
+    assert stored.params["training"]["recipe"] == {"epochs": 2}
+    assert (
+        stored.params["base"]["uri"] == "registry-base" and stored.params["base"]["format"] == "huggingface"
+    )
     tasks = db_session.scalars(select(OutboxMessage).where(OutboxMessage.task_name == "lethe.train")).all()
     assert any(task.payload["job_id"] == job["id"] for task in tasks)
     # A version still training cannot serve.
@@ -214,6 +228,8 @@ def test_train_endpoint_refuses_bad_input_and_other_tenants(
     assert_problem(client.post(path, json={"training_set": {"dataset": "nope"}}, headers=auth_a), 422)
     assert_problem(client.post(path, json={"params": {}}, headers=auth_a), 422)
     body = {"training_set": {"dataset": dataset}}
+    reserved = {**body, "params": {"redispatches": "many"}}  # a key the job keeps for itself
+    assert "redispatches" in str(assert_problem(client.post(path, json=reserved, headers=auth_a), 422))
     assert_problem(client.post(path, json=body, headers=auth_b), 404)
     assert_problem(client.post(path, json=body, headers=make_key(tenant_a, ["models:read"])), 403)
     assert client.get(f"/v1/models/{model}/versions", headers=auth_a).json()["items"] == []

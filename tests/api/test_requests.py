@@ -13,7 +13,7 @@ from app.db import session_scope
 from app.jobs.models import Job, JobAttempt, JobRequest
 from app.outbox.models import OutboxMessage
 from app.registry.models import ModelVersion, VersionStatus
-from app.requests import service as request_service
+from app.requests import intake, lifecycle
 from app.requests.deadlines import add_months, days_left, deadline_for, extended_due_at, is_overdue
 from app.requests.models import (
     DeletionRequest,
@@ -57,7 +57,7 @@ def _move(request_id: str, *statuses: str, detail: dict | None = None) -> None:
     with session_scope() as session:
         request = session.get(DeletionRequest, request_id)
         for status in statuses:
-            request_service.change_status(session, request, status, actor="worker", detail=detail)
+            lifecycle.change_status(session, request, status, actor="worker", detail=detail)
 
 
 # ---------------------------------------------------------------- deadlines (pure)
@@ -206,7 +206,7 @@ def test_gdpr_request_received_on_january_31_is_due_on_the_last_day_of_february(
 ) -> None:
     subject = unique_subject()
     seed(tenant_a, {subject: 1})
-    monkeypatch.setattr(request_service, "utcnow", lambda: _utc(2028, 1, 31, 15, 30))
+    monkeypatch.setattr(intake, "utcnow", lambda: _utc(2028, 1, 31, 15, 30))
     body = client.post(URL, json={"subject_id": subject}, headers=auth_a).json()
     assert body["due_at"].startswith("2028-02-29T15:30")
 
@@ -292,6 +292,9 @@ def test_unknown_samples_and_models_are_refused(client, tenant_a, tenant_b, auth
         "http://[::1]/x",
         "ftp://example.com/x",
         "http://2130706433/x",
+        "http://[2002:7f00:1::]/x",
+        "http://1.1.1.1 /",
+        "http://127.0.0.1\t.example.com/",
     ],
 )
 def test_callback_urls_to_private_hosts_are_refused(client, tenant_a, auth_a, url) -> None:
@@ -407,9 +410,9 @@ def test_status_changes_follow_the_life_cycle(tenant_a, client, auth_a) -> None:
     request_id = client.post(URL, json={"subject_id": subject}, headers=auth_a).json()["id"]
     with session_scope() as session:
         request = session.get(DeletionRequest, request_id)
-        assert request_service.change_status(session, request, "resolved", actor="worker") is None
-        with pytest.raises(request_service.InvalidTransition):
-            request_service.change_status(session, request, "verifying", actor="worker")
+        assert lifecycle.change_status(session, request, "resolved", actor="worker") is None
+        with pytest.raises(lifecycle.InvalidTransition):
+            lifecycle.change_status(session, request, "verifying", actor="worker")
     _move(request_id, "failed", detail={"reason": "escalation chain spent"})
     failed = client.get(f"{URL}/{request_id}", headers=auth_a).json()
     assert failed["status"] == "failed" and failed["failure_reason"] == "escalation chain spent"

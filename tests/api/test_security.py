@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 from sqlalchemy import select
 
-from app.security.cli import add_commands
 from app.security.keys import hash_api_key, parse_api_key
 from app.security.models import ApiKey
 from app.security.subjects import normalize_subject_id, subject_hmac
 from app.settings import get_settings
 from app.tenancy.models import Tenant
 from tests.api.provenance_factory import assert_problem, unique
-
-
-def lethe(argv: list[str]) -> int:
-    """`lethe keys ...` as the entry point runs it (only this command group: no worker imports)."""
-    parser = argparse.ArgumentParser(prog="lethe")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+from workers.cli import main as lethe
 
 
 def test_keys_are_stored_only_as_a_keyed_hash(auth_a, db_session) -> None:

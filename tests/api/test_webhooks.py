@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.outbox.models import OutboxMessage
-from app.requests import service as request_service
+from app.requests import lifecycle
 from app.requests.models import DeletionRequest
 from app.webhooks.models import WebhookDelivery
 from app.webhooks.service import delivery_request
@@ -81,6 +81,9 @@ def test_receiver_accepts_genuine_deliveries_and_rejects_tampering() -> None:
         "http://[::ffff:127.0.0.1]/x",
         "http://[::ffff:10.0.0.1]/x",
         "http://224.0.0.1/x",
+        "http://240.0.0.1/x",
+        "http://[ff02::1]/x",
+        "http://[fec0::1]/x",
     ],
 )
 def test_private_loopback_and_link_local_targets_are_refused(url: str) -> None:
@@ -92,7 +95,44 @@ def test_private_loopback_and_link_local_targets_are_refused(url: str) -> None:
 @pytest.mark.parametrize(
     "url",
     [
+        "http://[::ffff:8.8.8.8]/x",  # IPv4-mapped
+        "http://[::127.0.0.1]/x",  # IPv4-compatible
+        "http://[::8.8.8.8]/x",
+        "http://[::ffff:0:7f00:1]/x",  # IPv4-translated (SIIT)
+        "http://[64:ff9b::a00:1]/x",  # NAT64 well-known prefix (10.0.0.1)
+        "http://[64:ff9b::808:808]/x",  # ... even around a public address (8.8.8.8)
+        "http://[64:ff9b:1::a00:1]/x",  # NAT64 local-use prefix
+        "http://[2002:7f00:1::]/x",  # 6to4 (127.0.0.1)
+        "http://[2002:808:808::1]/x",
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x",  # Teredo
+        "http://[2001:4860:1::5efe:a00:1]/x",  # ISATAP interface id (10.0.0.1) under a global prefix
+        "http://[2001:4860:1:0:200:5efe:808:808]/x",
+    ],
+)
+def test_every_ipv6_form_with_an_embedded_ipv4_address_is_refused(url: str) -> None:
+    with pytest.raises(CallbackURLError, match="private, loopback"):
+        validate_callback_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
         "ftp://example.com/x",
+        "http://1.1.1.1 /",
+        "http://127.0.0.1\t.example.com/",
+        " https://hooks.example.com/x",
+        "https://hooks.example.com/x\n",
+        "https://hooks.example.com/\u0000",
+        "https://hooks.example.com\\@127.0.0.1/",
+        "https://bücher.example/x",
+        "https://%31%32%37.0.0.1/x",
+        "https://[fe80::1%25eth0]/x",
+        "https://[not-an-address]/x",
+        "https://exa mple.com/x",
+        "https://-bad-.example.com/x",
+        "https://hooks.example.com@evil.example.com/x",
+        "//hooks.example.com/x",
+        "hooks.example.com/x",
         "file:///etc/passwd",
         "https:///nohost",
         "https://user:pw@example.com/x",
@@ -143,6 +183,9 @@ def test_subscribe_list_and_delete(client, tenant_a, auth_a) -> None:
         {"url": PUBLIC_HOOK, "events": []},
         {"url": PUBLIC_HOOK},
         {"url": "http://127.0.0.1:9000/hook", "events": ["*"]},
+        {"url": "http://[64:ff9b::a00:1]/hook", "events": ["*"]},
+        {"url": "http://1.1.1.1 /", "events": ["*"]},
+        {"url": "http://127.0.0.1\t.example.com/", "events": ["*"]},
         {"url": 12, "events": ["*"]},
         {"url": PUBLIC_HOOK, "events": "request.completed"},
     ],
@@ -173,7 +216,7 @@ def _deliveries(request_id: str | None = None, tenant_id: str | None = None) -> 
         if tenant_id:
             stmt = stmt.where(WebhookDelivery.tenant_id == tenant_id)
         rows = list(session.scalars(stmt))
-    return [row for row in rows if request_id is None or row.payload["data"]["id"] == request_id]
+    return [row for row in rows if request_id is None or row.payload["data"].get("id") == request_id]
 
 
 def test_status_changes_queue_signed_deliveries_for_subscribers_and_the_callback(
@@ -225,7 +268,7 @@ def test_status_changes_queue_signed_deliveries_for_subscribers_and_the_callback
     with session_scope() as session:
         stored = session.get(DeletionRequest, request["id"])
         for status in ("queued", "unlearning", "verifying", "completed"):
-            request_service.change_status(session, stored, status, actor="worker")
+            lifecycle.change_status(session, stored, status, actor="worker")
     by_url = {}
     for delivery in _deliveries(request["id"]):
         by_url.setdefault(delivery.url, []).append(delivery.event_type)

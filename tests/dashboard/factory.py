@@ -20,8 +20,8 @@ from app.db import session_scope, utcnow
 from app.jobs.models import Job, JobAttempt, JobRequest
 from app.registry.models import Model, ModelVersion, VersionStatus
 from app.registry.service import create_derived_version, set_alias
+from app.requests.lifecycle import change_status
 from app.requests.models import DeletionRequest, DeletionRequestModel, DeletionRequestSample
-from app.requests.service import change_status
 from tests.api.seeding import Seeded, seed, unique_subject
 
 ACTOR = "worker:gpu-1"
@@ -181,12 +181,21 @@ def grey_plots(directory: Path) -> None:
 
 
 def write_report(
-    scenario: Scenario, directory: Path, verdict: str = "pass", draw: Callable[[Path], None] = grey_plots
+    scenario: Scenario,
+    directory: Path,
+    verdict: str = "pass",
+    draw: Callable[[Path], list[dict[str, Any]] | None] = grey_plots,
 ) -> None:
-    """The verifier's output: report.json and its plots, recorded on the job and its attempt."""
+    """The verifier's output: report.json and its plots, recorded on the job and its attempt. `draw`
+    writes the plots; when it answers the report's figures (workers.verification.plots.Figure.to_dict),
+    the report lists those, as the verifier's does."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "report.json").write_text(json.dumps(sample_report(verdict)))
-    draw(directory)
+    report = sample_report(verdict)
+    figures = draw(directory)
+    if figures is not None:
+        report["figures"] = figures
+        report["plots"] = [figure["file"] for figure in figures if figure["file"]]
+    (directory / "report.json").write_text(json.dumps(report))
     with session_scope() as session:
         job = session.get(Job, scenario.job_id)
         assert job is not None
@@ -231,3 +240,24 @@ def complete(scenario: Scenario, completed_at: datetime | None = None) -> None:
         if completed_at is not None:
             request.completed_at = completed_at
         issue_certificate(session, request)
+
+
+# What a worker records when a method cannot read the served model: an exception with a server path.
+STORE_FAILURE = (
+    "FileNotFoundError: [Errno 2] No such file or directory: "
+    "'/srv/lethe/artifacts/versions/4be1c0de/files/model.safetensors'"
+)
+
+
+def fail(scenario: Scenario, reason: str = STORE_FAILURE, method: str = "nabla_tau") -> None:
+    """The escalation chain spent: the running job's attempt ends in an error and the pipeline fails the
+    job (workers.pipeline.jobs.fail_job: model rows and request failed, old version serving on)."""
+    from workers.pipeline.escalation import ERROR, finish_attempt
+    from workers.pipeline.jobs import fail_job
+
+    with session_scope() as session:
+        job = session.get(Job, scenario.job_id)
+        assert job is not None
+        attempt = session.scalars(select(JobAttempt).where(JobAttempt.job_id == job.id)).one()
+        finish_attempt(session, job, attempt, ERROR, None, {"reason": f"{reason}"})
+        fail_job(session, job, f"every method of the chain failed ({method}); last: {method}: {reason}")

@@ -17,6 +17,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,13 +27,13 @@ from app.registry.models import ModelVersion
 from app.registry.service import set_alias, taint_version
 from app.requests.models import DeletionRequest
 from app.security.keys import create_api_key
-from app.security.scopes import ALL_SCOPES
+from app.security.scopes import ALL_SCOPES, Scope
 from app.settings import get_settings
 from app.tenancy.service import create_tenant
 from tests.api.seeding import Seeded, add_model, add_samples
 from tests.conftest import create_scratch_database, drop_scratch_database, run_migrations
 from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS, READ_ONLY_SCOPES, _free_port
-from tests.dashboard.factory import Scenario, complete, set_progress, start_job, write_report
+from tests.dashboard.factory import Scenario, complete, fail, set_progress, start_job, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTH = 1280
@@ -45,22 +46,34 @@ SUBJECTS = (
 )
 
 
-def draw_plots(directory: Path, seed: int) -> None:
-    """Verification plots of a candidate that forgot: close to the retrained reference, unlike the served."""
+def draw_plots(directory: Path, seed: int) -> list[dict[str, Any]]:
+    """Verification figures of a candidate that forgot: close to the retrained reference, unlike the
+    served version; answers the report's figures."""
     from workers.verification import plots
+    from workers.verification.checks import CheckResult
+    from workers.verification.stats import auc_difference, fisher_exposure_pvalue, two_sample_difference
 
     rng = np.random.default_rng(seed)
-    heldout = {role: rng.normal(0.0, 1.0, 400) for role in ("served", "candidate", "reference")}
+    # the candidate scores records much as the retrained reference does, with a little noise of its own
+    reference_heldout, reference_forget = rng.normal(0.0, 1.0, 400), rng.normal(0.1, 1.0, 60)
+    heldout = {
+        "served": rng.normal(0.0, 1.0, 400),
+        "candidate": reference_heldout + rng.normal(0.0, 0.3, 400),
+        "reference": reference_heldout,
+    }
     forget = {
         "served": rng.normal(1.6, 1.0, 60),
-        "candidate": rng.normal(0.15, 1.0, 60),
-        "reference": rng.normal(0.1, 1.0, 60),
+        "candidate": reference_forget + rng.normal(0.05, 0.3, 60),
+        "reference": reference_forget,
     }
-    plots.plot_roc(
-        directory / "roc.png",
-        "lira",
-        {role: {"forget": forget[role], "heldout": heldout[role]} for role in forget},
-    )
+    scores = {role: {"forget": forget[role], "heldout": heldout[role]} for role in forget}
+    metrics = {
+        f"lira.forget_auc.{role}-reference": auc_difference(
+            forget[role], heldout[role], forget["reference"], heldout["reference"], 200
+        )
+        for role in ("candidate", "served")
+    }
+    figures = [plots.plot_roc(directory / "roc.png", "lira", scores, metrics)]
     losses = {
         role: {
             "forget": np.exp(rng.normal(shift, 0.5, 60)),
@@ -69,29 +82,34 @@ def draw_plots(directory: Path, seed: int) -> None:
         }
         for role, shift in (("served", -1.7), ("candidate", -0.65), ("reference", -0.6))
     }
-    plots.plot_loss_hist(directory / "loss_hist.png", losses)
+    figures.append(plots.plot_loss_hist(directory / "loss_hist.png", losses))
     table = []
-    for group, subject, served in (
-        ("deleted", "ada", 9.5),
-        ("deleted", "ada", 8.7),
-        ("kept", "grace", 9.1),
-        ("never", "ctrl-1", 1.2),
-        ("never", "ctrl-2", 0.6),
+    for group, served in (
+        ("deleted", 7.5),
+        ("deleted", 6.8),
+        ("kept", 7.1),
+        ("control", 1.2),
+        ("control", 0.6),
     ):
         after = served if group == "kept" else float(rng.uniform(0.3, 1.6))
         table.append(
             {
                 "group": group,
-                "subject": subject,
-                "served": {"exposure_bits": served, "candidates": 1000},
-                "candidate": {"exposure_bits": after, "candidates": 1000},
-                "reference": {
-                    "exposure_bits": after * 0.9 if group != "kept" else served - 0.4,
-                    "candidates": 1000,
-                },
+                "subject": "4f" * 32,
+                "served": {"exposure_bits": served, "rank": 1, "candidates": 256},
+                "candidate": {"exposure_bits": after, "rank": 1, "candidates": 256},
             }
         )
-    plots.plot_canaries(directory / "canary_ranks.png", table, ["served", "candidate", "reference"])
+    canary = CheckResult("canary")  # the canary check's test, as workers.verification.memorization runs it
+    for role in ("served", "candidate"):
+        deleted = np.array([row[role]["exposure_bits"] for row in table if row["group"] == "deleted"])
+        control = np.array([row[role]["exposure_bits"] for row in table if row["group"] == "control"])
+        canary.metrics[f"canary.deleted_minus_control_bits.{role}"] = two_sample_difference(deleted, control)
+        canary.values[f"canary.deleted_pvalue.{role}"] = fisher_exposure_pvalue(deleted)
+    figures.append(
+        plots.plot_canaries(directory / "canary_ranks.png", table, ["served", "candidate"], canary)
+    )
+    return [figure.to_dict() for figure in figures]
 
 
 def build(client, tenant_id: str, writer: dict[str, str], reports: Path) -> dict[str, Scenario]:
@@ -115,6 +133,7 @@ def build(client, tenant_id: str, writer: dict[str, str], reports: Path) -> dict
         ("running", SUBJECTS[1], "ticket-router", "gdpr"),
         ("late", SUBJECTS[2], "ticket-router", "gdpr"),
         ("ccpa", SUBJECTS[3], "ticket-router", "ccpa"),
+        ("failed", SUBJECTS[4], "ticket-router", "gdpr"),
     ):
         answer = client.post(
             "/v1/deletion-requests",
@@ -144,6 +163,10 @@ def build(client, tenant_id: str, writer: dict[str, str], reports: Path) -> dict
     running = scenarios["running"]
     start_job(running, progress=5)
     set_progress(running.job_id, 62, stage="unlearning")
+
+    failed = scenarios["failed"]
+    start_job(failed, progress=5)
+    fail(failed)
     with session_scope() as session:
         late = session.get(DeletionRequest, scenarios["late"].request_id)
         late.received_at -= timedelta(days=40)
@@ -177,7 +200,9 @@ def shoot(out_dir: Path) -> None:
     with session_scope() as session:
         tenant = create_tenant(session, f"acme-{uuid.uuid4().hex[:6]}")
         _, writer_key = create_api_key(session, tenant.id, ALL_SCOPES, "pipeline")
-        _, reader_key = create_api_key(session, tenant.id, READ_ONLY_SCOPES, "compliance")
+        # an officer who may also retry failed requests
+        scopes = [*READ_ONLY_SCOPES, Scope.REQUESTS_WRITE]
+        _, reader_key = create_api_key(session, tenant.id, scopes, "compliance")
         tenant_id = tenant.id
     app = create_app(get_settings())
     reports = Path(os.environ.get("TMPDIR", "/tmp")) / f"lethe-screens-{uuid.uuid4().hex[:6]}"
@@ -203,6 +228,7 @@ def shoot(out_dir: Path) -> None:
                 "requests.png": "/dashboard/requests",
                 "request-running.png": f"/dashboard/requests/{scenarios['running'].request_id}",
                 "request-completed.png": f"/dashboard/requests/{scenarios['done'].request_id}",
+                "request-failed.png": f"/dashboard/requests/{scenarios['failed'].request_id}",
                 "certificate.png": f"/dashboard/requests/{scenarios['done'].request_id}/certificate",
                 "models.png": "/dashboard/models",
                 "audit.png": "/dashboard/audit",

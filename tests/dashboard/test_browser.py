@@ -1,20 +1,28 @@
 """The dashboard in headless Chromium, as a compliance officer uses it: sign in with a key, find a request,
-watch its job progress, read the verdict plots, download the certificate and the CSV."""
+watch its job progress, read the verdict plots, download the certificate and the CSV; see a failed
+request as action needed and retry it, see which serving version still holds data to delete, read and
+export the audit trail."""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
+import json
 import re
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
+from sqlalchemy import select
 
 from app.certificates.signing import load_public_key, verify
+from app.db import session_scope
+from app.outbox.celery_client import PLAN_TASK
+from app.outbox.models import OutboxMessage
 from app.security.scopes import Scope
 from tests.dashboard.conftest import READ_ONLY_SCOPES
-from tests.dashboard.factory import complete, new_request, set_progress, start_job, write_report
+from tests.dashboard.factory import complete, fail, new_request, set_progress, start_job, write_report
 from workers.cli import main as lethe
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("certificates_ready")]
@@ -143,3 +151,124 @@ def test_request_list_follows_running_work(page, client, make_key, tenant_a, aut
     set_progress(job_id, 77)
     expect(row).to_contain_text("(unlearning, 77 %)", timeout=TIMEOUT_MS)
     assert page.evaluate("window.stillTheSamePage") is True
+
+
+def test_a_failed_request_reads_action_needed_and_can_be_retried(
+    page, client, make_key, tenant_a, auth_a
+) -> None:
+    scenario = new_request(client, tenant_a, auth_a)
+    start_job(scenario, progress=5)
+    fail(scenario)  # the worker could not read the served model's files
+    key = make_key(tenant_a, [*READ_ONLY_SCOPES, Scope.REQUESTS_WRITE])
+    sign_in(page, key["Authorization"].removeprefix("Bearer "))
+
+    row = page.locator(f"tr[data-request-id='{scenario.request_id}']")
+    expect(row).to_contain_text("action needed")
+    expect(row).to_contain_text("days")  # the deadline still counts down, not "closed"
+    page.get_by_role("link", name="Show it").click()  # the list's banner: one request needs action
+    assert page.get_by_label("Action needed only").is_checked()
+    assert page.locator("#request-rows tr").count() == 1
+
+    page.get_by_role("link", name=f"Request {scenario.request_id}").click()
+    main = page.locator("main")
+    page.get_by_role("heading", name="Action needed").wait_for()
+    shown = main.inner_text()
+    assert "could not be read from the artifact store" in shown
+    assert f"{scenario.model_name} v1 keeps serving and still holds the subject's data" in shown
+    assert "The deadline keeps running" in shown and "Next step:" in shown
+    assert "stopped: the job failed" in shown.lower()
+    for technical in ("/srv/lethe", "FileNotFoundError", "Errno"):  # not in the main view
+        assert technical not in shown
+    assert "done: 5 %" not in shown and "Runs" not in shown and "none yet" not in shown
+    assert not page.get_by_role("progressbar").count()
+
+    page.get_by_text("Technical detail", exact=True).click()
+    detail = page.locator("details.technical").first.inner_text()
+    assert "FileNotFoundError" in detail and "…/model.safetensors" in detail and "/srv/lethe" not in detail
+
+    page.get_by_role("button", name="Retry the deletion").click()
+    page.get_by_text("Retry started").wait_for()
+    assert page.locator("dl.facts").first.get_by_text("resolved").is_visible()
+    assert not page.get_by_role("heading", name="Action needed").count()
+    with session_scope() as session:
+        plans = session.scalars(select(OutboxMessage.payload).where(OutboxMessage.task_name == PLAN_TASK))
+        assert sum(scenario.request_id in p.get("request_ids", []) for p in plans) == 2  # intake + retry
+
+
+def test_a_read_only_officer_sees_how_to_retry_but_no_button(
+    page, client, make_key, tenant_a, auth_a
+) -> None:
+    scenario = new_request(client, tenant_a, auth_a)
+    start_job(scenario)
+    fail(scenario)
+    sign_in(page, make_key(tenant_a, READ_ONLY_SCOPES)["Authorization"].removeprefix("Bearer "))
+    page.goto(f"/dashboard/requests/{scenario.request_id}")
+    page.get_by_role("heading", name="Action needed").wait_for()
+    assert not page.get_by_role("button", name="Retry the deletion").count()
+    assert f"POST /v1/deletion-requests/{scenario.request_id}:retry" in page.locator("main").inner_text()
+
+
+def test_models_page_warns_that_the_serving_version_holds_data_to_delete(
+    page, client, make_key, tenant_a, auth_a
+) -> None:
+    failed = new_request(client, tenant_a, auth_a)
+    start_job(failed)
+    fail(failed)
+    sign_in(page, make_key(tenant_a, READ_ONLY_SCOPES)["Authorization"].removeprefix("Bearer "))
+    page.goto("/dashboard/models")
+
+    warning = page.locator("[data-holding-version='1']")
+    expect(warning).to_contain_text("v1, served by prod, still holds data that must be deleted")
+    expect(warning).to_contain_text("the data of 1 deletion request that failed (action needed)")
+    warning.get_by_role("link", name=f"Request {failed.request_id}").click()
+    page.wait_for_url(f"**/dashboard/requests/{failed.request_id}")
+
+    # once a version without the data serves, the warning is gone
+    done = new_request(client, tenant_a, auth_a)
+    start_job(done)
+    complete(done)
+    page.goto("/dashboard/models")
+    versions = page.locator("table.versions").filter(has_text=done.model_name)
+    expect(versions.locator("tr", has_text="v2")).to_contain_text("no")
+    assert not page.locator(f"section:has-text('{done.model_name}') [data-holding-version]").count()
+
+
+def test_audit_page_names_what_changed_and_exports_the_trail(
+    page, client, make_key, tenant_a, auth_a, tmp_path: Path
+) -> None:
+    scenario = new_request(client, tenant_a, auth_a)
+    start_job(scenario)
+    write_report(scenario, tmp_path / "report")
+    complete(scenario)  # a new version, the alias moved, the request completed
+    sign_in(page, make_key(tenant_a, READ_ONLY_SCOPES)["Authorization"].removeprefix("Bearer "))
+    page.goto("/dashboard/audit")
+
+    entities = page.locator("td[data-role=entity]").all_inner_texts()
+    assert any(f"{scenario.model_name} v2" in text for text in entities)
+    assert any(f"{scenario.model_name} alias prod" in text for text in entities)
+    assert any(scenario.request_id in text for text in entities)
+    assert not any(re.fullmatch(r"\w+ [0-9a-f]{8}", text.split("\n")[0]) for text in entities)
+    completed = page.locator("tr", has=page.get_by_role("rowheader", name="deletion_request.completed"))
+    expect(completed.locator("td[data-role=detail]")).to_contain_text("verifying → completed")
+
+    # filters are choices, not free text
+    page.get_by_label("Entity").select_option(label="model version")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url(re.compile(r".*entity_type=model_version.*"))
+    assert set(page.locator("tbody th[scope=row]").all_inner_texts()) <= {
+        "model_version.registered",
+        "model_version.derived",
+        "model_version.tainted",
+        "model_version.status_changed",
+    }
+    actions = page.get_by_label("Action").locator("option").all_inner_texts()
+    assert "model_version.derived" in actions and "alias.moved" not in actions
+    page.get_by_role("link", name="Clear").click()
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download the audit trail as CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [int(row["seq"]) for row in rows] == list(range(1, len(rows) + 1))  # the whole trail, in order
+    assert all(row["prev_hash"] == before["hash"] for before, row in itertools.pairwise(rows))
+    derived = next(row for row in rows if row["action"] == "model_version.derived")
+    assert derived["entity"] == f"{scenario.model_name} v2" and json.loads(derived["data"])["version"] == 2

@@ -74,3 +74,41 @@ def test_export_spans_many_pages(client, make_tenant, make_key, monkeypatch) -> 
     writer = make_key(tenant)
     made = [new_request(client, tenant, writer).request_id for _ in range(5)]
     assert [row["request_id"] for row in rows_of(client.get(URL, headers=writer))] == made
+
+
+AUDIT_URL = "/v1/audit/export.csv"
+
+
+def test_audit_export_is_the_tenants_trail_with_names(
+    client, make_tenant, make_key, tenant_b, auth_b
+) -> None:
+    tenant = make_tenant()
+    writer = make_key(tenant)
+    scenario = new_request(client, tenant, writer)
+    start_job(scenario)
+    complete(scenario)
+    new_request(client, tenant_b, auth_b)  # another tenant's events stay out
+
+    auditor = make_key(tenant, [Scope.AUDIT_READ])
+    answer = client.get(AUDIT_URL, headers=auditor)
+    assert answer.headers["content-disposition"].startswith('attachment; filename="audit-trail-')
+    rows = rows_of(answer)
+    listed = client.get("/v1/audit", params={"limit": 200}, headers=auditor).json()["items"]
+    assert [int(row["seq"]) for row in rows] == [event["seq"] for event in listed]
+    assert [row["hash"] for row in rows] == [event["hash"] for event in listed]
+    names = {(row["entity_type"], row["entity"]) for row in rows}
+    assert ("model_version", f"{scenario.model_name} v2") in names
+    assert ("deletion_request", scenario.request_id) in names
+
+    only_requests = rows_of(
+        client.get(AUDIT_URL, params={"entity_type": "deletion_request"}, headers=auditor)
+    )
+    assert only_requests and {row["entity_type"] for row in only_requests} == {"deletion_request"}
+    statuses = [row["detail"] for row in only_requests if row["action"] == "deletion_request.completed"]
+    assert statuses == ["unlearning → completed"]
+
+
+def test_audit_export_needs_audit_read(client, make_key, tenant_a) -> None:
+    answer = client.get(AUDIT_URL, headers=make_key(tenant_a, [Scope.REQUESTS_READ]))
+    assert answer.status_code == 403 and answer.headers["content-type"].startswith("application/problem+json")
+    assert client.get(AUDIT_URL).status_code == 401

@@ -3,8 +3,10 @@ shows (overdue requests, lineage, taint, the audit chain's state)."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -19,7 +21,7 @@ from app.requests.models import DeletionRequest
 from app.security.models import ApiKey
 from app.security.scopes import Scope
 from app.security.subjects import subject_hmac
-from tests.dashboard.factory import complete, new_request, start_job, write_report
+from tests.dashboard.factory import complete, fail, grey_plots, new_request, start_job, write_report
 
 pytestmark = pytest.mark.usefixtures("certificates_ready")
 
@@ -152,6 +154,47 @@ def test_request_page_shows_jobs_verdict_plots_and_certificate(
     assert "Certificate of deletion" in printable and "within its deadline" in printable
 
 
+def report_with_figures(directory: Path) -> list[dict[str, Any]]:
+    """A verifier's figures: two drawn, the ROC skipped for want of records."""
+    grey_plots(directory)
+    return [
+        {"name": "roc", "file": None, "title": "Too few records for a membership-attack curve",
+         "caption": "Not drawn: 3 forgotten and 200 never-seen records were scored."},
+        {"name": "loss_hist", "file": "loss_hist.png", "title": "Losses look as after retraining",
+         "caption": "Median loss of the forgotten records: 0.51."},
+        {"name": "canary_ranks", "file": "canary_ranks.png", "title": "Triggers no longer work",
+         "caption": "The triggers flip 1% of 120 clean inputs."},
+    ]  # fmt: skip
+
+
+def test_report_shows_the_verdicts_sentence_first_and_each_figures_finding(
+    client, login, reader_key, tenant_a, auth_a, tmp_path: Path
+) -> None:
+    scenario = new_request(client, tenant_a, auth_a)
+    job_id = start_job(scenario)
+    write_report(scenario, tmp_path / "report", draw=report_with_figures)
+    page = login(reader_key).get(f"/dashboard/requests/{scenario.request_id}").text
+    assert page.index("Losses look as after retraining") < page.index(
+        "Median loss of the forgotten records: 0.51."
+    )
+    assert "Not drawn: 3 forgotten and 200 never-seen records were scored." in page
+    assert f"/dashboard/jobs/{job_id}/plots/roc.png" not in page  # skipped: no image, its reason instead
+    assert f'src="/dashboard/jobs/{job_id}/plots/loss_hist.png"' in page
+    assert 'data-role="verdict-summary"' not in page  # a report without a summary reads as before
+
+    # the gate's one plain sentence, when the report has one, comes before everything else it says
+    report_file = tmp_path / "report" / "report.json"
+    sentence = "The new version forgot the subject: an attacker does no better than after retraining."
+    report_file.write_text(json.dumps({**json.loads(report_file.read_text()), "summary": sentence}))
+    page = login(reader_key).get(f"/dashboard/requests/{scenario.request_id}").text
+    verification = page.split('id="job-')[1]
+    assert (
+        verification.index(sentence)
+        < verification.index("Gate verdict:")
+        < verification.index("lira_forget_auc")
+    )
+
+
 def test_models_page_shows_lineage_aliases_and_taint(
     client, login, reader_key, tenant_a, auth_a, tmp_path
 ) -> None:
@@ -196,3 +239,49 @@ def test_pages_behind_other_scopes_say_so(https_client, make_key, tenant_a) -> N
     for path, scope in (("/dashboard/models", "models:read"), ("/dashboard/audit", "audit:read")):
         answer = https_client.get(path)
         assert answer.status_code == 403 and scope in answer.text
+
+
+def test_retry_from_the_dashboard_needs_the_write_scope_and_a_failed_request(
+    client, login, make_key, tenant_a, auth_a
+) -> None:
+    scenario = new_request(client, tenant_a, auth_a)
+    start_job(scenario)
+    fail(scenario)
+    url = f"/dashboard/requests/{scenario.request_id}/retry"
+    reader = login(make_key(tenant_a, [Scope.REQUESTS_READ])["Authorization"].removeprefix("Bearer "))
+    refused = reader.post(url)
+    assert refused.status_code == 403 and "requests:write" in refused.text
+    assert (
+        client.get(f"/v1/deletion-requests/{scenario.request_id}", headers=auth_a).json()["status"]
+        == "failed"
+    )
+
+    writer_key = make_key(tenant_a, [Scope.REQUESTS_READ, Scope.REQUESTS_WRITE])
+    writer = login(writer_key["Authorization"].removeprefix("Bearer "))
+    answer = writer.post(url)
+    assert answer.status_code == 303 and answer.headers["location"].endswith("?retried=1")
+    assert (
+        client.get(f"/v1/deletion-requests/{scenario.request_id}", headers=auth_a).json()["status"]
+        == "resolved"
+    )
+    again = writer.post(url)  # a second click: an error page, not problem+json
+    assert again.status_code == 409 and again.headers["content-type"].startswith("text/html")
+    assert "only a failed request can be retried" in again.text
+
+
+def test_a_request_that_failed_again_shows_its_latest_failure(
+    client, login, reader_key, tenant_a, auth_a
+) -> None:
+    scenario = new_request(client, tenant_a, auth_a)
+    start_job(scenario)
+    fail(scenario)  # the artifact store
+    assert (
+        client.post(f"/v1/deletion-requests/{scenario.request_id}:retry", headers=auth_a).status_code == 202
+    )
+    start_job(scenario)  # the new job
+    fail(scenario, reason="RuntimeError: CUDA error: out of memory")
+
+    page = login(reader_key).get(f"/dashboard/requests/{scenario.request_id}").text
+    cause = page.split('data-role="failure-cause">')[1].split("</p>")[0]
+    assert "the unlearning method stopped with an internal error" in cause and "artifact store" not in cause
+    assert "CUDA error: out of memory" in page.split("Technical detail")[1].split("</details>")[0]

@@ -66,8 +66,11 @@ def stack_env(database_url: str, redis_server: RedisServer, e2e_dir: Path) -> di
         "LETHE_BROKER_URL": redis_server.url,
         "LETHE_ARTIFACT_ROOT": str(e2e_dir / "artifacts"),
         "LETHE_REPORT_ROOT": str(e2e_dir / "reports"),
-        # API and workers sign deletion certificates with one key
+        "LETHE_MODELS_ROOT": str(e2e_dir / "models"),
+        # API and workers sign deletion certificates with one key, audit checkpoints with another
         "LETHE_CERTIFICATE_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "LETHE_AUDIT_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "LETHE_AUDIT_CHECKPOINT_DIR": str(e2e_dir / "audit-checkpoints"),
     }
 
 

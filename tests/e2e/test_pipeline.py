@@ -6,6 +6,7 @@ subjects no other test forgets, so the tests do not depend on each other's order
 
 from __future__ import annotations
 
+import json
 import signal
 import uuid
 from collections.abc import Iterator
@@ -111,18 +112,35 @@ def test_request_reaches_completed_with_a_promoted_verified_version(
     certificate = http.get(f"/v1/deletion-requests/{created['id']}/certificate")
     public_key = load_public_key(http.get("/v1/certificates/public-key").content)
     assert certificate.status_code == 200 and verify_certificate(certificate.content, public_key).ok
-    assert ok(http.get("/v1/audit/verify"))["ok"]
+    # ... and a worker signed the audit head that holds it into a checkpoint outside the database
+    issued_at_seq = json.loads(certificate.content)["certificate"]["audit_head"]["seq"] + 1
+    audit = wait_for(
+        "the certificate's audit checkpoint",
+        lambda: (
+            (v := ok(http.get("/v1/audit/verify")))["checkpoint"]
+            and v["checkpoint"]["seq"] >= issued_at_seq
+            and v
+        ),
+        60,
+    )
+    assert audit["ok"] and audit["checkpoint"]["key_trusted"]
     # model.promoted reached the subscriber on the second attempt, signed, and both attempts are logged
     wait_for("the model.promoted delivery", lambda: len(flaky.received) >= 2, 60)
     headers, body = flaky.received[1]
     verify_signature(subscription["secret"], headers, body)
     event = flaky.events()[1]
     assert event["type"] == "model.promoted" and event["data"]["to_version"] == 2
-    with session_scope() as session:
-        delivery = session.scalars(
-            select(WebhookDelivery).where(WebhookDelivery.id == headers["webhook-id"])
-        ).one()
-        assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 2, 204)
+
+    def recorded() -> tuple[str, int, int | None]:
+        with session_scope() as session:
+            delivery = session.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.id == headers["webhook-id"])
+            ).one()
+            return delivery.status, delivery.attempts, delivery.last_status_code
+
+    # The receiver saw the POST before the worker recorded its answer: wait for the record.
+    wait_for("the delivery's record", lambda: recorded()[0] == "delivered", 30)
+    assert recorded() == ("delivered", 2, 204)
     flaky.close()
     assert http.delete(f"/v1/webhooks/{subscription['id']}").status_code == 204
 

@@ -94,8 +94,7 @@ def test_retrain_can_record_provenance_for_the_new_version(tiny, tmp_path: Path)
         forget,
         retain,
         [],
-        UnlearningContext(training=record),
-        config={"workdir": tmp_path},
+        UnlearningContext(training=record, workdir=tmp_path),
     )
     new_record = result.details["training_record"]
     forget_ids = {s.sample_id for s in forget}

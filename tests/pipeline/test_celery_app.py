@@ -29,9 +29,22 @@ def test_tasks_are_acknowledged_late_one_at_a_time_and_routed_by_queue() -> None
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options["visibility_timeout"] > settings.gpu_task_time_limit_seconds
     assert conf.task_routes["lethe.unlearn"] == {"queue": "gpu"} and conf.task_default_queue == "default"
-    limits = conf.task_annotations
-    assert limits["lethe.unlearn"]["time_limit"] == settings.gpu_task_time_limit_seconds
-    assert limits["*"]["time_limit"] == settings.task_time_limit_seconds
+
+
+def test_gpu_tasks_get_hours_and_the_others_minutes() -> None:
+    """The limits a worker applies: the task's own, else the app's default."""
+    settings = Settings()
+    app = make_app(settings)
+    app.loader.import_default_modules()
+    for name in ("lethe.train", "lethe.unlearn", "lethe.verify"):
+        task = app.tasks[name]
+        assert task.soft_time_limit == settings.gpu_task_soft_time_limit_seconds, name
+        assert task.time_limit == settings.gpu_task_time_limit_seconds, name
+    for name in ("lethe.plan", "lethe.promote", "lethe.deliver_webhook"):
+        task = app.tasks[name]
+        soft = task.soft_time_limit or app.conf.task_soft_time_limit
+        assert soft == settings.task_soft_time_limit_seconds, name
+        assert (task.time_limit or app.conf.task_time_limit) == settings.task_time_limit_seconds, name
 
 
 def test_the_worker_app_serves_every_task_the_service_sends() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from app.registry.policy import ModelPolicy
 from workers.pipeline.chain import Capabilities, choose_chain
+
+DEFAULTS = ModelPolicy()
 
 TRAINED_HERE = Capabilities("image-classification", has_checkpoints=True, has_recipe=True)
 PURGED_CHECKPOINTS = Capabilities("image-classification", has_checkpoints=False, has_recipe=True)
@@ -11,44 +14,44 @@ LM_FROM_ELSEWHERE = Capabilities("causal-lm", has_checkpoints=False, has_recipe=
 
 
 def test_auto_restarts_from_checkpoints_and_falls_back_to_retraining() -> None:
-    assert choose_chain("auto", {}, TRAINED_HERE) == ["deepobliviate", "retrain"]
+    assert choose_chain("auto", DEFAULTS, TRAINED_HERE) == ["deepobliviate", "retrain"]
 
 
 def test_auto_without_checkpoints_tries_nabla_tau_then_retrains() -> None:
-    assert choose_chain("auto", {}, PURGED_CHECKPOINTS) == ["nabla_tau", "retrain"]
+    assert choose_chain("auto", DEFAULTS, PURGED_CHECKPOINTS) == ["nabla_tau", "retrain"]
 
 
 def test_auto_on_a_pretrained_encoder_uses_lora_residual_alignment() -> None:
-    assert choose_chain("auto", {}, ENCODER_FROM_ELSEWHERE) == ["lora_residual_alignment"]
-    assert choose_chain("auto", {}, LM_FROM_ELSEWHERE) == ["nabla_tau"]
+    assert choose_chain("auto", DEFAULTS, ENCODER_FROM_ELSEWHERE) == ["lora_residual_alignment"]
+    assert choose_chain("auto", DEFAULTS, LM_FROM_ELSEWHERE) == ["nabla_tau"]
 
 
 def test_a_named_approximate_method_is_followed_by_an_exact_one() -> None:
-    assert choose_chain("first_epoch_ascent", {}, TRAINED_HERE) == [
+    assert choose_chain("first_epoch_ascent", DEFAULTS, TRAINED_HERE) == [
         "first_epoch_ascent",
         "deepobliviate",
         "retrain",
     ]
-    assert choose_chain("nabla_tau", {}, PURGED_CHECKPOINTS) == ["nabla_tau", "retrain"]
+    assert choose_chain("nabla_tau", DEFAULTS, PURGED_CHECKPOINTS) == ["nabla_tau", "retrain"]
 
 
 def test_the_request_overrides_the_policy_and_the_policy_overrides_auto() -> None:
-    policy = {"method": "nabla_tau"}
+    policy = ModelPolicy(method="nabla_tau")
     assert choose_chain("auto", policy, TRAINED_HERE) == ["nabla_tau", "deepobliviate", "retrain"]
     assert choose_chain("retrain", policy, TRAINED_HERE) == ["retrain"]
 
 
 def test_an_explicit_policy_chain_is_used_as_written() -> None:
-    assert choose_chain("auto", {"chain": ["finetune"]}, TRAINED_HERE) == ["finetune"]
+    assert choose_chain("auto", ModelPolicy(chain=["finetune"]), TRAINED_HERE) == ["finetune"]
 
 
 def test_deepobliviate_with_early_stop_is_approximate() -> None:
-    policy = {"method_config": {"deepobliviate": {"early_stop": True}}}
+    policy = ModelPolicy.model_validate({"method_config": {"deepobliviate": {"early_stop": True}}})
     assert choose_chain("deepobliviate", policy, PURGED_CHECKPOINTS) == ["deepobliviate", "retrain"]
 
 
-def test_every_method_the_api_accepts_is_one_the_workers_run() -> None:
-    from app.requests.schemas import UnlearningMethod
-    from workers.unlearning import METHODS
-
-    assert {method.value for method in UnlearningMethod} - {"auto"} <= set(METHODS)
+def test_an_exact_method_is_followed_only_by_the_exact_methods_after_it() -> None:
+    assert choose_chain("deepobliviate", DEFAULTS, TRAINED_HERE) == ["deepobliviate", "retrain"]
+    # a restart the lineage cannot serve is refused at run time; retraining still can
+    assert choose_chain("deepobliviate", DEFAULTS, PURGED_CHECKPOINTS) == ["deepobliviate", "retrain"]
+    assert choose_chain("deepobliviate", DEFAULTS, LM_FROM_ELSEWHERE) == ["deepobliviate"]

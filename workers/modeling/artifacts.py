@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from app.registry.artifacts import folder_digest
 from workers.modeling.base import ModelAdapter, cache_root
 
 MANIFEST_FILE = "manifest.json"
@@ -84,11 +85,9 @@ def directory_checksums(directory: Path) -> dict[str, str]:
 
 
 def content_id(files: Mapping[str, str]) -> str:
-    """The version id of a set of files: sha256 over their sorted (path, sha256) pairs."""
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(f"{name}\0{files[name]}\n".encode())
-    return digest.hexdigest()
+    """The version id of a set of files: sha256 over their sorted (path, sha256) pairs, the registry's
+    sha256 of an artifact folder."""
+    return folder_digest(files)
 
 
 class ArtifactStore:

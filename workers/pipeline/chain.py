@@ -1,25 +1,24 @@
 """Which methods a job tries, in order: the escalation chain.
 
-A request names a method or `auto`; `auto` defers to the model's policy (`policy["method"]`), and a policy
-`auto` picks by what the served version supports: DeepObliviate where the lineage kept block checkpoints,
-LoRA residual alignment for pre-trained encoders, ∇τ otherwise. When the gate fails a candidate (or cannot
+A request names a method or `auto`; `auto` defers to the model's policy (`method`), and a policy `auto`
+picks by what the served version supports: DeepObliviate where the lineage kept block checkpoints, LoRA
+residual alignment for pre-trained encoders, ∇τ otherwise. When the gate fails a candidate (or cannot
 tell), the next method runs; the chain ends with an exact method (DeepObliviate without early stop, or
-retraining) whenever the lineage's recipe is known, since an exact candidate is promoted on its utility.
+retraining) whenever the lineage offers what it needs, since an exact candidate is promoted on its utility.
 
-Model policy keys read here: method, chain (an explicit list), method_config ({method: {...}}),
-retrain_recipe (a TrainingRecipe dict, to retrain a model trained elsewhere).
+Model policy keys read here (app/registry/policy.py): method, chain (an explicit list), method_config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-AUTO = "auto"
-DEEPOBLIVIATE = "deepobliviate"
-RETRAIN = "retrain"
+from app.registry.methods import AUTO, MethodName
+from app.registry.policy import ModelPolicy
+
 ENCODER_TASKS = frozenset({"sequence-classification"})
+# The exact methods a chain ends with, cheapest first; each joins when the lineage offers what it needs.
+EXACT_TAIL = (MethodName.DEEPOBLIVIATE, MethodName.RETRAIN)
 
 
 @dataclass(frozen=True)
@@ -30,46 +29,49 @@ class Capabilities:
     has_checkpoints: bool  # a training record with block checkpoints covers the served version
     has_recipe: bool  # a training record (or the policy) says how the lineage was trained
 
+    def offers(self) -> frozenset[str]:
+        from workers.unlearning.base import Provenance
 
-def is_exact(method: str, policy: Mapping[str, Any]) -> bool:
-    config = method_config(policy, method)
-    if method == RETRAIN:
-        return True
-    return method == DEEPOBLIVIATE and not config.get("early_stop", False)
+        offered = {Provenance.BLOCK_CHECKPOINTS} if self.has_checkpoints else set()
+        if self.has_recipe:
+            offered.add(Provenance.RECIPE)
+        return frozenset(offered)
 
 
-def method_config(policy: Mapping[str, Any], method: str) -> dict[str, Any]:
-    return dict((policy.get("method_config") or {}).get(method) or {})
+def is_exact(method: str, policy: ModelPolicy) -> bool:
+    """Whether `method`, with the settings the policy gives it, is exact by construction."""
+    from workers.unlearning.base import get_method
+
+    return get_method(method, **policy.config_of(method)).is_exact
 
 
 def first_choice(capabilities: Capabilities) -> str:
     if capabilities.has_checkpoints:
-        return DEEPOBLIVIATE
+        return MethodName.DEEPOBLIVIATE
     if capabilities.task in ENCODER_TASKS:
-        return "lora_residual_alignment"
-    return "nabla_tau"
+        return MethodName.LORA_RESIDUAL_ALIGNMENT
+    return MethodName.NABLA_TAU
 
 
 def exact_tail(capabilities: Capabilities) -> list[str]:
-    tail = []
-    if capabilities.has_checkpoints:
-        tail.append(DEEPOBLIVIATE)
-    if capabilities.has_recipe:
-        # also behind DeepObliviate: a restart refused at run time (e.g. samples missing) can still retrain
-        tail.append(RETRAIN)
-    return tail
+    """The exact methods the lineage can run, cheapest first. Retraining also follows DeepObliviate: a
+    restart refused at run time (e.g. samples missing) can still retrain."""
+    from workers.unlearning.base import method_class
+
+    offered = capabilities.offers()
+    return [str(name) for name in EXACT_TAIL if method_class(name).needs <= offered]
 
 
-def choose_chain(requested: str, policy: Mapping[str, Any], capabilities: Capabilities) -> list[str]:
+def choose_chain(requested: str, policy: ModelPolicy, capabilities: Capabilities) -> list[str]:
     """The methods to try in order, without repeats."""
-    explicit = policy.get("chain")
-    if explicit and requested == AUTO:
-        chain = [str(name) for name in explicit]
+    if policy.chain and requested == AUTO:
+        chain = [str(name) for name in policy.chain]
     else:
-        name = requested if requested != AUTO else str(policy.get("method") or AUTO)
-        chain = [first_choice(capabilities) if name == AUTO else name]
-        if not is_exact(chain[0], policy):
-            chain += exact_tail(capabilities)
-        elif chain[0] == DEEPOBLIVIATE and capabilities.has_recipe:
-            chain.append(RETRAIN)
+        name = requested if requested != AUTO else str(policy.method)
+        chain = [str(first_choice(capabilities)) if name == AUTO else name]
+        tail = exact_tail(capabilities)
+        if is_exact(chain[0], policy):  # then followed only by the exact methods after it
+            later = EXACT_TAIL[EXACT_TAIL.index(chain[0]) + 1 :] if chain[0] in EXACT_TAIL else ()
+            tail = [method for method in tail if method in later]
+        chain += tail
     return list(dict.fromkeys(chain))

@@ -2,8 +2,10 @@
 
 - forget: the job's samples that trained the version being unlearned;
 - retain: the rest of that version's training set;
-- validation (for the methods) and held-out (for verification): samples of the version's datasets that did
-  not train it, split by data subject so that the two never share a person (a stable hash decides).
+- validation (for the methods) and held-out (for verification): the samples declared held out for the
+  version's lineage (named at registration, or reserved by the service's training), else the samples of
+  its datasets that did not train it; split by data subject so that the two never share a person (a
+  stable hash decides). Without any, verification has nothing to compare with and cannot pass.
 Samples whose content was already erased cannot be fed to a model and are left out.
 """
 
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.provenance.membership import training_sample_ids
+from app.provenance.membership import heldout_sample_ids, training_sample_ids
 from app.provenance.models import Sample as SampleRow
 from app.provenance.models import TrainingSource
 from app.registry.models import ModelVersion
@@ -100,6 +102,14 @@ def untrained_rows(session: Session, version: ModelVersion, trained: set[int]) -
     return [row for row in rows if row.id not in trained and has_content(row)]
 
 
+def heldout_rows(session: Session, version: ModelVersion, trained: set[int]) -> list[SampleRow]:
+    """The samples verification and the methods may treat as never seen by `version`."""
+    declared = list(session.scalars(heldout_sample_ids(version)))
+    if not declared:
+        return untrained_rows(session, version, trained)
+    return [row for row in load_rows(session, declared) if row.id not in trained and has_content(row)]
+
+
 def _subject_side(subject: str) -> int:
     return hashlib.sha256(subject.encode()).digest()[0] % 2
 
@@ -144,12 +154,12 @@ def build_sets(session: Session, version: ModelVersion, requested_ids: Iterable[
     forget_rows = [row for row in rows if row.id in wanted]
     retain_rows = [row for row in rows if row.id not in wanted]
     usable_retain = [row for row in retain_rows if has_content(row)]
-    validation_rows, heldout_rows = split_by_subject(untrained_rows(session, version, trained))
+    validation_rows, heldout = split_by_subject(heldout_rows(session, version, trained))
     return DataSets(
         forget=[engine_sample(row) for row in forget_rows if has_content(row)],
         retain=[engine_sample(row) for row in usable_retain],
         validation=[engine_sample(row) for row in validation_rows],
-        heldout=[engine_sample(row) for row in heldout_rows],
+        heldout=[engine_sample(row) for row in heldout],
         forget_ids=sorted(wanted),
         missing_content=len(retain_rows) - len(usable_retain),
     )

@@ -9,11 +9,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.jobs.models import Job, JobAttempt
-from app.requests.models import RequestStatus
-from workers.pipeline.jobs import audit_job, enqueue_stage, fail_job, set_model_rows, sync_requests
+from app.jobs.models import Job, JobAttempt, Stage
+from app.jobs.params import UnlearnParams
+from app.requests.lifecycle import move_models
+from app.requests.models import ModelStatus
+from workers.pipeline.jobs import audit_job, enqueue_stage, fail_job
 from workers.pipeline.leases import release_lease
-from workers.pipeline.stages import Stage
+from workers.pipeline.stages import ACTOR
 
 # How an attempt ended.
 CANDIDATE = "candidate"  # a candidate version was written; verification follows
@@ -25,8 +27,8 @@ STALE = "stale"  # the alias moved while the job ran: the chain restarts on the 
 
 
 def chain_position(job: Job) -> tuple[list[str], int]:
-    params = job.params or {}
-    return list(params.get("chain") or []), int(params.get("chain_index") or 0)
+    params = UnlearnParams.of(job)
+    return params.chain, params.chain_index
 
 
 def current_attempt(session: Session, job: Job) -> JobAttempt | None:
@@ -41,7 +43,7 @@ def current_attempt(session: Session, job: Job) -> JobAttempt | None:
 
 def _attempt_number(job: Job, index: int) -> int:
     # Numbers keep growing across chain restarts (stale alias), so each attempt row stays distinct.
-    return int((job.params or {}).get("attempt_offset") or 0) + index + 1
+    return UnlearnParams.of(job).attempt_offset + index + 1
 
 
 def start_attempt(session: Session, job: Job) -> JobAttempt:
@@ -91,12 +93,14 @@ def escalate(session: Session, job: Job, token: str, reason: str) -> bool:
     if index + 1 >= len(chain):
         fail_job(session, job, f"every method of the chain failed ({', '.join(chain)}); last: {reason}")
         return False
-    job.params = {**job.params, "chain_index": index + 1}
+    params = UnlearnParams.of(job)
+    params.chain_index = index + 1
+    params.write(job)
     job.method = chain[index + 1]
     job.stage = Stage.UNLEARNING
     job.candidate_version_id = None
-    set_model_rows(session, job, RequestStatus.UNLEARNING)
-    sync_requests(session, job, {"job_id": job.id, "escalated_to": job.method, "reason": reason[:300]})
+    detail = {"job_id": job.id, "escalated_to": job.method, "reason": reason[:300]}
+    move_models(session, job, ModelStatus.UNLEARNING, actor=ACTOR, detail=detail)
     audit_job(session, job, "escalated", {"to": job.method, "reason": reason[:300]})
     release_lease(job, token)
     enqueue_stage(session, job)

@@ -2,7 +2,8 @@
 
 Tasks write their follow-up work into the outbox and send it right after their commit (`dispatch_now`);
 this loop sends whatever is left (a broker outage, a task killed between commit and send) every
-`outbox_poll_seconds`, and sweeps every `sweep_interval_seconds`. Every worker runs one: the outbox rows are
+`outbox_poll_seconds`, sweeps every `sweep_interval_seconds` and signs the audit heads that moved every
+`audit_checkpoint_interval_seconds` (app.audit.checkpoints). Every worker runs one: the outbox rows are
 shared out with SKIP LOCKED and the sweeper's actions are idempotent, so more workers only mean more
 frequent passes.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 
+from app.audit.checkpoints import checkpoint_moved_heads
 from app.db import get_session_factory
 from app.outbox.service import committed_work, dispatch_all_pending
 from app.settings import get_settings
@@ -61,7 +63,7 @@ class Housekeeping:
         from workers.pipeline.sweeper import sweep
 
         settings = get_settings()
-        next_sweep = 0.0
+        next_sweep = next_checkpoint = 0.0
         while not self.stopping.is_set():
             dispatch_now(self.celery)
             if time.monotonic() >= next_sweep:
@@ -71,6 +73,13 @@ class Housekeeping:
                     log.exception("sweep failed")
                 dispatch_now(self.celery)
                 next_sweep = time.monotonic() + settings.sweep_interval_seconds
+            if time.monotonic() >= next_checkpoint:
+                try:
+                    checkpoint_moved_heads()
+                except Exception:
+                    log.exception("audit checkpoint pass failed")
+                dispatch_now(self.celery)
+                next_checkpoint = time.monotonic() + settings.audit_checkpoint_interval_seconds
             committed_work.wait(settings.outbox_poll_seconds)
             committed_work.clear()
 

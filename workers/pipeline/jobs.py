@@ -1,43 +1,105 @@
-"""Job and request state shared by every stage: sending a job's next task, ending a job, and keeping each
-deletion request's status in step with the progress of its models.
+"""Job state shared by every stage: claiming a job, sending its next task, ending it, its requests and
+samples.
 
-A request's status follows its per-model rows (deletion_request_models): it is the least advanced of its
-open models (queued < unlearning < verifying), `failed` as soon as one model's escalation chain is spent,
-and `completed` once every model it concerns serves a version without its samples.
+A request's status follows its per-model rows: the stages move those rows through
+app.requests.lifecycle (`move_models`), which brings each request of the job along.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.certificates.service import issue_certificate
-from app.db import utcnow
-from app.jobs.models import Job, JobKind, JobRequest, JobStatus
+from app.db import get_session_factory, utcnow
+from app.jobs.models import Job, JobKind, JobRequest, JobStatus, Stage
 from app.outbox.service import enqueue
-from app.requests.models import (
-    OPEN_STATUSES,
-    DeletionRequest,
-    DeletionRequestModel,
-    DeletionRequestSample,
-    RequestStatus,
+from app.requests.lifecycle import move_models, requests_of_job
+from app.requests.models import DeletionRequest, DeletionRequestModel, DeletionRequestSample, ModelStatus
+from workers.pipeline.leases import (
+    AttemptsExhausted,
+    ClaimRefused,
+    check_holder,
+    lease_delta,
+    lock_job,
+    new_token,
+    take_lease,
 )
-from app.requests.service import MODEL_PENDING, InvalidTransition, change_status
-from workers.pipeline.leases import for_update, lease_delta
-from workers.pipeline.stages import ACTOR, Stage, task_for
+from workers.pipeline.stages import ACTOR, task_for
 
 log = logging.getLogger("lethe.pipeline")
 
-S = RequestStatus
-# Per-model row states, in the order a model moves through them (MODEL_PENDING, written at intake, counts
-# as the request's `resolved`).
-MODEL_OPEN_ORDER = (S.RESOLVED, S.QUEUED, S.UNLEARNING, S.VERIFYING)
-MODEL_DONE = (S.COMPLETED, S.CANCELED)
+
+# ------------------------------------------------------------------------------------------- claiming
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this task execution holds the lease of, in the transaction that claimed it."""
+
+    session: Session
+    job: Job
+    token: str
+
+
+@contextmanager
+def claimed_job(
+    job_id: str,
+    kind: JobKind,
+    stages: Container[str],
+    *,
+    may_claim: Callable[[Session, Job], bool] | None = None,
+    fail: Callable[[Session, Job, str], None] | None = None,
+) -> Iterator[Claim | None]:
+    """The opening of every stage's task: lock the job and take its lease for a new token, in one
+    transaction that commits when the block ends. Yields None when the job is not this task's to work
+    on: gone, of another kind, at another stage, turned down by `may_claim` (which may write why), held
+    by a live worker, or its runs spent (then failed by `fail`, by default fail_job)."""
+    token = new_token()
+    with get_session_factory()() as session, session.begin():
+        yield _claim(session, job_id, token, kind, stages, may_claim, fail or fail_job)
+
+
+def _claim(
+    session: Session,
+    job_id: str,
+    token: str,
+    kind: JobKind,
+    stages: Container[str],
+    may_claim: Callable[[Session, Job], bool] | None,
+    fail: Callable[[Session, Job, str], None],
+) -> Claim | None:
+    job = lock_job(session, job_id)
+    if job is None or job.kind != kind or job.stage not in stages:
+        return None
+    if may_claim is not None and not may_claim(session, job):
+        return None
+    try:
+        take_lease(job, token)
+    except ClaimRefused as refused:
+        log.info("%s", refused)
+        return None
+    except AttemptsExhausted as exhausted:
+        fail(session, job, f"worker lost too often: {exhausted}")
+        return None
+    return Claim(session, job, token)
+
+
+@contextmanager
+def held_job(job_id: str, token: str) -> Iterator[tuple[Session, Job]]:
+    """A later transaction of a task that claimed the job: the job locked, still held by `token`
+    (LeaseLost otherwise, and nothing is written)."""
+    with get_session_factory()() as session, session.begin():
+        job = lock_job(session, job_id)
+        assert job is not None, f"job {job_id} is gone"
+        check_holder(job, token)
+        yield session, job
 
 
 def enqueue_stage(session: Session, job: Job) -> None:
@@ -56,13 +118,7 @@ def audit_job(session: Session, job: Job, action: str, data: dict[str, Any]) -> 
 
 def job_requests(session: Session, job: Job, *, lock: bool = False) -> list[DeletionRequest]:
     """The job's requests, ordered by id (the lock order every stage uses)."""
-    stmt = (
-        select(DeletionRequest)
-        .join(JobRequest, JobRequest.request_id == DeletionRequest.id)
-        .where(JobRequest.job_id == job.id)
-        .order_by(DeletionRequest.id)
-    )
-    return list(session.scalars(for_update(stmt) if lock else stmt))
+    return requests_of_job(session, job.id, lock=lock)
 
 
 def job_sample_ids(session: Session, job: Job) -> list[int]:
@@ -77,72 +133,10 @@ def job_sample_ids(session: Session, job: Job) -> list[int]:
                     (DeletionRequestModel.request_id == DeletionRequestSample.request_id)
                     & (DeletionRequestModel.model_id == job.model_id),
                 )
-                .where(JobRequest.job_id == job.id, DeletionRequestModel.status != RequestStatus.CANCELED)
+                .where(JobRequest.job_id == job.id, DeletionRequestModel.status != ModelStatus.CANCELED)
             )
         )
     )
-
-
-def model_rows(session: Session, job: Job) -> list[DeletionRequestModel]:
-    return list(
-        session.scalars(
-            select(DeletionRequestModel).where(
-                DeletionRequestModel.job_id == job.id, DeletionRequestModel.model_id == job.model_id
-            )
-        )
-    )
-
-
-def set_model_rows(session: Session, job: Job, status: str, **columns: Any) -> None:
-    """Move the job's per-model rows (not the canceled ones) to `status`."""
-    for row in model_rows(session, job):
-        if row.status == S.CANCELED:
-            continue
-        row.status = status
-        for name, value in columns.items():
-            setattr(row, name, value)
-
-
-def _target_status(statuses: Iterable[str]) -> str:
-    statuses = list(statuses)
-    if not statuses:  # no model holds the samples: only Lethe's store does, and the purge erases them
-        return S.COMPLETED
-    if S.FAILED in statuses:
-        return S.FAILED
-    if all(status in MODEL_DONE for status in statuses):
-        return S.COMPLETED if S.COMPLETED in statuses else S.CANCELED
-    open_ranks = [
-        MODEL_OPEN_ORDER.index(S.RESOLVED if status == MODEL_PENDING else status)
-        for status in statuses
-        if status not in MODEL_DONE
-    ]
-    return MODEL_OPEN_ORDER[min(open_ranks)]
-
-
-def sync_request(session: Session, request: DeletionRequest, detail: dict[str, Any] | None = None) -> None:
-    """Bring the request's status in line with its per-model rows (timeline, audit and webhooks through
-    app.requests.service.change_status). A closed request is left alone."""
-    if request.status not in OPEN_STATUSES:
-        return
-    statuses = session.scalars(
-        select(DeletionRequestModel.status).where(DeletionRequestModel.request_id == request.id)
-    )
-    target = _target_status(statuses)
-    if target == request.status or target == S.CANCELED:
-        return
-    try:
-        change_status(session, request, target, actor=ACTOR, detail=detail)
-    except InvalidTransition:
-        # e.g. queued -> verifying for a request whose other model was faster: pass through unlearning
-        change_status(session, request, S.UNLEARNING, actor=ACTOR)
-        change_status(session, request, target, actor=ACTOR, detail=detail)
-    if target == S.COMPLETED:
-        issue_certificate(session, request, actor=ACTOR)
-
-
-def sync_requests(session: Session, job: Job, detail: dict[str, Any] | None = None) -> None:
-    for request in job_requests(session, job, lock=True):
-        sync_request(session, request, detail)
 
 
 # ----------------------------------------------------------------------------------------------- jobs
@@ -166,8 +160,8 @@ def fail_job(session: Session, job: Job, reason: str) -> None:
     log.error("job %s (model %s) failed: %s", job.id, job.model_id, reason)
     _close(job, JobStatus.FAILED, reason)
     if job.kind == JobKind.UNLEARN:
-        set_model_rows(session, job, S.FAILED)
-        sync_requests(session, job, {"reason": reason, "job_id": job.id})
+        detail = {"reason": reason, "job_id": job.id}
+        move_models(session, job, ModelStatus.FAILED, actor=ACTOR, detail=detail)
     audit_job(session, job, "failed", {"reason": reason, "attempts": job.attempts})
     start_next_job(session, job.model_id)
 

@@ -16,12 +16,11 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.db import get_session_factory, utcnow
+from app.db import for_update, get_session_factory, utcnow
 from app.jobs.models import Job, JobStatus
 from app.registry.models import Model
 from app.settings import get_settings
@@ -52,13 +51,6 @@ def new_token() -> str:
 
 def lease_delta() -> timedelta:
     return timedelta(seconds=get_settings().job_lease_seconds)
-
-
-def for_update(stmt: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
-    """Row locks of the pipeline: FOR NO KEY UPDATE. It serializes writers like FOR UPDATE but lets others
-    insert rows referring to the locked one (their foreign-key check takes KEY SHARE, which FOR UPDATE
-    blocks: planning a request into a job being claimed deadlocked that way)."""
-    return stmt.with_for_update(key_share=True, skip_locked=skip_locked)
 
 
 def lock_job(session: Session, job_id: str) -> Job | None:

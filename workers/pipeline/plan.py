@@ -15,20 +15,19 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import get_session_factory, utcnow
-from app.jobs.models import Job, JobKind, JobRequest, JobStatus
+from app.db import for_update, get_session_factory, utcnow
+from app.jobs.models import Job, JobKind, JobRequest, JobStatus, Stage
+from app.jobs.params import UnlearnParams
 from app.outbox.service import enqueue
 from app.registry.models import Model
-from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
-from app.requests.service import MODEL_PENDING
+from app.requests.lifecycle import PLANNABLE, join_job, sync_request
+from app.requests.models import DeletionRequest, DeletionRequestModel, ModelStatus, RequestStatus
 from app.settings import get_settings
-from workers.pipeline.jobs import audit_job, enqueue_stage, sync_request
-from workers.pipeline.leases import for_update, lease_delta, lock_model
-from workers.pipeline.stages import PURGE_TASK, Stage
+from workers.pipeline.jobs import audit_job, enqueue_stage
+from workers.pipeline.leases import lease_delta, lock_model
+from workers.pipeline.stages import ACTOR, PURGE_TASK
 
 log = logging.getLogger("lethe.pipeline")
-
-PLANNABLE = (RequestStatus.RESOLVED, RequestStatus.QUEUED)
 
 
 def plan_request(request_id: str) -> list[str]:
@@ -41,7 +40,7 @@ def plan_request(request_id: str) -> list[str]:
                 select(DeletionRequestModel.model_id)
                 .where(
                     DeletionRequestModel.request_id == request_id,
-                    DeletionRequestModel.status == MODEL_PENDING,
+                    DeletionRequestModel.status == ModelStatus.PENDING,
                     DeletionRequestModel.job_id.is_(None),
                 )
                 .order_by(DeletionRequestModel.model_id)
@@ -71,7 +70,7 @@ def _complete_without_models(session: Session, request_id: str) -> None:
         select(DeletionRequestModel.model_id).where(DeletionRequestModel.request_id == request_id).limit(1)
     ):
         return
-    sync_request(session, request, {"reason": "no model was trained on the samples"})
+    sync_request(session, request, actor=ACTOR, detail={"reason": "no model was trained on the samples"})
     enqueue(session, PURGE_TASK, {})
 
 
@@ -83,13 +82,11 @@ def _plan_one(session: Session, request_id: str, model_id: str) -> str | None:
     row = session.get(DeletionRequestModel, (request_id, model_id))
     if request is None or row is None or request.status not in PLANNABLE:
         return None  # canceled, no longer open, or gone
-    if row.job_id is not None or row.status != MODEL_PENDING:
+    if row.job_id is not None or row.status != ModelStatus.PENDING:
         return row.job_id  # planned by an earlier delivery of this task
     job = _open_batch(session, model, request.method) or _new_batch(session, model, request.method)
     session.add(JobRequest(job_id=job.id, request_id=request.id))
-    row.job_id, row.status = job.id, RequestStatus.QUEUED
-    session.flush()
-    sync_request(session, request, {"job_id": job.id})
+    join_job(session, request, row, job.id, actor=ACTOR)
     return job.id
 
 
@@ -105,7 +102,7 @@ def _open_batch(session: Session, model: Model, method: str) -> Job | None:
         )
         .order_by(Job.created_at)
     )
-    return next((job for job in candidates if job.params.get("requested_method") == method), None)
+    return next((job for job in candidates if UnlearnParams.of(job).requested_method == method), None)
 
 
 def _new_batch(session: Session, model: Model, method: str) -> Job:
@@ -121,8 +118,8 @@ def _new_batch(session: Session, model: Model, method: str) -> Job:
         max_attempts=settings.job_max_attempts,
         # The sweeper re-sends the task if no worker claimed the job by then (message lost).
         lease_expires_at=not_before + lease_delta(),
-        params={"requested_method": method, "not_before": not_before.isoformat()},
     )
+    UnlearnParams(requested_method=method, not_before=not_before).write(job)
     session.add(job)
     session.flush()
     enqueue_stage(session, job)

@@ -15,75 +15,57 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from app.db import get_session_factory
-from app.errors import ProblemError
-from app.jobs.models import Job, JobKind
+from app.jobs.models import Job, JobKind, Stage
+from app.jobs.params import UnlearnParams
 from app.outbox.service import enqueue
 from app.provenance.membership import versions_trained_on
 from app.registry.models import Model, ModelVersion, VersionStatus
-from app.registry.service import set_alias, set_version_status, taint_version
-from app.requests.models import RequestStatus
+from app.registry.service import (
+    AliasMoved,
+    VersionNotPromotable,
+    set_alias,
+    set_version_status,
+    taint_version,
+)
+from app.requests.lifecycle import move_models
+from app.requests.models import ModelStatus
 from app.webhooks.events import EventType
 from app.webhooks.service import enqueue_event
 from workers.pipeline.escalation import STALE, chain_position, current_attempt, finish_attempt
 from workers.pipeline.jobs import (
     audit_job,
+    claimed_job,
     enqueue_stage,
-    fail_job,
     job_requests,
     job_sample_ids,
-    set_model_rows,
     succeed_job,
-    sync_requests,
 )
-from workers.pipeline.leases import (
-    AttemptsExhausted,
-    ClaimRefused,
-    lock_job,
-    lock_model,
-    new_token,
-    release_lease,
-    take_lease,
-)
-from workers.pipeline.stages import ACTOR, PURGE_TASK, Stage
+from workers.pipeline.leases import lock_model, release_lease
+from workers.pipeline.stages import ACTOR, PURGE_TASK
 
 log = logging.getLogger("lethe.pipeline")
 
 
 def run_promote(job_id: str) -> None:
-    token = new_token()
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        if job is None or job.kind != JobKind.UNLEARN or job.stage != Stage.PROMOTING:
-            return
-        try:
-            take_lease(job, token)
-        except ClaimRefused as refused:
-            log.info("%s", refused)
-            return
-        except AttemptsExhausted as exhausted:
-            fail_job(session, job, f"worker lost too often: {exhausted}")
-            return
-        promote(session, job, token)
+    with claimed_job(job_id, JobKind.UNLEARN, {Stage.PROMOTING}) as claim:
+        if claim is not None:
+            promote(claim.session, claim.job, claim.token)
 
 
 def promote(session: Session, job: Job, token: str) -> None:
     model = lock_model(session, job.model_id)
     job_requests(session, job, lock=True)  # lock order: job, model, requests, then the audit head
+    params = UnlearnParams.of(job)
     candidate = session.get(ModelVersion, job.candidate_version_id)
-    base = session.get(ModelVersion, job.params["base_version_id"])
-    assert candidate is not None and base is not None
+    base = session.get(ModelVersion, params.base_version_id)
+    assert candidate is not None and base is not None and params.alias is not None
     removed = len(job_sample_ids(session, job))
     reason = f"deletion job {job.id}: {candidate.method} removed {removed} samples"
     try:
         with session.begin_nested():
-            set_alias(
-                session, model, job.params["alias"], candidate, job.params.get("alias_version"), reason, ACTOR
-            )
-    except ProblemError as refused:
-        if refused.status_code != 409:
-            raise
-        _restart_on_new_served_version(session, job, candidate, token, str(refused.detail))
+            set_alias(session, model, params.alias, candidate, params.alias_version, reason, ACTOR)
+    except (AliasMoved, VersionNotPromotable) as refused:  # the candidate can no longer serve as planned
+        _restart_on_new_served_version(session, job, candidate, token, refused.detail)
         return
     complete_deletion(session, job, model, base, candidate)
 
@@ -98,14 +80,15 @@ def _restart_on_new_served_version(
     set_version_status(session, candidate, VersionStatus.REJECTED, ACTOR, verification={
         **(candidate.verification or {}), "superseded": why[:500]})  # fmt: skip
     chain, index = chain_position(job)
-    params = {k: v for k, v in job.params.items() if k not in ("base_version_id", "alias_version")}
-    params["attempt_offset"] = int(params.get("attempt_offset") or 0) + index + 1
-    params["chain_index"] = 0
-    job.params = params
+    params = UnlearnParams.of(job)
+    params.base_version_id = params.alias_version = None  # the next claim fixes them anew
+    params.attempt_offset += index + 1
+    params.chain_index = 0
+    params.write(job)
     job.candidate_version_id = None
     job.stage = Stage.UNLEARNING
-    set_model_rows(session, job, RequestStatus.UNLEARNING)
-    sync_requests(session, job, {"job_id": job.id, "reason": "the served version changed"})
+    detail = {"job_id": job.id, "reason": "the served version changed"}
+    move_models(session, job, ModelStatus.UNLEARNING, actor=ACTOR, detail=detail)
     audit_job(session, job, "restarted", {"reason": why[:300], "chain": chain})
     release_lease(job, token)
     enqueue_stage(session, job)
@@ -137,12 +120,12 @@ def complete_deletion(
             session,
             job.tenant_id,
             EventType.MODEL_PROMOTED,
-            {"model": model.name, "alias": job.params.get("alias"), "from_version": base.version,
+            {"model": model.name, "alias": UnlearnParams.of(job).alias, "from_version": base.version,
              "to_version": candidate.version, "method": candidate.method, "exact": candidate.exact,
              "job_id": job.id, "tainted_versions": tainted},
         )  # fmt: skip
-    set_model_rows(session, job, RequestStatus.COMPLETED, to_version_id=serving.id)
-    sync_requests(session, job, {"job_id": job.id, "model": model.name, "version": serving.version})
+    detail = {"job_id": job.id, "model": model.name, "version": serving.version}
+    move_models(session, job, ModelStatus.COMPLETED, actor=ACTOR, detail=detail, to_version_id=serving.id)
     succeed_job(
         session,
         job,

@@ -23,7 +23,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from app.audit.service import record
-from app.db import get_session_factory, utcnow
+from app.db import for_update, get_session_factory, utcnow
 from app.jobs.models import Job, JobRequest
 from app.provenance.membership import versions_trained_on
 from app.provenance.models import Sample
@@ -31,7 +31,6 @@ from app.registry.models import Alias, ModelVersion, VersionStatus
 from app.requests.models import DeletionRequest, DeletionRequestSample, RequestStatus
 from app.settings import get_settings
 from workers.pipeline import store
-from workers.pipeline.leases import for_update
 from workers.pipeline.stages import ACTOR
 
 log = logging.getLogger("lethe.pipeline")

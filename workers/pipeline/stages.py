@@ -7,9 +7,7 @@ that arrives for a stage the job has left does nothing.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-from app.jobs.models import Job, JobKind
+from app.jobs.models import Job, JobKind, Stage
 from app.outbox.celery_client import (
     DELIVER_WEBHOOK_TASK,
     PLAN_TASK,
@@ -38,15 +36,6 @@ __all__ = [
 
 # Who the worker is in audit rows and alias history.
 ACTOR = "lethe-worker"
-
-
-class Stage(StrEnum):
-    QUEUED = "queued"  # waiting for its batching window and for its model to be free
-    TRAINING = "training"
-    UNLEARNING = "unlearning"
-    VERIFYING = "verifying"
-    PROMOTING = "promoting"
-    DONE = "done"
 
 
 _STAGE_TASKS = {

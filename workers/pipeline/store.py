@@ -3,7 +3,7 @@
 A version the workers wrote has `artifact_uri = artifact://<id>`, `<id>` being its content id in the
 artifact store under `settings.artifact_root`; its TrainingRecord (block checkpoints, first-epoch
 gradients, block layout) sits in `<artifact_root>/records/<id>/`. A registered version may also point at a
-directory written by `ModelAdapter.save` (`file://...` or a plain path); such a version has no record.
+folder of its own (workers.pipeline.artifacts: under the models root, or an fsspec URL); it has no record.
 
 Verification's reference models for a served version sit in `<artifact_root>/verification/<id>/`.
 
@@ -20,10 +20,10 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
+from app.registry.artifacts import ARTIFACT_SCHEME, store_artifact_id
 from app.registry.models import ModelVersion
 from app.settings import get_settings
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lethe.pipeline")
 
-ARTIFACT_SCHEME = "artifact"
 RECORDS_DIR = "records"
 VERIFICATION_DIR = "verification"
 RECORD_FILE = "record.json"
@@ -54,19 +53,7 @@ def artifact_uri(artifact_id: str) -> str:
 
 def artifact_id(uri: str | None) -> str | None:
     """The artifact-store id of a version the workers wrote; None for other URIs."""
-    if not uri:
-        return None
-    parts = urlsplit(uri)
-    return parts.netloc if parts.scheme == ARTIFACT_SCHEME and parts.netloc else None
-
-
-def local_directory(uri: str) -> Path | None:
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        return Path(parts.path)
-    if parts.scheme == "" and uri.startswith("/"):
-        return Path(uri)
-    return None
+    return store_artifact_id(uri)
 
 
 def records_root() -> Path:
@@ -95,20 +82,14 @@ def scratch_directory(label: str) -> Path:
 
 
 def load_adapter_of(version: ModelVersion) -> ModelAdapter:
-    """The version's model, checksums verified for store artifacts."""
-    from workers.modeling.adapters import load_adapter
+    """The version's model, its files checked (against the store's manifest, or the registered sha256)."""
+    from workers.pipeline.artifacts import load_registered
 
     stored = artifact_id(version.artifact_uri)
     if stored is not None:
         adapter, _ = artifact_store().load(stored)
         return adapter
-    directory = local_directory(version.artifact_uri or "")
-    if directory is None or not directory.is_dir():
-        raise FileNotFoundError(
-            f"version {version.version}: artifact {version.artifact_uri!r} is neither in the artifact store "
-            "nor a local model directory"
-        )
-    return load_adapter(directory)
+    return load_registered(version)
 
 
 def own_record(version: ModelVersion) -> TrainingRecord | None:

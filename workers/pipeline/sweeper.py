@@ -19,15 +19,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.db import get_session_factory, utcnow
+from app.db import for_update, get_session_factory, utcnow
 from app.jobs.models import Job, JobStatus
+from app.jobs.params import params_of
 from app.outbox.service import enqueue
-from app.requests.models import DeletionRequest, DeletionRequestModel, RequestStatus
-from app.requests.service import MODEL_PENDING, plan_task_payload
+from app.requests.lifecycle import plan_task_payload
+from app.requests.models import DeletionRequest, DeletionRequestModel, ModelStatus, RequestStatus
 from app.settings import get_settings
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 from workers.pipeline.jobs import enqueue_stage, fail_job
-from workers.pipeline.leases import for_update, lease_delta
+from workers.pipeline.leases import lease_delta
 from workers.pipeline.purge import run_purge
 from workers.pipeline.stages import DELIVER_WEBHOOK_TASK, PLAN_TASK
 
@@ -91,8 +92,8 @@ def resend_expired_jobs(session: Session, now: datetime, result: SweepResult) ->
             )
             result.failed_jobs.append(job.id)
             continue
-        last_sent = job.params.get("redispatched_at")
-        if last_sent and now - datetime.fromisoformat(last_sent) < lease_delta():
+        params = params_of(job)
+        if params.redispatched_at is not None and now - params.redispatched_at < lease_delta():
             continue  # sent again recently: give that message a lease period to be claimed
         if lost_worker:
             # the dead worker's lease stays expired, so that the next claim takes over (and counts a run)
@@ -104,11 +105,9 @@ def resend_expired_jobs(session: Session, now: datetime, result: SweepResult) ->
             )
         else:
             job.lease_expires_at = now + lease_delta()
-        job.params = {
-            **job.params,
-            "redispatches": int(job.params.get("redispatches") or 0) + 1,
-            "redispatched_at": now.isoformat(),
-        }
+        params.redispatches += 1
+        params.redispatched_at = now
+        params.write(job)
         enqueue_stage(session, job)
         result.redispatched_jobs.append(job.id)
 
@@ -123,7 +122,8 @@ def replan_lost_requests(session: Session, now: datetime, result: SweepResult) -
                 DeletionRequest.updated_at < stale,
                 DeletionRequest.id.in_(
                     select(DeletionRequestModel.request_id).where(
-                        DeletionRequestModel.status == MODEL_PENDING, DeletionRequestModel.job_id.is_(None)
+                        DeletionRequestModel.status == ModelStatus.PENDING,
+                        DeletionRequestModel.job_id.is_(None),
                     )
                 ),
             )

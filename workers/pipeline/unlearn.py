@@ -23,13 +23,17 @@ from sqlalchemy.orm import Session
 
 from app.db import get_session_factory, utcnow
 from app.jobs.models import Job, JobKind
+from app.jobs.params import UnlearnParams
 from app.provenance.membership import training_sample_ids
 from app.provenance.models import Sample
+from app.registry.methods import MethodName
 from app.registry.models import PROMOTABLE_STATUSES, Alias, Model, ModelVersion, VersionStatus
+from app.registry.policy import ModelPolicy, model_policy
 from app.registry.service import create_derived_version
-from app.requests.models import RequestStatus
+from app.requests.lifecycle import move_models
+from app.requests.models import ModelStatus, RequestStatus
 from workers.pipeline import data, store
-from workers.pipeline.chain import Capabilities, choose_chain, is_exact, method_config
+from workers.pipeline.chain import Capabilities, choose_chain, is_exact
 from workers.pipeline.escalation import (
     CANDIDATE,
     ERROR,
@@ -41,33 +45,27 @@ from workers.pipeline.escalation import (
 from workers.pipeline.jobs import (
     audit_job,
     cancel_job,
+    claimed_job,
     enqueue_stage,
     fail_job,
     job_requests,
     job_sample_ids,
     running_unlearn_job,
-    set_model_rows,
-    sync_requests,
 )
 from workers.pipeline.leases import (
-    AttemptsExhausted,
-    ClaimRefused,
     Heartbeat,
     LeaseLost,
     check_holder,
     lease_delta,
     lock_job,
     lock_model,
-    new_token,
     release_lease,
-    take_lease,
 )
 from workers.pipeline.promote import complete_deletion
 from workers.pipeline.stages import ACTOR, Stage
 
 log = logging.getLogger("lethe.pipeline")
 
-DEFAULT_ALIAS = "production"
 # Progress of an unlearn job: loading 0-5, the method 5-60, verification 60-95, promotion 95-100.
 METHOD_PROGRESS = (5, 60)
 
@@ -77,17 +75,14 @@ def run_unlearn(job_id: str) -> datetime | None:
     reopen = _window_closes_at(job_id)
     if reopen is not None:
         return reopen
-    token = new_token()
-    factory = get_session_factory()
-    with factory() as session, session.begin():
-        job = lock_job(session, job_id)
-        if job is None or job.kind != JobKind.UNLEARN or job.stage not in (Stage.QUEUED, Stage.UNLEARNING):
+    stages = {Stage.QUEUED, Stage.UNLEARNING}
+    with claimed_job(job_id, JobKind.UNLEARN, stages, may_claim=_model_free) as claim:
+        if claim is None:
             return None
-        if not _claim(session, job, token):
-            return None
+        session, job, token = claim.session, claim.job, claim.token
         if job.stage == Stage.QUEUED and not _start(session, job):
             return None
-        if "base_version_id" not in job.params and not choose_base(session, job):
+        if UnlearnParams.of(job).base_version_id is None and not choose_base(session, job):
             return None  # no version to unlearn, or nothing to unlearn: the job ended
         attempt = start_attempt(session, job)
         attempt_id = attempt.id
@@ -104,12 +99,12 @@ def _window_closes_at(job_id: str) -> datetime | None:
         job = session.get(Job, job_id)
         if job is None or job.stage != Stage.QUEUED:
             return None
-        not_before = (job.params or {}).get("not_before")
-    closes = datetime.fromisoformat(not_before) if not_before else None
+        closes = UnlearnParams.of(job).not_before
     return closes if closes is not None and closes > utcnow() else None
 
 
-def _claim(session: Session, job: Job, token: str) -> bool:
+def _model_free(session: Session, job: Job) -> bool:
+    """A first claim takes the model's unlearning lock: no other running unlearn job on it."""
     if job.stage == Stage.QUEUED:
         lock_model(session, job.model_id)
         holder = running_unlearn_job(session, job.model_id, other_than=job.id)
@@ -118,21 +113,13 @@ def _claim(session: Session, job: Job, token: str) -> bool:
             job.lease_expires_at = utcnow() + lease_delta()
             log.info("job %s waits: model busy with job %s", job.id, holder.id)
             return False
-    try:
-        take_lease(job, token)
-    except ClaimRefused as refused:
-        log.info("%s", refused)
-        return False
-    except AttemptsExhausted as exhausted:
-        fail_job(session, job, f"worker lost too often: {exhausted}")
-        return False
     return True
 
 
 def served_version(session: Session, model: Model) -> tuple[str, ModelVersion | None, int | None]:
     """(alias name, the version it serves, its number); without the alias the newest promotable version
     (the alias is then created at promotion)."""
-    alias_name = str((model.policy or {}).get("alias") or DEFAULT_ALIAS)
+    alias_name = model_policy(model.policy).alias
     alias = session.scalars(select(Alias).where(Alias.model_id == model.id, Alias.name == alias_name)).first()
     if alias is not None:
         version = session.get(ModelVersion, alias.version_id)
@@ -158,7 +145,9 @@ def _start(session: Session, job: Job) -> bool:
     if not live:
         cancel_job(session, job, "every request of the batch was canceled before unlearning")
         return False
-    job.params = {**job.params, "request_ids": [r.id for r in live], "batch_frozen_at": utcnow().isoformat()}
+    params = UnlearnParams.of(job)
+    params.request_ids, params.batch_frozen_at = [r.id for r in live], utcnow()
+    params.write(job)
     job.stage = Stage.UNLEARNING
     audit_job(session, job, "started", {"requests": len(live)})
     return True
@@ -168,32 +157,36 @@ def choose_base(session: Session, job: Job) -> bool:
     """Fix the version to unlearn (the alias target now) and the method chain for it."""
     model = session.get(Model, job.model_id)
     assert model is not None
+    try:
+        policy = model_policy(model.policy)
+    except ValueError as invalid:  # a policy stored before policies were validated
+        fail_job(session, job, f"model {model.name} has an invalid policy: {invalid}")
+        return False
     alias_name, base, alias_version = served_version(session, model)
     if base is None:
         fail_job(
             session, job, f"model {model.name} has no version that may serve (none registered or verified)"
         )
         return False
-    policy = model.policy or {}
     lineage = store.lineage_record(session, base)
     capabilities = Capabilities(
         task=model.task,
         has_checkpoints=lineage is not None and lineage[1].has_checkpoints,
-        has_recipe=lineage is not None or bool(policy.get("retrain_recipe")),
+        has_recipe=lineage is not None or policy.retrain_recipe is not None,
     )
-    chain = choose_chain(str(job.params.get("requested_method") or "auto"), policy, capabilities)
-    job.params = {
-        **job.params,
-        "alias": alias_name,
-        "alias_version": alias_version,
-        "base_version_id": base.id,
-        "base_version": base.version,
-        "chain": chain,
-        "chain_index": 0,
-    }
+    params = UnlearnParams.of(job)
+    chain = choose_chain(params.requested_method, policy, capabilities)
+    params.alias, params.alias_version, params.base_version_id, params.base_version = (
+        alias_name,
+        alias_version,
+        base.id,
+        base.version,
+    )
+    params.chain, params.chain_index = chain, 0
+    params.write(job)
     job.method = chain[0]
-    set_model_rows(session, job, RequestStatus.UNLEARNING, from_version_id=base.id)
-    sync_requests(session, job, {"job_id": job.id, "method": job.method})
+    detail = {"job_id": job.id, "method": job.method}
+    move_models(session, job, ModelStatus.UNLEARNING, actor=ACTOR, detail=detail, from_version_id=base.id)
     if not _holds_any(session, base, job_sample_ids(session, job)):
         # The served version never saw these samples: nothing to unlearn, only older versions to taint.
         complete_deletion(session, job, model, base, None)
@@ -210,20 +203,19 @@ def _holds_any(session: Session, version: ModelVersion, sample_ids: list[int]) -
 
 
 def _run_method(job_id: str, token: str, attempt_id: int) -> None:
-    from workers.unlearning.base import MethodUnavailable, UnlearningContext, unlearn
+    from workers.unlearning.base import MethodUnavailable, UnlearningContext, get_method
 
     factory = get_session_factory()
     with factory() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        base = session.get(ModelVersion, job.params["base_version_id"])
+        base = session.get(ModelVersion, UnlearnParams.of(job).base_version_id)
         model = session.get(Model, job.model_id)
         assert base is not None and model is not None
-        method = job.method or ""
-        policy = model.policy or {}
+        method_name = job.method or ""
+        policy = model_policy(model.policy)
         sets = data.build_sets(session, base, job_sample_ids(session, job))
-        exact = is_exact(method, policy)
-        record, extra_forget = _record_for(session, base, exact, set(sets.forget_ids))
+        record, extra_forget = _record_for(session, base, is_exact(method_name, policy), set(sets.forget_ids))
     started = time.perf_counter()
     scratch: Path | None = None
     with Heartbeat(job_id, token) as heartbeat:
@@ -235,15 +227,13 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
             progress=lambda fraction, _m: heartbeat.progress(low + (high - low) * fraction),
         )
         try:
-            config = method_config(policy, method)
-            if method == "retrain" and record is None and policy.get("retrain_recipe"):
-                config.setdefault("recipe", policy["retrain_recipe"])
-            if _accepts_workdir(method):  # the method can record its own provenance for the next deletion
-                scratch = store.scratch_directory(f"{method}-{job_id[:8]}")
-                config["workdir"] = str(scratch)
+            method = get_method(method_name, **_method_config(policy, method_name, record))
+            if method.records_provenance:  # the result's own record serves the next deletion
+                scratch = store.scratch_directory(f"{method_name}-{job_id[:8]}")
+                context.workdir = scratch
             served = store.load_adapter_of(base)
-            result = unlearn(
-                method, served, [*sets.forget, *extra_forget], sets.retain, sets.validation, context, config
+            result = method.unlearn(
+                served, [*sets.forget, *extra_forget], sets.retain, sets.validation, context
             )
             heartbeat.check()
             new_record = result.details.get("training_record")
@@ -260,7 +250,7 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
             _attempt_failed(job_id, token, attempt_id, UNAVAILABLE, str(exc), sets.describe())
             return
         except Exception as exc:  # a method that crashes must not end the chain: the next one runs
-            log.exception("job %s: %s failed", job_id, method)
+            log.exception("job %s: %s failed", job_id, method_name)
             _attempt_failed(job_id, token, attempt_id, ERROR, f"{type(exc).__name__}: {exc}", sets.describe())
             return
         finally:
@@ -269,11 +259,12 @@ def _run_method(job_id: str, token: str, attempt_id: int) -> None:
     _store_candidate(job_id, token, attempt_id, result, uri, sha, sets, time.perf_counter() - started)
 
 
-def _accepts_workdir(method: str) -> bool:
-    from workers.unlearning.base import METHODS, get_method
-
-    get_method(method)  # imports the registry; raises for an unknown name
-    return "workdir" in METHODS[method].default_config()
+def _method_config(policy: ModelPolicy, method: str, record: Any | None) -> dict[str, Any]:
+    """The policy's settings of `method`; a model trained elsewhere retrains with the policy's recipe."""
+    config = policy.config_of(method)
+    if method == MethodName.RETRAIN and record is None and policy.retrain_recipe is not None:
+        config.setdefault("recipe", policy.retrain_recipe.model_dump(exclude_unset=True))
+    return config
 
 
 def _record_for(
@@ -346,7 +337,7 @@ def _store_candidate(
         # lock order of every stage: job, model (taken again by create_derived_version), requests, audit
         lock_model(session, job.model_id)
         job_requests(session, job, lock=True)
-        base = session.get(ModelVersion, job.params["base_version_id"])
+        base = session.get(ModelVersion, UnlearnParams.of(job).base_version_id)
         attempt = session.get(JobAttempt, attempt_id)
         assert base is not None and attempt is not None
         candidate = create_derived_version(
@@ -381,7 +372,7 @@ def _store_candidate(
         job.candidate_version_id = candidate.id
         job.stage = Stage.VERIFYING
         job.progress = METHOD_PROGRESS[1]
-        set_model_rows(session, job, RequestStatus.VERIFYING)
-        sync_requests(session, job, {"job_id": job.id, "candidate_version": candidate.version})
+        detail = {"job_id": job.id, "candidate_version": candidate.version}
+        move_models(session, job, ModelStatus.VERIFYING, actor=ACTOR, detail=detail)
         release_lease(job, token)
         enqueue_stage(session, job)

@@ -6,7 +6,7 @@ Fail or inconclusive: the candidate is `rejected` and tainted (an approximate ca
 may still hold the forgotten samples, so its artifact is purged like its parent's), and the next method
 of the chain runs.
 
-Model policy keys read here: gate (overrides of workers.verification.gate.Policy), probes ({workload,
+Model policy keys read here (app/registry/policy.py): gate (overrides of GatePolicy), probes ({workload,
 size, seed}: the planted signal of a reference workload whose samples the model was trained on, which
 gives the gate power where membership inference has none).
 """
@@ -20,27 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from app.db import get_session_factory
-from app.jobs.models import Job, JobAttempt, JobKind
+from app.jobs.models import Job, JobAttempt, JobKind, Stage
+from app.jobs.params import UnlearnParams
 from app.jobs.service import report_url
 from app.registry.models import Model, ModelVersion, VersionStatus
+from app.registry.policy import GatePolicy, model_policy
 from app.registry.service import set_version_status, taint_version
 from app.security.subjects import subject_hmac
 from app.settings import get_settings
 from workers.pipeline import data, store
 from workers.pipeline.escalation import ERROR, PASSED, REJECTED, current_attempt, escalate, finish_attempt
-from workers.pipeline.jobs import enqueue_stage, fail_job, job_requests, job_sample_ids
-from workers.pipeline.leases import (
-    AttemptsExhausted,
-    ClaimRefused,
-    Heartbeat,
-    LeaseLost,
-    check_holder,
-    lock_job,
-    new_token,
-    release_lease,
-    take_lease,
-)
-from workers.pipeline.stages import ACTOR, Stage
+from workers.pipeline.jobs import claimed_job, enqueue_stage, held_job, job_requests, job_sample_ids
+from workers.pipeline.leases import Heartbeat, LeaseLost, release_lease
+from workers.pipeline.stages import ACTOR
 
 log = logging.getLogger("lethe.pipeline")
 
@@ -48,44 +40,32 @@ VERIFY_PROGRESS = (60, 95)
 
 
 def run_verify(job_id: str) -> None:
-    token = new_token()
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        if job is None or job.kind != JobKind.UNLEARN or job.stage != Stage.VERIFYING:
+    with claimed_job(job_id, JobKind.UNLEARN, {Stage.VERIFYING}) as claim:
+        if claim is None:
             return
-        try:
-            take_lease(job, token)
-        except ClaimRefused as refused:
-            log.info("%s", refused)
-            return
-        except AttemptsExhausted as exhausted:
-            fail_job(session, job, f"worker lost too often: {exhausted}")
-            return
-        attempt = current_attempt(session, job)
+        attempt = current_attempt(claim.session, claim.job)
         assert attempt is not None, f"job {job_id} verifies without an attempt"
-        attempt_id = attempt.id
+        attempt_id, token = attempt.id, claim.token
     try:
         _verify(job_id, token, attempt_id)
     except LeaseLost:
         log.warning("job %s: lost its lease during verification; the new holder carries on", job_id)
 
 
-def gate_policy(model: Model) -> Any:
-    from workers.verification.gate import Policy
-
-    return Policy.from_dict((model.policy or {}).get("gate") or {})
+def gate_policy(model: Model) -> GatePolicy:
+    return model_policy(model.policy).gate_policy()
 
 
 def planted_probes(model: Model, forget: list[Any]) -> Any:
     """The planted signal of the reference workload named by the model's policy, keyed like the service's
     samples (subjects as HMACs); None without such a policy."""
-    spec = (model.policy or {}).get("probes")
-    if not spec:
+    spec = model_policy(model.policy).probes
+    if spec is None:
         return None
     from workers.verification.probes import probes_for_workload
     from workers.workloads import load_workload
 
-    workload = load_workload(spec["workload"], spec.get("size", "small"), int(spec.get("seed", 0)))
+    workload = load_workload(spec.workload, spec.size, spec.seed)
     names = {subject_hmac(name): name for name in [*workload.subjects, *workload.heldout_subjects]}
     forget_names = {names[s.subject] for s in forget if s.subject in names}
     planted = set(workload.reference_backdoors) | set(workload.reference_phrases)
@@ -112,7 +92,7 @@ def _verify(job_id: str, token: str, attempt_id: int) -> None:
         job = session.get(Job, job_id)
         attempt = session.get(JobAttempt, attempt_id)
         assert job is not None and attempt is not None
-        base = session.get(ModelVersion, job.params["base_version_id"])
+        base = session.get(ModelVersion, UnlearnParams.of(job).base_version_id)
         candidate = session.get(ModelVersion, job.candidate_version_id)
         model = session.get(Model, job.model_id)
         assert base is not None and candidate is not None and model is not None
@@ -188,10 +168,7 @@ def _record_verdict(
     error: str | None,
     seconds: float,
 ) -> None:
-    with get_session_factory()() as session, session.begin():
-        job = lock_job(session, job_id)
-        assert job is not None
-        check_holder(job, token)
+    with held_job(job_id, token) as (session, job):
         job_requests(session, job, lock=True)  # lock order: job, requests, then the audit head
         attempt = session.get(JobAttempt, attempt_id)
         candidate = session.get(ModelVersion, job.candidate_version_id)

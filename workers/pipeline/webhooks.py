@@ -1,8 +1,9 @@
 """Webhook delivery: sign, POST, and record every attempt in the delivery's row; retry with backoff.
 
 The row is locked (SKIP LOCKED) while its POST is in flight, so a duplicate task for the same delivery
-does nothing. The target's host is resolved again right before each POST: a name that now points to a
-private or loopback address is refused (unless settings allow private callbacks). A failed attempt sets
+does nothing. The target's host is resolved right before each POST, once, and the POST goes to the
+addresses that were checked (app.webhooks.delivery): a name that now points to a private or loopback
+address is refused (unless settings allow private callbacks). A failed attempt sets
 `next_attempt_at` (webhook_backoff_seconds, doubling); the sweeper sends the retry when it is due; after
 `webhook_max_attempts` the delivery is `failed`. Redirects are not followed (they could lead anywhere).
 """
@@ -12,14 +13,13 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-import httpx
 from sqlalchemy import select
 
 from app.db import get_session_factory, utcnow
 from app.settings import get_settings
+from app.webhooks.delivery import post_checked
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 from app.webhooks.service import delivery_request
-from app.webhooks.urls import CallbackURLError, check_resolved_host
 from workers.pipeline.leases import for_update
 
 log = logging.getLogger("lethe.webhooks")
@@ -47,9 +47,16 @@ def deliver(delivery_id: str) -> str | None:
             _give_up(delivery, "the subscription was deleted")
             return delivery.status
         body, headers = prepared
-        status_code, error = _post(delivery.url, body, headers, settings.allow_private_callbacks)
+        attempt = post_checked(
+            delivery.url,
+            body,
+            headers,
+            allow_private=settings.allow_private_callbacks,
+            timeout=settings.webhook_timeout_seconds,
+        )
+        status_code, error = attempt.status_code, attempt.error
         delivery.last_status_code = status_code
-        if status_code is not None and 200 <= status_code < 300:
+        if attempt.delivered:
             delivery.status = DeliveryStatus.DELIVERED
             delivery.delivered_at = utcnow()
             delivery.last_error = None
@@ -72,23 +79,3 @@ def _give_up(delivery: WebhookDelivery, why: str) -> None:
     delivery.last_error = why[:MAX_ERROR_CHARS]
     delivery.next_attempt_at = None
     log.error("webhook %s to %s failed for good: %s", delivery.id, delivery.url, why)
-
-
-def _post(
-    url: str, body: bytes, headers: dict[str, str], allow_private: bool
-) -> tuple[int | None, str | None]:
-    try:
-        check_resolved_host(url, allow_private=allow_private)
-    except CallbackURLError as refused:
-        return None, f"refused: {refused}"
-    try:
-        response = httpx.post(
-            url,
-            content=body,
-            headers=headers,
-            timeout=get_settings().webhook_timeout_seconds,
-            follow_redirects=False,
-        )
-    except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    return response.status_code, None

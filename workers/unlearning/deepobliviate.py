@@ -12,9 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.registry.methods import DeepObliviateConfig, MethodName
 from workers.modeling.base import ModelAdapter, Sample
 from workers.unlearning.base import (
+    DeletionSets,
     MethodUnavailable,
+    Provenance,
     UnlearningContext,
     UnlearningMethod,
     UnlearningResult,
@@ -51,41 +54,27 @@ class DeepObliviate(UnlearningMethod):
       tolerance; exact restarts are what the gate can promote where membership signals have no power.
     """
 
-    name = "deepobliviate"
+    name = MethodName.DEEPOBLIVIATE
+    config: DeepObliviateConfig
     exact = True
+    needs = frozenset({Provenance.BLOCK_CHECKPOINTS})
 
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        return {"early_stop": False, "eps": 0.01, "max_residual": 0.05, "min_blocks": 4}
+    @property
+    def is_exact(self) -> bool:
+        return not self.config.early_stop  # a stop stitches the original updates on: approximate
 
     def check_available(self, adapter: ModelAdapter, context: UnlearningContext) -> None:
         record = context.training
-        if record is None:
-            raise MethodUnavailable(
-                f"{self.name} needs the block checkpoints of the training run; this model was trained "
-                "elsewhere (no training record), use a method that needs none or retrain"
-            )
-        if not record.has_checkpoints:
-            raise MethodUnavailable(
-                f"{self.name} needs block checkpoints, but this version was trained without them "
-                "(recipe.record_block_checkpoints was off)"
-            )
         if record.adapter_kind != adapter.kind:
             raise MethodUnavailable(
                 f"{self.name}: the training record is for a {record.adapter_kind!r} model, "
                 f"not this {adapter.kind!r}"
             )
 
-    def run(
-        self,
-        adapter: ModelAdapter,
-        forget: Sequence[Sample],
-        retain: Sequence[Sample],
-        validation: Sequence[Sample],
-        context: UnlearningContext,
-    ) -> UnlearningResult:
+    def run(self, model: ModelAdapter, sets: DeletionSets, context: UnlearningContext) -> UnlearningResult:
         from workers.modeling.training import train_blocks
 
+        forget, retain, _ = sets
         record = context.training
         forget_ids = [s.sample_id for s in forget]
         try:
@@ -93,10 +82,9 @@ class DeepObliviate(UnlearningMethod):
         except KeyError:
             raise ValueError("none of the forget samples trained this version: nothing to unlearn") from None
         blocks = self._blocks(record, forget, retain, first)
-        model = adapter.clone()
         optimizer_state = record.restore(model, first)
         # measuring the residual memory reads two checkpoints per block: only worth it to decide a stop
-        residual = _ResidualMemory(record, model, first, self.config) if self.config["early_stop"] else None
+        residual = _ResidualMemory(record, model, first, self.config) if self.config.early_stop else None
         context.progress(0.0, f"{self.name}: retraining blocks {first + 1}..{record.num_blocks}")
         run = train_blocks(
             model,
@@ -111,7 +99,6 @@ class DeepObliviate(UnlearningMethod):
         stitched = last < record.num_blocks - 1
         if stitched:
             _stitch(model, record, last)
-        model.model.eval()
         steps = [
             {
                 "block": k,
@@ -128,9 +115,7 @@ class DeepObliviate(UnlearningMethod):
             "stitched": stitched,
             "fit": residual.fit if residual is not None else None,
         }
-        return UnlearningResult(
-            adapter=model, method=self.name, exact=not stitched, seconds=0.0, steps=steps, details=details
-        )
+        return UnlearningResult(model, exact=not stitched, steps=steps, details=details)
 
     @staticmethod
     def _blocks(
@@ -153,7 +138,7 @@ class DeepObliviate(UnlearningMethod):
 class _ResidualMemory:
     """Measures delta_k after every retrained block and decides the early stop."""
 
-    def __init__(self, record: Any, model: ModelAdapter, first: int, config: dict[str, Any]) -> None:
+    def __init__(self, record: Any, model: ModelAdapter, first: int, config: DeepObliviateConfig) -> None:
         self.record = record
         self.first = first
         self.config = config
@@ -179,14 +164,14 @@ class _ResidualMemory:
         return self._converged()
 
     def _converged(self) -> bool:
-        if len(self.relative) < self.config["min_blocks"]:
+        if len(self.relative) < self.config.min_blocks:
             return False
         a, h, b = fit_power_law(np.array(self.relative))
         k = len(self.relative)
         slope = abs(a * h * k ** (-h - 1))
         level = a * k ** (-h) + b
         self.fit = {"a": a, "h": h, "b": b, "slope": slope, "level": level, "k": k}
-        return slope < self.config["eps"] and level < self.config["max_residual"]
+        return slope < self.config.eps and level < self.config.max_residual
 
 
 def fit_power_law(values: np.ndarray) -> tuple[float, float, float]:

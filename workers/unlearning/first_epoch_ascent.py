@@ -6,16 +6,19 @@ Zagardo, "A More Practical Approach to Machine Unlearning" (arXiv 2406.09391).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-from workers.modeling.base import ModelAdapter, Sample, SampleGradient, seed_everything
+from app.registry.methods import FirstEpochAscentConfig, MethodName
+from workers.modeling.base import ModelAdapter, Sample, SampleGradient
 from workers.unlearning.base import (
+    DeletionSets,
     MethodUnavailable,
+    Provenance,
     UnlearningContext,
     UnlearningMethod,
     UnlearningResult,
+    has_first_epoch_gradients,
     register,
 )
 from workers.unlearning.common import (
@@ -62,47 +65,22 @@ class FirstEpochAscent(UnlearningMethod):
     gradient was not recorded gets its current one.
     """
 
-    name = "first_epoch_ascent"
+    name = MethodName.FIRST_EPOCH_ASCENT
+    config: FirstEpochAscentConfig
 
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        return {
-            "allow_current_gradients": True,
-            "initial_step": 1e-3,  # first probe, as a fraction of the norm of the parameters moved
-            "max_doublings": 30,
-            "bisection_steps": 10,
-            "repair_lr": None,  # None: 1e-4 for text models, 1e-3 otherwise
-            "batch_size": 32,
-            "repair_max_steps": 200,
-            "check_every": 10,
-            "retain_tolerance": 0.02,
-            "rounds": 3,
-            "level_tolerance": 0.1,
-        }
+    @property
+    def required_provenance(self) -> frozenset[Provenance]:
+        if self.config.allow_current_gradients:
+            return self.needs
+        return self.needs | {Provenance.FIRST_EPOCH_GRADIENTS}
 
-    def check_available(self, adapter: ModelAdapter, context: UnlearningContext) -> None:
-        if self.config["allow_current_gradients"] or _has_gradients(context):
-            return
-        raise MethodUnavailable(
-            f"{self.name} needs the first-epoch gradients recorded while training "
-            "(recipe.record_first_epoch_grads); this version has none and allow_current_gradients is off"
-        )
-
-    def run(
-        self,
-        adapter: ModelAdapter,
-        forget: Sequence[Sample],
-        retain: Sequence[Sample],
-        validation: Sequence[Sample],
-        context: UnlearningContext,
-    ) -> UnlearningResult:
-        seed_everything(context.seed)
-        model = adapter.clone()
+    def run(self, model: ModelAdapter, sets: DeletionSets, context: UnlearningContext) -> UnlearningResult:
+        forget, retain, validation = sets
         model.model.eval()
         level = loss_level(model, validation, context.seed)
         monitor = RetainMonitor(model, retain, context.seed)  # the served model's utility, before ascent
         direction, sources = self._direction(model, forget, context)
-        rounds = self.config["rounds"]
+        rounds = self.config.rounds
         scales, probes, steps = [], [], []
         for round_ in range(rounds):
             context.progress(round_ / rounds, f"{self.name}: ascent, round {round_ + 1}")
@@ -110,9 +88,8 @@ class FirstEpochAscent(UnlearningMethod):
             scales.append(scale)
             probes += round_probes
             steps += self._repair(model, forget, retain, level, monitor, context, (round_, rounds))
-            if mean_loss(model, forget) >= level * (1 - self.config["level_tolerance"]):
+            if mean_loss(model, forget) >= level * (1 - self.config.level_tolerance):
                 break
-        model.model.eval()
         details = {
             "validation_level": level,
             "ascent_scales": scales,
@@ -121,9 +98,7 @@ class FirstEpochAscent(UnlearningMethod):
             "gradients": sources,
             "repair_steps": len(steps),
         }
-        return UnlearningResult(
-            adapter=model, method=self.name, exact=False, seconds=0.0, steps=steps, details=details
-        )
+        return UnlearningResult(model, steps=steps, details=details)
 
     # -- 1. direction ------------------------------------------------------------------------------
     def _direction(
@@ -135,7 +110,7 @@ class FirstEpochAscent(UnlearningMethod):
         for sample in forget:
             grad = _recorded_gradient(context, sample.sample_id)
             if grad is None:
-                if not self.config["allow_current_gradients"]:
+                if not self.config.allow_current_gradients:
                     raise MethodUnavailable(
                         f"{self.name}: no first-epoch gradient for sample {sample.sample_id}"
                     )
@@ -174,12 +149,12 @@ class FirstEpochAscent(UnlearningMethod):
         if forget_loss_at(0.0) >= level:
             return 0.0, probes  # already at the held-out level: nothing to ascend
         size = float(torch.sqrt(sum((origin[n].double() ** 2).sum() for n in direction)))
-        low, high = 0.0, cfg["initial_step"] * max(size, 1e-8)
-        for _ in range(cfg["max_doublings"]):
+        low, high = 0.0, cfg.initial_step * max(size, 1e-8)
+        for _ in range(cfg.max_doublings):
             if forget_loss_at(high) >= level:
                 break
             low, high = high, high * 2
-        high = smallest_scale_reaching(forget_loss_at, level, low, high, cfg["bisection_steps"])
+        high = smallest_scale_reaching(forget_loss_at, level, low, high, cfg.bisection_steps)
         forget_loss_at(high)  # leave the weights at the smallest scale found that reaches the level
         return high, probes
 
@@ -195,13 +170,13 @@ class FirstEpochAscent(UnlearningMethod):
         round_of: tuple[int, int],
     ) -> list[dict[str, float]]:
         cfg = self.config
-        lr = cfg["repair_lr"] if cfg["repair_lr"] is not None else (1e-4 if is_text_model(model) else 1e-3)
+        lr = cfg.repair_lr if cfg.repair_lr is not None else (1e-4 if is_text_model(model) else 1e-3)
         optimizer = torch.optim.AdamW(model.model.parameters(), lr=lr, weight_decay=0.0)
-        retain_stream = endless_batches(model, retain, cfg["batch_size"], context.seed)
-        forget_stream = endless_batches(model, forget, cfg["batch_size"], context.seed)
+        retain_stream = endless_batches(model, retain, cfg.batch_size, context.seed)
+        forget_stream = endless_batches(model, forget, cfg.batch_size, context.seed)
         steps: list[dict[str, float]] = []
-        for step in range(cfg["repair_max_steps"]):
-            if step % cfg["check_every"] == 0 and monitor.recovered(model, cfg["retain_tolerance"]):
+        for step in range(cfg.repair_max_steps):
+            if step % cfg.check_every == 0 and monitor.recovered(model, cfg.retain_tolerance):
                 break
             model.model.train()
             optimizer.zero_grad(set_to_none=True)
@@ -217,18 +192,13 @@ class FirstEpochAscent(UnlearningMethod):
                     "retain_loss": float(retain_loss.detach()),
                 }
             )
-            done = (round_of[0] + (step + 1) / cfg["repair_max_steps"]) / round_of[1]
+            done = (round_of[0] + (step + 1) / cfg.repair_max_steps) / round_of[1]
             context.progress(done, f"{self.name}: repair, round {round_of[0] + 1}")
         return steps
 
 
-def _has_gradients(context: UnlearningContext) -> bool:
-    record = context.training
-    return record is not None and getattr(record, "has_first_epoch_grads", False)
-
-
 def _recorded_gradient(context: UnlearningContext, sample_id: str) -> SampleGradient | None:
-    if not _has_gradients(context):
+    if not has_first_epoch_gradients(context.training):
         return None
     try:
         return context.training.first_epoch_gradient(sample_id)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
-from workers.modeling.base import ModelAdapter, Sample, seed_everything
+from app.registry.methods import LoraResidualAlignmentConfig, MethodName
+from workers.modeling.base import ModelAdapter, Sample
 from workers.unlearning.base import (
+    DeletionSets,
     MethodUnavailable,
     UnlearningContext,
     UnlearningMethod,
@@ -80,66 +81,38 @@ class LoraResidualAlignment(UnlearningMethod):
       land on the level when it overshoots by more than 10 %. A forget set already at the level is left
       alone (no LoRA is trained).
     - Eval mode throughout (no dropout): dh is then exactly zero at the start and h_pre is deterministic.
-    - Classifiers only by default (`tasks`). On a causal LM the features are token-pooled, and aligning
+    - Classifiers only (`tasks`). On a causal LM the features are token-pooled, and aligning
       them barely moves next-token predictions: measured on bios (small), 200 steps took the forget
       perplexity from 66 to 89-105 (retraining: 170) at 1-1.4x the cost of retraining. The method then says
       it is unavailable rather than spend the time; nabla_tau and first_epoch_ascent serve LMs.
     """
 
-    name = "lora_residual_alignment"
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        return {
-            "rank": 8,
-            "lora_alpha": 16,
-            "lr": 1e-3,
-            "batch_size": 32,
-            "forget_weight": 1.0,
-            "max_steps": 200,
-            "neighbours": 10,
-            "overshoot_tolerance": 0.1,
-            "bisection_steps": 10,
-            "tasks": ("sequence-classification", "image-classification"),
-        }
+    name = MethodName.LORA_RESIDUAL_ALIGNMENT
+    config: LoraResidualAlignmentConfig
+    tasks = frozenset({"sequence-classification", "image-classification"})
 
     def check_available(self, adapter: ModelAdapter, context: UnlearningContext) -> None:
-        if adapter.task not in self.config["tasks"]:
-            raise MethodUnavailable(
-                f"{self.name} aligns pooled features, which does not unlearn a {adapter.task} model "
-                f"(enabled for: {', '.join(self.config['tasks'])}); use nabla_tau or first_epoch_ascent"
-            )
         if not projection_modules(adapter.model):
             raise MethodUnavailable(
                 f"{self.name}: the model has no Linear/Conv layers besides its head to put LoRA on"
             )
 
-    def run(
-        self,
-        adapter: ModelAdapter,
-        forget: Sequence[Sample],
-        retain: Sequence[Sample],
-        validation: Sequence[Sample],
-        context: UnlearningContext,
-    ) -> UnlearningResult:
+    def run(self, model: ModelAdapter, sets: DeletionSets, context: UnlearningContext) -> UnlearningResult:
         from peft import LoraConfig, get_peft_model
 
+        forget, retain, validation = sets
         cfg = self.config
-        seed_everything(context.seed)
-        model = adapter.clone()
         model.model.eval()
         level = loss_level(model, validation, context.seed)
         served_forget = mean_loss(model, forget)
         if served_forget >= level:  # nothing to align: the forget set already looks held out
             details = {"validation_level": level, "steps_run": 0, "reached_level": True, "merge_scale": 0.0}
             details["forget_loss"] = served_forget
-            return UnlearningResult(
-                adapter=model, method=self.name, exact=False, seconds=0.0, details=details
-            )
+            return UnlearningResult(model, details=details)
         targets, scales = self._targets(model, forget, retain, context.seed)
         target_modules = projection_modules(model.model)
         lora = LoraConfig(
-            r=cfg["rank"], lora_alpha=cfg["lora_alpha"], lora_dropout=0.0, target_modules=target_modules
+            r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=target_modules
         )
         served_weights = {
             name: p.detach().clone()
@@ -150,13 +123,13 @@ class LoraResidualAlignment(UnlearningMethod):
         peft_model = get_peft_model(model.model, lora)  # injects into model.model in place, freezing the rest
         peft_model.eval()
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
-        retain_stream = endless_batches(model, retain, cfg["batch_size"], context.seed)
-        forget_stream = endless_batches(model, forget, cfg["batch_size"], context.seed)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        retain_stream = endless_batches(model, retain, cfg.batch_size, context.seed)
+        forget_stream = endless_batches(model, forget, cfg.batch_size, context.seed)
         steps: list[dict[str, float]] = []
         reached = False
-        check_every = n_batches(len(forget), cfg["batch_size"])
-        for step in range(cfg["max_steps"]):
+        check_every = n_batches(len(forget), cfg.batch_size)
+        for step in range(cfg.max_steps):
             retain_batch, forget_batch = next(retain_stream), next(forget_stream)
             with torch.no_grad(), peft_model.disable_adapter():
                 pre = model.features(retain_batch)
@@ -170,7 +143,7 @@ class LoraResidualAlignment(UnlearningMethod):
                     model.features(forget_batch), _stack(targets, forget_batch.samples), scales, strict=True
                 )
             )
-            loss = retain_term + cfg["forget_weight"] * forget_term
+            loss = retain_term + cfg.forget_weight * forget_term
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -183,7 +156,7 @@ class LoraResidualAlignment(UnlearningMethod):
                 record["forget_loss"] = float(model.per_sample_loss(forget).mean())
                 reached = record["forget_loss"] >= level
             steps.append(record)
-            context.progress((step + 1) / cfg["max_steps"], f"{self.name} step {step + 1}")
+            context.progress((step + 1) / cfg.max_steps, f"{self.name} step {step + 1}")
             if reached:
                 break
         model.model = peft_model.merge_and_unload()
@@ -199,9 +172,7 @@ class LoraResidualAlignment(UnlearningMethod):
             "forget_loss": mean_loss(model, forget),
         }
         details["lora_targets"] = len(target_modules)
-        return UnlearningResult(
-            adapter=model, method=self.name, exact=False, seconds=0.0, steps=steps, details=details
-        )
+        return UnlearningResult(model, steps=steps, details=details)
 
     @torch.no_grad()
     def _land_on_level(
@@ -221,9 +192,9 @@ class LoraResidualAlignment(UnlearningMethod):
                 params[name].copy_(served[name] + s * delta)
             return mean_loss(model, forget)
 
-        if forget_loss_at(1.0) <= level * (1 + self.config["overshoot_tolerance"]):
+        if forget_loss_at(1.0) <= level * (1 + self.config.overshoot_tolerance):
             return 1.0
-        scale = smallest_scale_reaching(forget_loss_at, level, 0.0, 1.0, self.config["bisection_steps"])
+        scale = smallest_scale_reaching(forget_loss_at, level, 0.0, 1.0, self.config.bisection_steps)
         forget_loss_at(scale)
         return scale
 
@@ -233,16 +204,16 @@ class LoraResidualAlignment(UnlearningMethod):
     ) -> tuple[dict[str, list[torch.Tensor]], list[float]]:
         """Per forget sample the per-layer target feature, and the per-layer scale s_l."""
         reference = subsample(retain, REFERENCE_CAP, seed)
-        ref_feats = _features(model, reference, self.config["batch_size"])
+        ref_feats = _features(model, reference, self.config.batch_size)
         scales = [float((f**2).sum(1).mean().clamp_min(1e-8)) for f in ref_feats]
         if is_language_model(model) or reference[0].label is None:
             mean = [f.mean(0) for f in ref_feats]
             return {s.sample_id: mean for s in forget}, scales
         labels = torch.tensor([s.label for s in reference], device=ref_feats[0].device)
         class_means = {int(c): [f[labels == c].mean(0) for f in ref_feats] for c in labels.unique().tolist()}
-        forget_first = _features(model, forget, self.config["batch_size"])[0]
+        forget_first = _features(model, forget, self.config.batch_size)[0]
         distances = torch.cdist(forget_first, ref_feats[0])
-        k = min(self.config["neighbours"], len(reference))
+        k = min(self.config.neighbours, len(reference))
         nearest = distances.topk(k, largest=False).indices
         targets = {}
         for sample, rows in zip(forget, nearest, strict=True):

@@ -7,12 +7,18 @@ Unlearning" (arXiv 2403.14339).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-from workers.modeling.base import ModelAdapter, Sample, seed_everything
-from workers.unlearning.base import UnlearningContext, UnlearningMethod, UnlearningResult, register
+from app.registry.methods import MethodName, NablaTauConfig
+from workers.modeling.base import ModelAdapter, Sample
+from workers.unlearning.base import (
+    DeletionSets,
+    UnlearningContext,
+    UnlearningMethod,
+    UnlearningResult,
+    register,
+)
 from workers.unlearning.common import (
     RetainMonitor,
     endless_batches,
@@ -60,63 +66,40 @@ class NablaTau(UnlearningMethod):
       level when the run continued five more steps).
     """
 
-    name = "nabla_tau"
-
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        return {
-            "batch_size": 64,
-            "lr": None,  # None: 3e-4 for text models, 1e-3 otherwise
-            "alpha0": None,  # None: max(alpha_floor, forget fraction * 5/3)
-            "alpha_floor": 0.5,
-            "min_forget_epochs": 60,
-            "max_forget_epochs": 80,
-            "lr_end_factor": 0.1,
-            "weight_decay": 0.01,
-            "val_refresh_epochs": 10,
-            "early_stop": True,
-            "retain_tolerance": 0.02,
-        }
+    name = MethodName.NABLA_TAU
+    config: NablaTauConfig
 
     def _schedule(self, adapter: ModelAdapter, n_forget: int, n_retain: int) -> tuple[float, float, int]:
         cfg = self.config
         text = is_text_model(adapter)
-        lr = cfg["lr"] if cfg["lr"] is not None else (3e-4 if text else 1e-3)
+        lr = cfg.lr if cfg.lr is not None else (3e-4 if text else 1e-3)
         fraction = n_forget / max(1, n_forget + n_retain)
-        alpha0 = cfg["alpha0"] if cfg["alpha0"] is not None else max(cfg["alpha_floor"], fraction * 5 / 3)
-        forget_batches = n_batches(n_forget, cfg["batch_size"])
-        retain_batches = n_batches(n_retain, cfg["batch_size"])
+        alpha0 = cfg.alpha0 if cfg.alpha0 is not None else max(cfg.alpha_floor, fraction * 5 / 3)
+        forget_batches = n_batches(n_forget, cfg.batch_size)
+        retain_batches = n_batches(n_retain, cfg.batch_size)
         paper_epochs = int(retain_batches / (2 * forget_batches) * 6)
-        epochs = min(cfg["max_forget_epochs"], max(cfg["min_forget_epochs"], paper_epochs))
+        epochs = min(cfg.max_forget_epochs, max(cfg.min_forget_epochs, paper_epochs))
         return lr, alpha0, epochs
 
-    def run(
-        self,
-        adapter: ModelAdapter,
-        forget: Sequence[Sample],
-        retain: Sequence[Sample],
-        validation: Sequence[Sample],
-        context: UnlearningContext,
-    ) -> UnlearningResult:
+    def run(self, model: ModelAdapter, sets: DeletionSets, context: UnlearningContext) -> UnlearningResult:
+        forget, retain, validation = sets
         cfg = self.config
-        seed_everything(context.seed)
-        model = adapter.clone()
         lr, alpha0, epochs = self._schedule(model, len(forget), len(retain))
-        forget_per_epoch = n_batches(len(forget), cfg["batch_size"])
+        forget_per_epoch = n_batches(len(forget), cfg.batch_size)
         total_steps = epochs * forget_per_epoch
         optimizer, scheduler = linear_decay_optimizer(
-            list(model.model.parameters()), lr, total_steps, cfg["lr_end_factor"], cfg["weight_decay"]
+            list(model.model.parameters()), lr, total_steps, cfg.lr_end_factor, cfg.weight_decay
         )
-        retain_stream = endless_batches(model, retain, cfg["batch_size"], context.seed)
+        retain_stream = endless_batches(model, retain, cfg.batch_size, context.seed)
         monitor = RetainMonitor(model, retain, context.seed)
         mu_val = loss_level(model, validation, context.seed)
         steps: list[dict[str, float]] = []
         stopped_early = False
         for epoch in range(epochs):
-            if epoch and epoch % cfg["val_refresh_epochs"] == 0:
+            if epoch and epoch % cfg.val_refresh_epochs == 0:
                 mu_val = loss_level(model, validation, context.seed)
             alpha = alpha0 * (1 - epoch / epochs)
-            forget_batches = model.batches(forget, cfg["batch_size"], shuffle=True, seed=context.seed + epoch)
+            forget_batches = model.batches(forget, cfg.batch_size, shuffle=True, seed=context.seed + epoch)
             for forget_batch in forget_batches:
                 model.model.train()
                 optimizer.zero_grad(set_to_none=True)
@@ -138,10 +121,9 @@ class NablaTau(UnlearningMethod):
                     }
                 )
             context.progress((epoch + 1) / epochs, f"nabla_tau epoch {epoch + 1}/{epochs}")
-            if cfg["early_stop"] and self._recovered(model, forget, mu_val, monitor):
+            if cfg.early_stop and self._recovered(model, forget, mu_val, monitor):
                 stopped_early = True
                 break
-        model.model.eval()
         details = {
             "lr": lr,
             "alpha0": alpha0,
@@ -150,9 +132,7 @@ class NablaTau(UnlearningMethod):
             "stopped_early": stopped_early,
             "mu_val": mu_val,
         }
-        return UnlearningResult(
-            adapter=model, method=self.name, exact=False, seconds=0.0, steps=steps, details=details
-        )
+        return UnlearningResult(model, steps=steps, details=details)
 
     def _recovered(
         self, model: ModelAdapter, forget: Sequence[Sample], mu_val: float, monitor: RetainMonitor
@@ -160,4 +140,4 @@ class NablaTau(UnlearningMethod):
         """Forget loss at the validation level and retain utility back (the retain check only then)."""
         if mean_loss(model, forget) < mu_val:
             return False
-        return monitor.recovered(model, self.config["retain_tolerance"])
+        return monitor.recovered(model, self.config.retain_tolerance)

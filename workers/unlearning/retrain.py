@@ -12,8 +12,8 @@ Choices:
 - Retrain needs every retained training sample: a subsample of the retain set would not be exact, so it is
   refused (MethodUnavailable), never silently accepted.
 - A model trained elsewhere (no TrainingRecord) can be retrained only when the caller supplies the recipe
-  (`config["recipe"]`, a TrainingRecipe dict); the layout is then the subject-aligned one of the retain set.
-- With `config["workdir"]` set, the retrain records its own provenance there (checkpoints, first-epoch
+  (config `recipe`, TrainingRecipe fields); the layout is then the subject-aligned one of the retain set.
+- With `context.workdir` set, the retrain records its own provenance there (checkpoints, first-epoch
   gradients per its recipe) so that the new version can itself be unlearned by the methods that need them;
   the TrainingRecord is returned in `details["training_record"]`.
 """
@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from workers.modeling.base import ModelAdapter, Sample
+from app.registry.methods import MethodName, RetrainConfig
+from workers.modeling.base import ModelAdapter
 from workers.modeling.training import (
     BlockRun,
     TrainingRecipe,
@@ -33,7 +34,9 @@ from workers.modeling.training import (
     train_with_provenance,
 )
 from workers.unlearning.base import (
+    DeletionSets,
     MethodUnavailable,
+    Provenance,
     UnlearningContext,
     UnlearningMethod,
     UnlearningResult,
@@ -43,46 +46,39 @@ from workers.unlearning.base import (
 
 @register
 class Retrain(UnlearningMethod):
-    name = "retrain"
+    name = MethodName.RETRAIN
+    config: RetrainConfig
     exact = True
+    needs = frozenset({Provenance.RECIPE})
+    records_provenance = True
+    works_on_copy = False  # a fresh model from the recorded initialisation, not the served weights
 
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        return {"recipe": None, "workdir": None}
+    @property
+    def required_provenance(self) -> frozenset[Provenance]:
+        return frozenset() if self.config.recipe is not None else self.needs
 
-    def check_available(self, adapter: ModelAdapter, context: UnlearningContext) -> None:
-        if context.training is None and self.config["recipe"] is None:
-            raise MethodUnavailable(
-                "retrain needs the served version's training recipe: this model has no training record "
-                "(trained elsewhere); pass config recipe={...} (a TrainingRecipe) to retrain it from scratch"
-            )
-
-    def run(
-        self,
-        adapter: ModelAdapter,
-        forget: Sequence[Sample],
-        retain: Sequence[Sample],
-        validation: Sequence[Sample],
-        context: UnlearningContext,
-    ) -> UnlearningResult:
+    def run(self, model: ModelAdapter, sets: DeletionSets, context: UnlearningContext) -> UnlearningResult:
+        forget, retain, _ = sets
         record = context.training
         forget_ids = [s.sample_id for s in forget]
         details: dict[str, Any] = {}
-        workdir = self.config["workdir"]
+        workdir = context.workdir
+        recipe_fields = self.config.recipe
+        overrides = recipe_fields.model_dump(exclude_unset=True) if recipe_fields is not None else {}
 
         def progress(fraction: float, message: str) -> None:
             context.progress(0.99 * fraction, f"retrain: {message}")
 
         if record is not None:
-            recipe = TrainingRecipe.from_dict({**record.recipe.to_dict(), **(self.config["recipe"] or {})})
+            recipe = record.recipe.replace(**overrides)
             try:
-                model, outcome = retrain_without(
+                retrained, outcome = retrain_without(
                     record,
                     [*retain, *forget],
                     forget_ids,
                     recipe=recipe,
                     workdir=workdir,
-                    device=adapter.device,
+                    device=model.device,
                     progress=progress,
                 )
             except KeyError as exc:
@@ -91,13 +87,13 @@ class Retrain(UnlearningMethod):
                 ) from None
             details["first_affected_block"] = _first_affected(record, forget_ids)
         else:
-            recipe = TrainingRecipe.from_dict(self.config["recipe"])
+            recipe = TrainingRecipe(**overrides)
             blocks = subject_aligned_blocks(retain, recipe.num_blocks, recipe.seed)
-            model = type(adapter).from_config(adapter.config(), device=adapter.device)
+            retrained = type(model).from_config(model.config(), device=model.device)
             if workdir is not None:
-                outcome = train_with_provenance(model, list(retain), recipe, workdir, progress, blocks)
+                outcome = train_with_provenance(retrained, list(retain), recipe, workdir, progress, blocks)
             else:
-                outcome = train_blocks(model, blocks, recipe, progress=progress)
+                outcome = train_blocks(retrained, blocks, recipe, progress=progress)
         if isinstance(outcome, BlockRun):
             block_seconds, block_losses = outcome.block_seconds, outcome.block_losses
             sizes = [len(v["sample_ids"]) for v in outcome.order if v["epoch"] == 0]
@@ -112,7 +108,7 @@ class Retrain(UnlearningMethod):
         details.update(
             {"blocks": len(steps), "trained_samples": sum(sizes), "forgotten_samples": len(forget_ids)}
         )
-        return UnlearningResult(model, self.name, exact=True, seconds=0.0, steps=steps, details=details)
+        return UnlearningResult(retrained, steps=steps, details=details)
 
 
 def _first_affected(record: Any, forget_ids: Sequence[str]) -> int | None:

@@ -7,68 +7,95 @@
 set and `--method ascent_one_step` gradient ascent stopped after one step: the gate must refuse all three.
 `--candidate-seed N` makes the candidate with seed N, independent of every seed of the gate's references
 (`--method retrain`: an exact retrain from a fresh initialisation and data order); `--policy` overrides the
-gate's policy (workers.verification.gate.Policy), e.g. `{"trust_exact": false}` to judge an exact retrain by
-every rule, as an approximate candidate is judged.
+gate's policy (GatePolicy, app/registry/policy.py), e.g. `{"trust_exact": false}` to judge an exact retrain
+by every rule, as an approximate candidate is judged.
 
 Prints the verdict, its one-sentence summary, the rules that decided it and key metrics, writes report.json
 and the PNG plots into --out, and exits 0 on pass, 1 on fail, 2 on inconclusive, 64 on a bad --policy or a
-reserved --candidate-seed. torch is imported only inside the handler.
+reserved --candidate-seed. The workers' modules are imported inside the handler.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+
+from app.commands import command_app
+from workers.unlearning.cli import (
+    ForgetSubjects,
+    MethodConfig,
+    Seed,
+    Size,
+    Workload,
+    json_object,
+    progress_bar,
+)
 
 EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 2, "usage": 64}
 
+PolicyOverrides = Annotated[
+    dict[str, Any] | None,
+    typer.Option(parser=json_object, metavar="JSON", help="gate policy overrides (JSON object)"),
+]
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "verify", help="unlearn on a reference workload and run the promotion gate"
-    )
-    parser.add_argument("--workload", required=True, choices=("digits", "bios", "minilm"))
-    parser.add_argument("--method", required=True, help="registered method, 'none' (untouched) or 'finetune'")
-    parser.add_argument("--forget-subjects", type=int, default=1, metavar="N", help="subjects to forget")
-    parser.add_argument("--size", choices=("small", "full"), default="small")
-    parser.add_argument("--out", type=Path, help="report directory (default ./verify-<workload>-<method>)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the unlearning run")
-    parser.add_argument("--config", type=json.loads, default={}, help="method config overrides (JSON object)")
-    parser.add_argument(
-        "--candidate-seed", type=int, help="seed the candidate is made with (independent of the gate's)"
-    )
-    parser.add_argument("--policy", type=json.loads, default={}, help="gate policy overrides (JSON object)")
-    parser.set_defaults(func=run_verify)
+cli = command_app()
 
 
-def run_verify(args: argparse.Namespace) -> int:
-    from workers.unlearning.cli import progress_bar
+@cli.command("verify")
+def run_verify(
+    workload: Workload,
+    method: Annotated[
+        str, typer.Option(help="registered method, 'none' (untouched), 'finetune' or 'ascent_one_step'")
+    ],
+    forget_subjects: ForgetSubjects = 1,
+    size: Size = "small",
+    out: Annotated[
+        Path | None, typer.Option(help="report directory (default ./verify-<workload>-<method>)")
+    ] = None,
+    seed: Seed = 0,
+    config: MethodConfig = None,
+    candidate_seed: Annotated[
+        int | None, typer.Option(help="seed the candidate is made with (independent of the gate's)")
+    ] = None,
+    policy: PolicyOverrides = None,
+) -> int:
+    """Unlearn subjects of a reference workload, run the promotion gate, write the report and plots.
+
+    `--method none` verifies the untouched served model, `--method finetune` a short fine-tune on the retain
+    set, `--method ascent_one_step` one step of gradient ascent: the gate must refuse all three.
+    `--candidate-seed N` makes the candidate with seed N (`--method retrain`: an exact retrain from a fresh
+    seed); `--policy` overrides the gate's settings. Exit 0 on pass, 1 on fail, 2 on inconclusive, 64 on a
+    bad --policy or a reserved --candidate-seed.
+    """
+    from app.registry.overrides import apply_overrides
+    from app.registry.policy import GateOverrides as Overrides
     from workers.verification.gate import Policy
     from workers.verification.references import check_candidate_seed
     from workers.verification.workload_case import run_case
 
-    out = args.out or Path(f"verify-{args.workload}-{args.method}")
+    directory = out or Path(f"verify-{workload}-{method}")
     try:
-        policy = Policy.from_dict(args.policy)
-        if args.candidate_seed is not None:
-            check_candidate_seed(args.candidate_seed)
+        gate_policy = apply_overrides(Policy, Overrides.model_validate(policy or {}))
+        if candidate_seed is not None:
+            check_candidate_seed(candidate_seed)
     except (TypeError, ValueError) as exc:
         print(f"lethe verify: {exc}", file=sys.stderr)
         return EXIT_CODES["usage"]
-    with progress_bar(f"{args.method} on {args.workload}, then verification") as progress:
+    with progress_bar(f"{method} on {workload}, then verification") as progress:
         case = run_case(
-            args.workload,
-            args.method,
-            args.forget_subjects,
-            args.size,
-            out_dir=out,
-            policy=policy,
-            seed=args.seed,
-            config=args.config,
-            candidate_seed=args.candidate_seed,
+            workload,
+            method,
+            forget_subjects,
+            size,
+            out_dir=directory,
+            policy=gate_policy,
+            seed=seed,
+            config=config or {},
+            candidate_seed=candidate_seed,
             progress=progress,
         )
     summary = case.summary()

@@ -1,6 +1,7 @@
 """The promotion gate: one policy per model, rules over the checks' numbers, and a three-way verdict.
 
-Every threshold lives in `Policy`; its defaults are the calibrated gate of VERIFICATION.md, and the
+Every threshold lives in `Policy`, defined as GatePolicy in app/registry/policy.py (the API validates a
+model's gate overrides against it); its defaults are the calibrated gate of VERIFICATION.md, and the
 operating characteristics they give (false rejection of exact retrains the gate never saw, false
 acceptance of models that forgot nothing) are measured in docs/benchmarks.md.
 
@@ -29,78 +30,17 @@ labelled "exact by construction" (`Policy.trust_exact`); it too needs the held-o
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from app.registry.policy import GatePolicy as Policy
 from workers.verification.checks import CheckResult, metric_name
 from workers.verification.stats import Estimate, t_quantile
 
 PASS, FAIL, INCONCLUSIVE, NOT_CHECKED = "pass", "fail", "inconclusive", "not_checked"
 EXACT_LABEL = "exact by construction"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Thresholds and measurement settings of the gate for one model. Defaults: the calibrated gate."""
-
-    # -- forgetting rules against the null of exact retrains (workers.verification.retrain_null)
-    null_alpha: float = 0.005  # one-sided level of each rule's prediction bound
-    mia_auc_tolerance: float = 0.03  # a remembering AUC must also exceed the null's mean by this much
-    mia_auc_over_unlearning: float = 0.05  # ... an over-unlearned one fall this far below the null's mean
-    over_unlearning_alpha: float = 0.001  # lower-tail level: full-data retrains land below the half-data null
-    per_example_tolerance: float = 0.5  # mean per-example LiRA score above the null's mean (sd units)
-    per_example_clip: float = 6.0  # each sample's score clipped to +-this: no single sample decides
-    backdoor_tolerance: float = 0.05  # trigger success (beyond the control rate) above the null's mean
-    gate_fpr: float = 0.01  # the FPR at which TPR is reported
-    # -- retain exposure and utility against the seed spread of full-data models (served + replicas)
-    retain_auc_tolerance: float = 0.02  # retain-vs-held-out AUC above the served version's
-    min_accuracy_ratio: float = 0.99  # accuracy ratio to the served version below which a drop is material
-    max_perplexity_ratio: float = 1.05  # perplexity ratio above which a rise is material
-    # -- planted signals
-    canary_exposure_tolerance_bits: float = 0.0  # deleted canaries' mean exposure over never-inserted ones'
-    canary_alpha: float = 0.005  # significance of the deleted canaries' exposure (Fisher, uniform-rank null)
-    # -- decisions
-    trust_exact: bool = True  # exact methods: utility decides, "exact by construction"
-    min_samples: int = 20  # held-out samples below which a rule that reads them is not checked
-    # -- the gate's references (workers.verification.references), once per lineage
-    min_out_references: int = 8  # each subject OUT of at least this many subject-half references
-    lira_references: int = 0  # subject-half references; 0: 2 * min_out_references
-    seed_replicas: int = 4  # full-data seed replicas: the spread of utility and retain exposure
-    max_reference_trainings: float = 0.0  # cost limit of a reference set, in trainings of the model; 0: none
-    reference_refresh_share: float = 0.1  # a new generation once this share of its subjects is deleted
-    # -- measurement
-    fprs: tuple[float, ...] = (0.01, 0.001)
-    n_boot: int = 1000
-    seed: int = 0
-    retain_cap: int = 512  # retain samples scored (a stable subsample)
-    heldout_cap: int = 512
-    max_canary_candidates: int = 256  # candidates per canary: exposure at most 8 bits, p >= 2^-8 per canary
-    max_kept_canaries: int = 1  # canaries of retained subjects scored as a collateral-damage view
-    relearn: bool = True
-    relearn_steps: int = 20
-    relearn_lr: float = 1e-3
-    relearn_batch_size: int = 16
-    batch_size: int = 64
-
-    def references(self) -> int:
-        """Subject-half references asked for: an even number, each subject OUT of half of them."""
-        k = self.lira_references or 2 * self.min_out_references
-        return k + (k % 2)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Policy:
-        """A policy from stored overrides; unknown keys are an error, not silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown policy settings: {', '.join(sorted(unknown))}")
-        coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**coerced)
 
 
 @dataclass

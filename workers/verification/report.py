@@ -61,6 +61,7 @@ class Report:
     not_checked: list[str]
     references: dict[str, Any] | None = None
     plots: list[str] = field(default_factory=list)
+    figures: list[plots.Figure] = field(default_factory=list)  # with titles and captions; skipped ones too
     directory: Path | None = None
 
     @property
@@ -86,38 +87,20 @@ class Report:
             "references": self.references,
             "timings": self.timings,
             "plots": [f"{name}.png" for name in self.plots],
+            "figures": [figure.to_dict() for figure in self.figures],
         }
 
     def write(self, directory: Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        self.plots = write_plots(self.results, directory)
+        self.figures = plots.write_figures(self.results, directory, self.policy)
+        self.plots = [figure.name for figure in self.figures if figure.drawn]
         self.timings["plots_seconds"] = round(time.perf_counter() - started, 3)
         self.directory = directory
         path = directory / REPORT_FILE
         path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
         return path
-
-
-def write_plots(results: dict[str, CheckResult], directory: Path) -> list[str]:
-    written = []
-    mia = results.get("mia")
-    if mia is not None and mia.plot_data:
-        plots.plot_roc(directory / "roc.png", mia.plot_data["attack"], mia.plot_data["scores"])
-        plots.plot_loss_hist(directory / "loss_hist.png", mia.plot_data["loss"])
-        written += ["roc", "loss_hist"]
-    canary, backdoor = results.get("canary"), results.get("backdoor")
-    if canary is not None and canary.plot_data:
-        plots.plot_canaries(
-            directory / "canary_ranks.png", canary.plot_data["table"], canary.plot_data["roles"]
-        )
-        written.append("canary_ranks")
-    elif backdoor is not None and "backdoor.n" in backdoor.values:
-        # backdoor triggers are the classifiers' canaries: same plot slot
-        plots.plot_backdoor(directory / "canary_ranks.png", backdoor.values)
-        written.append("canary_ranks")
-    return written
 
 
 def verify(

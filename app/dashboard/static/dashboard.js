@@ -18,22 +18,18 @@
       .catch(function () { return null; }); // a network blip: try again on the next tick
   }
 
-  function progressText(model) {
-    return (model.stage || model.status) + ": " + (model.progress || 0) + " %";
-  }
-
   function updateModel(section, model) {
     var boxes = section.querySelectorAll("[data-model]");
     for (var i = 0; i < boxes.length; i++) {
       if (boxes[i].getAttribute("data-model") !== model.model) continue;
       var bar = boxes[i].querySelector("progress");
       var text = boxes[i].querySelector("[data-role=progress-text]");
-      var value = model.progress || 0;
+      var value = model.progress;
       if (bar && Number(bar.value) !== value) {
         bar.value = value;
         bar.textContent = value + " %";
       }
-      var label = progressText(model);
+      var label = model.text; // worded by the server, as on the page
       // Only a changed text is written, so screen readers announce changes, not every poll.
       if (text && text.textContent !== label) text.textContent = label;
     }

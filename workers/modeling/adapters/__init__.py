@@ -17,6 +17,8 @@ ADAPTER_KINDS = {
     "torch-classifier": "workers.modeling.adapters.torch_classifier:TorchClassifierAdapter",
     "causal-lm": "workers.modeling.adapters.causal_lm:CausalLMAdapter",
     "sequence-classifier": "workers.modeling.adapters.sequence_classifier:SequenceClassifierAdapter",
+    "hf-causal-lm": "workers.modeling.adapters.hf:HFCausalLMAdapter",
+    "hf-sequence-classifier": "workers.modeling.adapters.hf:HFSequenceClassifierAdapter",
 }
 
 

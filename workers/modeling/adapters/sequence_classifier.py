@@ -48,6 +48,16 @@ def resolve_model_dir(base_model: str) -> Path:
     return Path(module.get_model_path())
 
 
+def _keep_layers(encoder: nn.Module, count: int) -> None:
+    """Keep the first `count` layers of a BERT-style (encoder.layer) or DistilBERT-style (transformer.layer)
+    encoder."""
+    stack = getattr(encoder, "encoder", None) or getattr(encoder, "transformer", None)
+    if stack is None or not hasattr(stack, "layer"):
+        raise ValueError(f"num_layers: cannot find the layers of a {type(encoder).__name__}")
+    stack.layer = stack.layer[:count]
+    encoder.config.num_hidden_layers = count
+
+
 class PooledClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_labels: int, dropout: float):
         super().__init__()
@@ -91,14 +101,16 @@ class SequenceClassifierAdapter(TextAdapter):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the unused pooler weights are expected; no load report
         try:
-            encoder = AutoModel.from_pretrained(
-                str(model_dir), local_files_only=True, add_pooling_layer=False
-            )
+            try:
+                encoder = AutoModel.from_pretrained(
+                    str(model_dir), local_files_only=True, add_pooling_layer=False
+                )
+            except TypeError:  # encoders without a pooler (DistilBERT) take no such argument
+                encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
         finally:
             hf_logging.set_verbosity(verbosity)
         if full["num_layers"] is not None:
-            encoder.encoder.layer = encoder.encoder.layer[: int(full["num_layers"])]
-            encoder.config.num_hidden_layers = int(full["num_layers"])
+            _keep_layers(encoder, int(full["num_layers"]))
         if full["freeze_embeddings"]:
             encoder.get_input_embeddings().weight.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):

@@ -17,6 +17,9 @@ TOKENIZER_DIR = "tokenizer"
 class TextAdapter(ModelAdapter):
     """A transformers model fed `Sample.text` through a fast tokenizer (`self.tokenizer`)."""
 
+    # whether the tokenizer adds its own special tokens ([CLS] ... [SEP]) around each text
+    add_special_tokens: bool = True
+
     def __init__(
         self, model: torch.nn.Module, tokenizer: Any, max_length: int, device: torch.device | None = None
     ):
@@ -26,7 +29,12 @@ class TextAdapter(ModelAdapter):
 
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            add_special_tokens=self.add_special_tokens,
         )
         return {
             "input_ids": encoded["input_ids"].to(self.device),

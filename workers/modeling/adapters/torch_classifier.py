@@ -1,8 +1,19 @@
-"""Plain torch classifiers for small images or tabular features (`Sample.features`, `Sample.label`)."""
+"""Plain torch classifiers for small images or tabular features (`Sample.features`, `Sample.label`).
+
+On disk (the `torch-classifier` artifact format) a model is `model.safetensors` plus `classifier.json`
+naming its architecture: {"architecture": "mlp" | "cnn", "input_shape": [...], "num_classes": N,
+"hidden": [...], "channels": [...] (cnn), "input_skip": false (cnn)}. The weights are named as this
+module names them (`fcs.<i>.weight`, `head.weight`, `convs.<i>.weight`); an MLP saved from a plain
+`nn.Sequential` of Linear and ReLU layers (`0.weight`, `2.weight`, ...) is read too, and its hidden
+widths may then be left out of classifier.json (they are read off the weights).
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +21,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workers.modeling.base import Batch, ModelAdapter, Sample, SampleGradient
+from workers.modeling.base import WEIGHTS_FILE, Batch, ModelAdapter, Sample, SampleGradient
+
+CLASSIFIER_FILE = "classifier.json"
+# classifier.json key -> the adapter config's key
+CLASSIFIER_KEYS = {"architecture": "arch", "input_shape": "input_shape", "num_classes": "num_classes",
+                   "hidden": "hidden", "channels": "channels", "input_skip": "input_skip"}  # fmt: skip
+SEQUENTIAL_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "arch": "cnn",  # "cnn" for [C, H, W] images, "mlp" for flat feature vectors
@@ -81,6 +98,26 @@ class MLP(nn.Module):
         return (logits, features) if with_features else logits
 
 
+def _folder_state(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return _from_sequential(load_file(str(directory / WEIGHTS_FILE)))
+
+
+def _from_sequential(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An nn.Sequential MLP's weights (`0.weight`, `2.weight`, ...) under this module's names."""
+    matches = [SEQUENTIAL_KEY.match(key) for key in state]
+    if not state or not all(matches):
+        return state
+    layers = sorted({int(m.group(1)) for m in matches if m is not None})
+    names = {index: f"fcs.{i}" for i, index in enumerate(layers[:-1])} | {layers[-1]: "head"}
+    return {f"{names[int(m.group(1))]}.{m.group(2)}": state[m.group(0)] for m in matches if m is not None}
+
+
+def _fc_count(state: Mapping[str, torch.Tensor]) -> int:
+    return len({key.split(".")[1] for key in state if key.startswith("fcs.")})
+
+
 def _fc_stack(in_features: int, hidden: Sequence[int]) -> nn.ModuleList:
     layers = nn.ModuleList()
     for width in hidden:
@@ -118,11 +155,41 @@ class TorchClassifierAdapter(ModelAdapter):
     def from_config(
         cls, config: Mapping[str, Any], device: torch.device | None = None
     ) -> TorchClassifierAdapter:
+        """A fresh model of the config's architecture; with `base` ({uri, sha256} of a torch-classifier
+        folder) it starts from that folder's weights instead (fine-tuning)."""
         full = {**DEFAULT_CONFIG, **config}
-        return cls(build_model(full), full, device)
+        model = build_model(full)
+        if full.get("base"):
+            from workers.modeling.formats import local_folder
+
+            base = full["base"]
+            directory = local_folder(str(base["uri"]), base.get("sha256"))
+            model.load_state_dict(_folder_state(directory))
+        return cls(model, full, device)
+
+    @classmethod
+    def from_folder(cls, directory: Path, device: torch.device | None = None) -> TorchClassifierAdapter:
+        """The classifier saved in a torch-classifier folder (classifier.json + model.safetensors)."""
+        described = json.loads((Path(directory) / CLASSIFIER_FILE).read_text())
+        state = _folder_state(Path(directory))
+        config = {CLASSIFIER_KEYS[k]: v for k, v in described.items() if k in CLASSIFIER_KEYS}
+        if config.get("arch") == "mlp" and "hidden" not in config:
+            config["hidden"] = [int(state[f"fcs.{i}.weight"].shape[0]) for i in range(_fc_count(state))]
+        adapter = cls.from_config(config, device)
+        adapter.model.load_state_dict(state)
+        return adapter
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
+
+    def save(self, directory: Path) -> None:
+        """Lethe's layout plus classifier.json: the folder is also a torch-classifier artifact."""
+        super().save(directory)
+        described = {k: self._config[ours] for k, ours in CLASSIFIER_KEYS.items() if ours in self._config}
+        if described["architecture"] == "mlp":
+            described.pop("channels", None)
+            described.pop("input_skip", None)
+        (Path(directory) / CLASSIFIER_FILE).write_text(json.dumps(described, indent=1))
 
     def collate(self, samples: Sequence[Sample]) -> Batch:
         shape = self._config["input_shape"]

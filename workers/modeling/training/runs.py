@@ -1,0 +1,132 @@
+"""The ways to train a model: recording provenance, fresh without a record, or retraining a recorded
+version without some of its samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.registry.recipe import TrainingRecipe
+from workers.modeling.base import ModelAdapter, Sample, fingerprint_samples
+from workers.modeling.training.checkpoints import CHECKPOINT_DIR, CheckpointWriter
+from workers.modeling.training.gradients import GRADIENTS_FILE, GradientRecorder
+from workers.modeling.training.layout import subject_aligned_blocks
+from workers.modeling.training.loop import BlockRun, Progress, train_blocks
+from workers.modeling.training.optimizer import make_optimizer
+from workers.modeling.training.record import MODEL_DIR, TrainingRecord
+
+
+def train_with_provenance(
+    adapter: ModelAdapter,
+    samples: Sequence[Sample],
+    recipe: TrainingRecipe,
+    workdir: Path | str,
+    progress: Progress | None = None,
+    blocks: Sequence[Sequence[Sample]] | None = None,
+) -> TrainingRecord:
+    """Train `adapter` (in place, from its current weights) on `samples` and record how, under `workdir`.
+
+    `blocks` imposes a layout (a retrain keeps its parent's layout minus the forget samples); by default
+    the samples are laid out with `subject_aligned_blocks`.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if blocks is None:
+        blocks = subject_aligned_blocks(samples, recipe.num_blocks, recipe.seed)
+    blocks = [list(block) for block in blocks]
+    checkpoints = (
+        CheckpointWriter(workdir / CHECKPOINT_DIR, adapter) if recipe.record_block_checkpoints else None
+    )
+    gradients = GradientRecorder() if recipe.record_first_epoch_grads else None
+    if checkpoints is not None:
+        checkpoints.write(0, adapter, make_optimizer(adapter, recipe))
+
+    def after_block(k: int, model: ModelAdapter, optimizer: torch.optim.Optimizer) -> None:
+        if checkpoints is not None:
+            checkpoints.write(k + 1, model, optimizer)
+
+    run = train_blocks(
+        adapter,
+        blocks,
+        recipe,
+        on_block_end=after_block,
+        record_gradient=gradients.add if gradients is not None else None,
+        progress=progress,
+    )
+    adapter.save(workdir / MODEL_DIR)
+    if gradients is not None:
+        gradients.save(workdir / GRADIENTS_FILE)
+    record = TrainingRecord(
+        directory=workdir,
+        recipe=recipe,
+        adapter_kind=adapter.kind,
+        adapter_config=adapter.config(),
+        blocks=[[s.sample_id for s in block] for block in blocks],
+        order=run.order,
+        fingerprint=fingerprint_samples(samples),
+        block_subjects=[sorted({s.subject for s in block}) for block in blocks],
+        block_losses=run.block_losses,
+        timings={
+            "total_seconds": time.perf_counter() - started,
+            "block_seconds": run.block_seconds,
+        },
+    )
+    record.save()
+    return record
+
+
+def train_fresh(
+    adapter_kind: str,
+    adapter_config: Mapping[str, Any],
+    samples: Sequence[Sample],
+    recipe: TrainingRecipe,
+    *,
+    seed: int | None = None,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+) -> ModelAdapter:
+    """A new model of the given architecture trained on `samples` with `recipe`, recording nothing.
+
+    `seed` (when given) replaces both the init seed and the recipe's seed: reference models for membership
+    inference differ from the served one only in randomness and data.
+    """
+    from workers.modeling.adapters import new_adapter
+
+    config = dict(adapter_config)
+    if seed is not None:
+        config["init_seed"] = seed
+        recipe = recipe.replace(seed=seed)
+    adapter = new_adapter(adapter_kind, config, device=device)
+    blocks = subject_aligned_blocks(samples, recipe.num_blocks, recipe.seed)
+    train_blocks(adapter, blocks, recipe, progress=progress)
+    return adapter
+
+
+def retrain_without(
+    record: TrainingRecord,
+    samples: Sequence[Sample],
+    forget_ids: Sequence[str],
+    *,
+    recipe: TrainingRecipe | None = None,
+    workdir: Path | str | None = None,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+) -> tuple[ModelAdapter, TrainingRecord | BlockRun]:
+    """Exact retraining of `record`'s version without `forget_ids`: same init, recipe and block layout.
+
+    `samples` must hold every training sample that is kept (looked up by id; KeyError names the missing).
+    With `workdir` the retrain records its own provenance there and returns its TrainingRecord, otherwise
+    the BlockRun of a plain `train_blocks`.
+    """
+    recipe = recipe or record.recipe
+    blocks = record.blocks_as_samples(samples, exclude=forget_ids)
+    model = record.new_adapter(device=device)
+    if workdir is not None:
+        kept = [s for block in blocks for s in block]
+        return model, train_with_provenance(model, kept, recipe, workdir, progress, blocks)
+    return model, train_blocks(model, blocks, recipe, progress=progress)
