@@ -205,8 +205,10 @@ def scaling_section(s: Settings) -> dict[str, Any]:
 
 def gate_section(s: Settings) -> dict[str, Any]:
     from bench import gate
+    from workers.workloads import cache_dir
 
-    return gate.run(s.workloads, s.gate_sizes, s.gate_runs, s.size, log=log)
+    checkpoint = cache_dir("bench") / f"gate-{s.mode}-partial.json"
+    return gate.run(s.workloads, s.gate_sizes, s.gate_runs, s.size, log=log, checkpoint=checkpoint)
 
 
 # -- batching: bench.pipeline --------------------------------------------------------------------------

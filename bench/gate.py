@@ -41,7 +41,10 @@ def run(
     runs: int,
     size: str = "small",
     log: Callable[[str], None] = print,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
+    """`checkpoint`: a JSON file rewritten after every candidate with the rows so far (a long run that is
+    stopped keeps what it measured)."""
     from workers.verification.gate import Policy
     from workers.verification.workload_case import run_case
     from workers.workloads import load_workload
@@ -75,6 +78,9 @@ def run(
                     rows.append(row)
                     if "references" not in entry:
                         entry["references"] = case.report.references
+                    if checkpoint is not None:
+                        partial = {**out, "workloads": [*out["workloads"], entry], "partial_rows": rows}
+                        checkpoint.write_text(json.dumps(partial, default=float))
             entry["by_size"].append({"n_subjects": n, "rows": rows, **summarise(rows)})
         out["workloads"].append(entry)
     return out

@@ -205,11 +205,6 @@ def test_a_gpt2_trained_elsewhere_is_forgotten_verified_and_handed_back(
     assert logits.shape[-1] == len(tokenizer) and torch.isfinite(logits).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gate's 'no pass without measurement' rule (#19): until it lands, an exact candidate passes "
-    "on a utility rule that measured no held-out sample",
-)
 def test_without_held_out_data_a_deletion_is_inconclusive_and_not_promoted(
     customer: httpx.Client, guide: dict[str, list[Request]], models_root: Path
 ) -> None:

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.verification.conftest import SEED_METHODS, UNSEEN_SEEDS, WORKLOADS, record_verdict
+from tests.verification.conftest import (
+    FORGET_SUBJECTS,
+    SEED_METHODS,
+    UNSEEN_SEEDS,
+    WORKLOADS,
+    record_verdict,
+)
 
 pytestmark = pytest.mark.ml
 
@@ -92,9 +98,12 @@ def test_seed_method_verdict_is_reported(verified, workload: str, method: str) -
         assert any(r.powered for r in verdict.rules), "an approximate pass needs a check with power"
 
 
-def test_a_model_without_heldout_data_is_inconclusive_never_pass(digits, digits_trained) -> None:
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_a_model_without_heldout_data_is_inconclusive_never_pass(request, workload: str) -> None:
     """As a customer's model with no untrained samples registered: nothing can be compared with never-seen
-    data, so neither an exact nor an approximate candidate passes; the report says what was not checked."""
+    data, so neither an exact nor an approximate candidate passes; the report says what was not checked,
+    and the certificate's verification block never states pass."""
+    from app.certificates.service import _verification
     from workers.unlearning.base import UnlearningResult
     from workers.unlearning.evaluation import scenario
     from workers.verification.gate import Policy
@@ -103,9 +112,10 @@ def test_a_model_without_heldout_data_is_inconclusive_never_pass(digits, digits_
     from workers.verification.workload_case import untouched
     from workers.workloads import cache_dir
 
-    served, record = digits_trained
-    case = scenario(digits, 2)
-    exact = UnlearningResult(digits.retrained(case.subjects), "retrain", exact=True, seconds=0.0)
+    w = request.getfixturevalue(workload)
+    served, record = request.getfixturevalue(f"{workload}_trained")
+    case = scenario(w, FORGET_SUBJECTS[workload])
+    exact = UnlearningResult(w.retrained(case.subjects), "retrain", exact=True, seconds=0.0)
     for candidate in (exact, untouched(served)):
         report = verify(
             served,
@@ -117,11 +127,17 @@ def test_a_model_without_heldout_data_is_inconclusive_never_pass(digits, digits_
             None,
             Policy(),
             cache_dir("verification"),
-            training_samples=digits.train,
+            training_samples=w.train,
             reference_trainer=trainer_from_record(record),
-            lineage=digits.trained_dir().name,
+            lineage=w.trained_dir().name,
         )
         verdict = report.verdict.to_dict()
         assert verdict["verdict"] == "inconclusive" and verdict["passed"] is False
         assert "utility_heldout" in verdict["not_checked_rules"]
         assert verdict["summary"].startswith("Not vouched for")
+        certificate = _verification(report.to_dict(), [{"verdict": verdict["verdict"]}])
+        assert certificate["verdict"] == "inconclusive"
+        assert "utility_heldout" in certificate["not_checked_rules"]
+        assert all(
+            rule["status"] != "pass" or rule["rule"] != "utility_heldout" for rule in certificate["rules"]
+        )
