@@ -53,8 +53,11 @@ class GatePolicy:
     canary_alpha: float = 0.005  # significance of the deleted canaries' exposure (Fisher, uniform-rank null)
     # -- decisions
     trust_exact: bool = True  # exact methods: utility decides, "exact by construction"
-    # held-out samples below which a rule that reads them is not checked: no pass without measurement
-    min_samples: int = 20
+    # samples (of the split a rule reads: held-out, retain) below which the rule is not checked: no pass
+    # without measurement. Low on purpose: a customer's small held-out set (the bring-your-own-model
+    # examples verify on 6) still gets its model's utility checked, with the wide cluster-bootstrap
+    # intervals the report shows; n = 0 (no held-out data) is never read as a pass
+    min_samples: int = 5
     # -- the gate's references (workers.verification.references), trained once per lineage
     # each subject OUT of at least this many subject-half references: the spread of exact retrains per subject
     min_out_references: int = 8

@@ -253,6 +253,9 @@ def test_a_distilbert_fine_tuned_from_a_base_folder_is_forgotten_and_handed_back
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     people = ["nora", "omar", "pia", "quinn", "rae", "sam", "tess", "uma", "vic", "wes", "xia", "yan"]
+    # a quarter of the people held out, half of them for verification: enough samples (the gate's
+    # min_samples) for the utility rule to be measured
+    people += ["abe", "bea", "cal", "dot", "eli", "fay", "gus", "hope", "ivo", "june", "kit", "lou"]
     rows = tickets(people)
     steps = Walkthrough(customer, guide["distilbert"])
     steps.send("/v1/datasets")

@@ -118,9 +118,10 @@ def _verify(job_id: str, token: str, attempt_id: int) -> None:
                 steps=list(details.get("steps") or []),
                 details=dict(details.get("method_details") or {}),
             )
-            # Approximate candidates are compared with LiRA references cached per served version; an
-            # exact candidate is its own retrain reference.
-            trainer = trainer_from_record(lineage[1]) if lineage is not None and not candidate.exact else None
+            # The gate's references (subject-half models and seed replicas) are trained once per lineage
+            # and cached; exact candidates need them too: their utility is held against the seed replicas'
+            # spread (a fixed ratio to the served version refuses exact retrains of another seed).
+            trainer = trainer_from_record(lineage[1]) if lineage is not None else None
             report = verify(
                 served,
                 result,
