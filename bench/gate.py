@@ -222,11 +222,21 @@ def render(section: dict[str, Any] | None, command: str) -> str:
             f"{refs.get('seed_replicas', '-')} seed replicas | {cost:.0f} "
             f"| {'yes' if refs.get('trained_now') else 'no (cached)'} |"
         )
+    runs = section["runs"]
+    bound = 1 - 0.025 ** (1 / runs) if runs else float("nan")  # Clopper-Pearson upper bound at 0 hits
+    sizes = sorted({entry.get("size", "small") for entry in section["workloads"]})
+    subjects = ", ".join(str(p["n_subjects"]) for p in section["workloads"][0]["by_size"])
     lines += [
         "",
         "Where the goal is not met: "
         + ("; ".join(shortfalls) if shortfalls else "nowhere in this run")
         + ".",
+        "",
+        f"What this run cannot show: with {runs} runs per cell, 0 hits bound a rate below {bound:.0%} only, "
+        "so a rate of at most 5 % is not demonstrated anywhere (0 hits in 72 runs would bound it below 5 %). "
+        "Inconclusive verdicts are not promotions, but for exact retrains they are deletions the gate could "
+        "not vouch for (no rule had power on those subjects). Measured at workload size "
+        f"{', '.join(sizes)} only, forget sets of {subjects} subject(s) only.",
     ]
     return "\n".join(lines)
 
