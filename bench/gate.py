@@ -238,6 +238,8 @@ def render(section: dict[str, Any] | None, command: str) -> str:
         "not vouch for (no rule had power on those subjects). Measured at workload size "
         f"{', '.join(sizes)} only, forget sets of {subjects} subject(s) only.",
     ]
+    # what was read off this run's rows and reports afterwards, kept with the numbers it explains
+    lines += ["", *(f"- {note}" for note in section.get("notes", []))] if section.get("notes") else []
     return "\n".join(lines)
 
 
