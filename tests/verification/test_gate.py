@@ -81,7 +81,7 @@ def test_no_power_is_inconclusive_not_pass() -> None:
 
 
 def test_too_few_heldout_samples_leave_rules_unchecked_and_never_pass() -> None:
-    verdict = gate(results(0.52, 0.95, heldout=5), exact=False, policy=Policy())
+    verdict = gate(results(0.52, 0.95, heldout=Policy().min_samples - 1), exact=False, policy=Policy())
     assert verdict.verdict == "inconclusive"
     assert {"mia_forget_auc", "mia_per_example", "utility_heldout"} <= set(verdict.not_checked_rules)
     assert verdict.to_dict()["not_checked_rules"] == verdict.not_checked_rules
