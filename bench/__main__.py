@@ -9,8 +9,12 @@ docs/benchmarks.md (goals, tables, machine, command) and as PNG plots in docs/be
 Sections (--sections to pick): `methods` (per workload and method in a worker process of its own: wall time,
 speedup over `retrain` measured in the same run, utility, gate verdict with MIA AUC / TPR beside the
 retrain reference, verification time, peak memory), `scaling` (time and forget quality against the forget
-set's size), `batching` (bench.pipeline), `api` (bench.intake and bench.provenance). The measuring code
-lives in those modules; this one sequences them, repeats timings and keeps going when one section fails
+set's size), `gate` (the gate's operating characteristics: false rejection of exact retrains of unseen
+seeds, false acceptance of bad candidates, bench.gate), `batching` (bench.pipeline), `api` (bench.intake and
+bench.provenance). `--update` runs the chosen sections only and merges them into the stored results of the
+mode before writing docs/benchmarks.md, so one section can be regenerated without rerunning the others. The
+measuring code lives in those modules; this one sequences them, repeats timings and keeps going when one
+section fails
 (the failure is reported in its place).
 """
 
@@ -38,7 +42,7 @@ from bench.scaling import add_verification_costs
 from bench.unlearning import forget_gap_closed
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("methods", "scaling", "batching", "api")
+SECTIONS = ("methods", "scaling", "gate", "batching", "api")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class Settings:
     scaling_methods: tuple[str, ...] = DELETION_METHODS
     scaling_sizes: tuple[int, ...] = (1, 10, 100)
     scaling_repeats: int = 1
+    # bench.gate: runs per workload and forget-set size (each: an exact retrain and three bad candidates)
+    gate_sizes: tuple[int, ...] = (1, 5)
+    gate_runs: int = 10
     # bench.pipeline: one request alone, N together (coalesced into jobs), N one at a time
     batching_requests: int = 20
     batching_window_seconds: float = 2.0
@@ -96,6 +103,8 @@ MODES = {
         scaling_workloads=("digits",),
         scaling_methods=(MethodName.NABLA_TAU.value,),
         scaling_sizes=(1, 10),
+        gate_sizes=(1,),
+        gate_runs=1,
         batching_requests=3,
         intake_runs=1,
         intake_duration=2,
@@ -189,6 +198,17 @@ def scaling_section(s: Settings) -> dict[str, Any]:
         s.seed,
         log=log,
     )
+
+
+# -- gate: bench.gate ---------------------------------------------------------------------------------
+
+
+def gate_section(s: Settings) -> dict[str, Any]:
+    from bench import gate
+    from workers.workloads import cache_dir
+
+    checkpoint = cache_dir("bench") / f"gate-{s.mode}-partial.json"
+    return gate.run(s.workloads, s.gate_sizes, s.gate_runs, s.size, log=log, checkpoint=checkpoint)
 
 
 # -- batching: bench.pipeline --------------------------------------------------------------------------
@@ -286,6 +306,7 @@ def _provenance_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 SECTION_RUNNERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "methods": methods_section,
     "scaling": scaling_section,
+    "gate": gate_section,
     "batching": batching_section,
     "api": api_section,
 }
@@ -358,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, help="markdown report (default docs/benchmarks.md)")
     parser.add_argument("--threads", type=int, help="torch threads per worker (0: one per core)")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only regenerate markdown and plots")
+    parser.add_argument(
+        "--update", action="store_true", help="merge the sections run into the stored results of the mode"
+    )
     args = parser.parse_args(argv)
 
     if args.render:
@@ -389,8 +413,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
     results = run(settings, sections, command_line(argv))
+    if args.update and json_path.exists():
+        results = merge_sections(json.loads(json_path.read_text()), results)
     write_outputs(results, json_path, docs_path)
     return 0
+
+
+def merge_sections(stored: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """The stored run with the fresh run's sections in place of its own; each merged section keeps the
+    command and times of the run that measured it."""
+    merged = dict(stored)
+    merged["sections"] = {**stored.get("sections", {})}
+    merged["section_seconds"] = {**stored.get("section_seconds", {})}
+    for name, section in fresh["sections"].items():
+        merged["sections"][name] = {
+            **section,
+            "command": fresh["command"],
+            "started_at": fresh["started_at"],
+            "machine_at_run": fresh["machine"],
+        }
+        merged["section_seconds"][name] = fresh["section_seconds"][name]
+    return merged
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import gate
 from bench.methods import DELETION_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +157,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, str]]:
         *_seed_method_goals(sections, size),
         _exact_digits_goal(sections),
         _verification_goal(sections),
+        gate.goal(sections.get("gate")),
         _intake_goal(sections),
         _registration_goal(sections),
     ]
@@ -352,6 +354,7 @@ def render(results: dict[str, Any], plots: dict[str, Path]) -> str:
         _machine(results),
         _methods(sections.get("methods"), plots),
         _scaling(sections.get("scaling"), plots),
+        gate.render(sections.get("gate"), results["command"]),
         _batching(sections.get("batching")),
         _api(sections.get("api"), plots),
         _memory(sections.get("methods")),

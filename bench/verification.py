@@ -1,14 +1,16 @@
 """Verification benchmark: per workload and method, the gate's verdict, the rules that decided it, key
 metrics, and the verification time beside the unlearning time (goal: verification <= 25 % of unlearning
-once the LiRA references are cached); the one-off reference training is reported apart.
+once the gate's references are cached); the one-off reference training is reported apart. The gate's
+operating characteristics (false rejection and acceptance rates) are bench.gate's.
 
     python -m bench.verification [--size small|full] [--workloads digits,bios,minilm] [--methods ...]
                                  [--forget-subjects N] [--out results.json]
 
-Per workload the untouched model ("none") runs first: it builds (or loads) the LiRA references and scores
-the served version once, as the first deletion against a version does; every later row runs with both
-cached. The exact-retrain reference is the workload's cached retrain (not timed); the `retrain` row times
-the registry's method. The markdown table goes to stdout, with --out also the raw numbers as JSON.
+Per workload the untouched model ("none") runs first: it builds (or loads) the gate's references, once per
+lineage, and scores the served version once, as the first deletion against a version does; every later row
+runs with both cached. The exact-retrain reference is the workload's cached retrain (not timed); the
+`retrain` row times the registry's method. The markdown table goes to stdout, with --out also the raw
+numbers as JSON.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def references_table(rows: list[dict]) -> str:
-    lines = ["| workload | LiRA reference training (s, once per served version) |", "|---|---|"]
+    lines = ["| workload | reference training (s, once per lineage) |", "|---|---|"]
     seen = set()
     for row in rows:
         if row.get("reference_training_seconds_when_built") is not None and row["workload"] not in seen:

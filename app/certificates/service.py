@@ -98,6 +98,9 @@ def _verification(report: dict[str, Any] | None, attempts: list[dict[str, Any]])
     return {
         "verdict": last_verdict or report.get("verdict"),
         "label": report.get("label"),
+        # the gate's own sentence, and the rules it could not measure (never read as passed)
+        "summary": report.get("summary"),
+        "not_checked_rules": list(report.get("not_checked_rules") or []),
         "rules": [
             {"rule": rule.get("rule"), "status": rule.get("status"), "detail": rule.get("detail")}
             for rule in report.get("rules") or []

@@ -24,44 +24,56 @@ from app.registry.training_params import TrainingParams
 
 DEFAULT_ALIAS = "production"
 
-# LiRA reference models per task in the default policy: each costs about half a training run, once per
-# served version. The fixed-variance LiRA test works from 2; the spread of exact retrains needs 8 (see
-# workers.verification.mia.retrain_band), affordable on the small classifiers, not yet on the text models.
-DEFAULT_LIRA_REFERENCES = {"image-classification": 8, "sequence-classification": 4, "causal-lm": 4}
-
 
 # The gate's settings; the rules that read them are workers/verification/gate.py (which calls it `Policy`).
+# The defaults are the calibrated gate of VERIFICATION.md; the false-rejection and false-acceptance rates
+# they give are measured in docs/benchmarks.md ("Gate operating characteristics", bench/gate.py).
 @dataclass(frozen=True)
 class GatePolicy:
-    """Thresholds and measurement settings of the gate for one model. Defaults: the starting gate."""
+    """Thresholds and measurement settings of the gate for one model. Defaults: the calibrated gate."""
 
-    # -- membership inference, forget vs held-out, candidate minus retrain reference
-    mia_auc_tolerance: float = 0.03  # candidate AUC may exceed the reference's by this much
-    mia_auc_over_unlearning: float = 0.05  # ... and fall below it by this much (over-unlearning is a tell)
-    mia_tpr_tolerance: float = 0.02  # TPR at `gate_fpr`
-    gate_fpr: float = 0.01
-    # -- membership inference, retain vs held-out, candidate minus served: unlearning must not expose others
-    retain_auc_tolerance: float = 0.02
-    # -- utility: accuracy (classifiers) or perplexity (language models) ratio to the exact-retrain reference,
-    #    to the served version when there is no reference (see workers.verification.utility)
-    min_accuracy_ratio: float = 0.99
-    max_perplexity_ratio: float = 1.05
+    # -- forgetting rules against the null of exact retrains (workers.verification.retrain_null)
+    # one-sided level of each rule's prediction bound: about ten rules per deletion keep an exact retrain's
+    # chance of failing any at most 5 % when the nulls are right
+    null_alpha: float = 0.005
+    mia_auc_tolerance: float = 0.03  # a remembering AUC must also exceed the null's mean by this much
+    mia_auc_over_unlearning: float = 0.05  # ... an over-unlearned one fall this far below the null's mean
+    # lower-tail level, stricter: full-data retrains land below the half-data null (retrain_null.py)
+    over_unlearning_alpha: float = 0.001
+    per_example_tolerance: float = 0.5  # mean per-example LiRA score above the null's mean (sd units)
+    per_example_clip: float = 6.0  # each sample's score clipped to +-this: no single sample decides
+    backdoor_tolerance: float = 0.05  # trigger success (beyond the control rate) above the null's mean
+    gate_fpr: float = 0.01  # the FPR at which TPR is reported
+    # -- retain exposure and utility against the seed spread of full-data models (served + replicas)
+    retain_auc_tolerance: float = 0.02  # retain-vs-held-out AUC above the served version's
+    min_accuracy_ratio: float = 0.99  # accuracy ratio to the served version below which a drop is material
+    max_perplexity_ratio: float = 1.05  # perplexity ratio above which a rise is material
     # -- planted signals
     canary_exposure_tolerance_bits: float = 0.0  # deleted canaries' mean exposure over never-inserted ones'
-    canary_alpha: float = 0.01  # significance of the deleted canaries' exposure (Fisher, uniform-rank null)
-    backdoor_alpha: float = 0.01  # binomial test of the trigger success rate against the clean baseline
+    canary_alpha: float = 0.005  # significance of the deleted canaries' exposure (Fisher, uniform-rank null)
     # -- decisions
     trust_exact: bool = True  # exact methods: utility decides, "exact by construction"
-    primary_attacks: tuple[str, ...] = ("lira", "ref_ratio", "loss")  # first available one is gated
-    retrain_band_sds: float = 2.0  # exact retrains' spread: their range widened to mean +- this many sd
-    min_band_models: int = 4  # fewer exact retrains than this say too little about their spread to use it
+    # samples (of the split a rule reads: held-out, retain) below which the rule is not checked: no pass
+    # without measurement. Low on purpose: a customer's small held-out set (the bring-your-own-model
+    # examples verify on 6) still gets its model's utility checked, with the wide cluster-bootstrap
+    # intervals the report shows; n = 0 (no held-out data) is never read as a pass
+    min_samples: int = 5
+    # -- the gate's references (workers.verification.references), trained once per lineage
+    # each subject OUT of at least this many subject-half references: the spread of exact retrains per subject
+    min_out_references: int = 8
+    lira_references: int = 0  # subject-half references; 0: 2 * min_out_references
+    seed_replicas: int = 4  # full-data seed replicas: the spread of utility and retain exposure
+    # cost limit of a reference set, in trainings of the model (0: none); above it the set shrinks and the
+    # report says so
+    max_reference_trainings: float = 0.0
+    # refresh rule: a lineage's set serves later versions until this share of its subjects is deleted
+    reference_refresh_share: float = 0.1
     # -- measurement
     fprs: tuple[float, ...] = (0.01, 0.001)
     n_boot: int = 1000
     seed: int = 0
     retain_cap: int = 512  # retain samples scored (a stable subsample)
     heldout_cap: int = 512
-    lira_references: int = 0  # 0: DEFAULT_LIRA_REFERENCES for the task
     max_canary_candidates: int = 256  # candidates per canary: exposure at most 8 bits, p >= 2^-8 per canary
     max_kept_canaries: int = 1  # canaries of retained subjects scored as a collateral-damage view
     relearn: bool = True
@@ -70,8 +82,10 @@ class GatePolicy:
     relearn_batch_size: int = 16
     batch_size: int = 64
 
-    def references_for(self, task: str) -> int:
-        return self.lira_references or DEFAULT_LIRA_REFERENCES.get(task, 4)
+    def references(self) -> int:
+        """Subject-half references asked for: an even number, each subject OUT of half of them."""
+        k = self.lira_references or 2 * self.min_out_references
+        return k + (k % 2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,7 +21,7 @@ FULL_POLICY: dict[str, Any] = {
         "retrain": {"recipe": {"epochs": 2}},
     },
     "retrain_recipe": {"epochs": 4, "optimizer": "sgd"},
-    "gate": {"n_boot": 300, "primary_attacks": ["loss"]},
+    "gate": {"n_boot": 300, "fprs": [0.01]},
     "probes": {"workload": "digits", "size": "small"},
     "training": {"workload": "digits", "recipe": {"num_blocks": 5}},
 }

@@ -35,6 +35,7 @@ from tests.e2e.stack import REPO_ROOT, Process, free_port, wait_for
 from workers import client_cli
 from workers.cli import COMMANDS, main
 from workers.pipeline.jobs import fail_job
+from workers.unlearning.cli import EXIT_USAGE
 
 RUNNER = [sys.executable, "-m", "tests.cli.without_ml"]
 
@@ -354,7 +355,7 @@ def test_unlearn_and_verify_on_a_registered_model_say_what_is_not_there(
 
     def refused(command: str, *options: str) -> str:
         ran = run(command, *options)
-        assert ran.returncode == 2, (ran.stdout, ran.stderr)
+        assert ran.returncode == EXIT_USAGE, (ran.stdout, ran.stderr)
         return ran.stderr
 
     target = ("--model", model, "--tenant", tenant, "--subject", subject)

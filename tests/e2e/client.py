@@ -12,8 +12,9 @@ import httpx
 
 from tests.e2e.stack import wait_for
 
-# Gate settings that keep verification quick on two cores: two LiRA references, fewer bootstrap draws.
-FAST_GATE = {"lira_references": 2, "n_boot": 200}
+# Gate settings that keep verification quick on two cores: two subject-half references, two seed replicas
+# (with the served version the three models a utility spread needs), fewer bootstrap draws.
+FAST_GATE = {"lira_references": 2, "seed_replicas": 2, "n_boot": 200}
 DIGITS_POLICY: dict[str, Any] = {"probes": {"workload": "digits", "size": "small"}, "gate": FAST_GATE}
 JOB_TIMEOUT = 240
 

@@ -27,6 +27,7 @@ from tests.e2e.client import ok, wait_job, wait_request
 from tests.e2e.conftest import new_tenant_auth
 from tests.e2e.stack import REPO_ROOT, Api, wait_for
 from tests.tiny_models import save_distilbert_classifier, save_gpt2
+from workers.unlearning.cli import EXIT_USAGE
 from workers.verification.cli import EXIT_CODES
 
 pytestmark = pytest.mark.e2e
@@ -214,11 +215,6 @@ def test_a_gpt2_trained_elsewhere_is_forgotten_verified_and_handed_back(
     assert logits.shape[-1] == len(tokenizer) and torch.isfinite(logits).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gate's 'no pass without measurement' rule (#19): until it lands, an exact candidate passes "
-    "on a utility rule that measured no held-out sample",
-)
 def test_without_held_out_data_a_deletion_is_inconclusive_and_not_promoted(
     customer: httpx.Client, guide: dict[str, list[Request]], models_root: Path
 ) -> None:
@@ -267,6 +263,9 @@ def test_a_distilbert_fine_tuned_from_a_base_folder_is_forgotten_and_handed_back
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     people = ["nora", "omar", "pia", "quinn", "rae", "sam", "tess", "uma", "vic", "wes", "xia", "yan"]
+    # a quarter of the people held out, half of them for verification: enough samples (the gate's
+    # min_samples) for the utility rule to be measured
+    people += ["abe", "bea", "cal", "dot", "eli", "fay", "gus", "hope", "ivo", "june", "kit", "lou"]
     rows = tickets(people)
     steps = Walkthrough(customer, guide["distilbert"])
     steps.send("/v1/datasets")
@@ -434,7 +433,7 @@ def test_lethe_unlearn_and_verify_try_a_deletion_from_the_served_model_and_chang
 
     nobody = lethe(stack_env, "unlearn", *target, "--subject", "nobody@example.com", "--method", "finetune")
 
-    assert nobody.returncode == 2
+    assert nobody.returncode == EXIT_USAGE
     assert "error: subject 'nobody@example.com' has no sample in wine-cultivar v2" in nobody.stderr
     assert "Traceback" not in nobody.stderr
     assert registry_state(customer, "wine-cultivar") == before

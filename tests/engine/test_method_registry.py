@@ -64,6 +64,6 @@ def test_a_declared_provenance_need_is_checked_before_the_method_runs(digits, di
 
 def test_the_gate_reads_the_policy_the_api_validates() -> None:
     assert Policy is GatePolicy
-    policy = ModelPolicy.model_validate({"gate": {"n_boot": 300, "primary_attacks": ["loss"]}})
-    assert policy.gate_policy() == GatePolicy(n_boot=300, primary_attacks=("loss",))
+    policy = ModelPolicy.model_validate({"gate": {"n_boot": 300, "fprs": [0.01]}})
+    assert policy.gate_policy() == GatePolicy(n_boot=300, fprs=(0.01,))
     assert ModelPolicy().gate_policy() == GatePolicy()

@@ -13,8 +13,8 @@ from workers.pipeline.verify import gate_policy, planted_probes
 
 
 def test_the_gate_runs_with_the_stored_overrides_and_the_defaults_for_the_rest() -> None:
-    model = Model(policy={"gate": {"n_boot": 300, "primary_attacks": ["loss"]}})
-    assert gate_policy(model) == GatePolicy(n_boot=300, primary_attacks=("loss",))
+    model = Model(policy={"gate": {"n_boot": 300, "fprs": [0.01]}})
+    assert gate_policy(model) == GatePolicy(n_boot=300, fprs=(0.01,))
     assert gate_policy(Model(policy={})) == GatePolicy()
     assert planted_probes(Model(policy={}), []) is None
 

@@ -62,3 +62,44 @@ def test_exposure_null_is_calibrated_for_never_inserted_secrets() -> None:
     ]
     assert np.mean(np.array(pvalues) < 0.05) <= 0.06  # uniform ranks: at most the nominal rate
     assert stats.fisher_exposure_pvalue([8.0]) == pytest.approx(2**-8)
+
+
+def test_intervals_over_subjects_cover_where_intervals_over_samples_do_not() -> None:
+    """A subject's samples share a random effect: resampling samples ignores it and undercovers."""
+    rng = np.random.default_rng(4)
+    subjects = np.repeat(np.arange(12), 10)
+    covered = {"samples": 0, "subjects": 0}
+    trials = 150
+    for i in range(trials):
+        values = rng.normal(0, 1, 12)[subjects] + rng.normal(0, 0.3, subjects.size)  # true mean 0
+        by_sample = stats.mean_estimate(values, n_boot=400, seed=i)
+        by_subject = stats.mean_estimate(values, n_boot=400, seed=i, clusters=subjects)
+        covered["samples"] += by_sample.low <= 0 <= by_sample.high
+        covered["subjects"] += by_subject.low <= 0 <= by_subject.high
+    assert covered["subjects"] / trials >= 0.85
+    assert covered["samples"] / trials <= 0.6
+    assert by_subject.groups == {"subjects": 12}
+
+
+def test_cluster_bootstrap_of_auc_and_tpr_resamples_whole_subjects() -> None:
+    rng = np.random.default_rng(5)
+    pos, neg = rng.normal(1, 1, 40), rng.normal(0, 1, 200)
+    pos_subjects, neg_subjects = np.repeat(np.arange(4), 10), np.repeat(np.arange(40), 5)
+    plain = stats.auc_estimate(pos, neg, n_boot=500)
+    clustered = stats.auc_estimate(pos, neg, 500, 0, pos_subjects, neg_subjects)
+    assert clustered.value == plain.value
+    assert clustered.groups["positive_subjects"] == 4 and clustered.groups["negative_subjects"] == 40
+    tpr = stats.tpr_estimate(pos, neg, 0.05, 500, 0, pos_subjects, neg_subjects)
+    assert tpr.value == pytest.approx(stats.tpr_at_fpr(pos, neg, 0.05))
+    assert tpr.low <= tpr.value <= tpr.high
+    same = stats.tpr_difference(pos, neg, pos, neg, 0.05, 200, 0, pos_subjects, neg_subjects)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_auc_decomposes_over_subjects() -> None:
+    rng = np.random.default_rng(6)
+    pos, neg = rng.normal(0.5, 1, 30), rng.normal(0, 1, 50)
+    subjects = np.repeat(["a", "b", "c"], [5, 10, 15])
+    parts = stats.auc_by_cluster(pos, neg, subjects)
+    weights = {"a": 5 / 30, "b": 10 / 30, "c": 15 / 30}
+    assert sum(weights[s] * parts[s] for s in parts) == pytest.approx(stats.auc(pos, neg))

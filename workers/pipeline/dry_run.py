@@ -26,7 +26,8 @@ from app.db import get_session_factory
 from app.provenance.membership import training_sample_ids
 from app.provenance.models import Sample as SampleRow
 from app.registry.models import Model, ModelVersion
-from app.registry.policy import ModelPolicy, model_policy
+from app.registry.overrides import apply_overrides
+from app.registry.policy import GateOverrides, GatePolicy, ModelPolicy, model_policy
 from app.registry.service import find_model
 from app.security.subjects import subject_hmac
 from app.tenancy.service import get_tenant_by_name
@@ -120,10 +121,22 @@ class Deletion:
                 context,
             )
 
+    def gate_policy(self, overrides: Mapping[str, Any] | None = None) -> GatePolicy:
+        """The model's gate settings, `overrides` over them (validated as a policy's gate section is)."""
+        if not overrides:
+            return gate_policy(self.model)
+        own = model_policy(self.model.policy).gate.model_dump(exclude_unset=True)
+        return apply_overrides(GatePolicy, GateOverrides.model_validate({**own, **overrides}))
+
     def verify(
-        self, candidate: UnlearningResult, out_dir: Path, progress: ProgressCallback | None = None
+        self,
+        candidate: UnlearningResult,
+        out_dir: Path,
+        progress: ProgressCallback | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> Any:
-        """The verify stage's gate on `candidate`, its report (report.json and plots) written to `out_dir`."""
+        """The verify stage's gate on `candidate`, its report (report.json and plots) written to `out_dir`;
+        `overrides`: gate settings over the model policy's own."""
         from workers.unlearning.base import no_progress
 
         return judge(
@@ -133,7 +146,7 @@ class Deletion:
             self.lineage,
             self.own_record,
             self.verification_cache,
-            gate_policy(self.model),
+            self.gate_policy(overrides),
             planted_probes(self.model, self.sets.forget),
             out_dir,
             progress or no_progress,

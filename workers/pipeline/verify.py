@@ -72,6 +72,9 @@ def planted_probes(model: Model, forget: list[Any]) -> Any:
     clean = [s for s in workload.heldout if s.subject not in planted and "backdoor" not in s.meta]
     probes = probes_for_workload(workload, forget_names, clean)
     probes.canaries = [dataclasses.replace(c, subject=subject_hmac(c.subject)) for c in probes.canaries]
+    if probes.backdoor is not None:  # trigger owners keyed like the gate's references know the subjects
+        owners = [subject_hmac(owner) for owner in probes.backdoor.owners]
+        probes.backdoor = dataclasses.replace(probes.backdoor, owners=owners)
     return probes
 
 
@@ -94,12 +97,13 @@ def judge(
 ) -> Any:
     """The gate on `result` (made from `served` by deleting `sets.forget`), its report written to `out_dir`.
 
-    Approximate candidates are compared with LiRA references cached per served version (in `cache`); an
-    exact candidate is its own retrain reference."""
+    The gate's references (subject-half models and seed replicas) are trained once per lineage and cached
+    in `cache`; exact candidates need them too: their utility is held against the seed replicas' spread (a
+    fixed ratio to the served version refuses exact retrains of another seed)."""
     from workers.verification.references import trainer_from_record
     from workers.verification.report import verify
 
-    trainer = trainer_from_record(lineage[1]) if lineage is not None and not result.exact else None
+    trainer = trainer_from_record(lineage[1]) if lineage is not None else None
     return verify(
         served,
         result,

@@ -45,7 +45,7 @@ Subjects = Annotated[
 Version = Annotated[
     int | None, typer.Option(metavar="N", help="the version of --model (default: the one its alias serves)")
 ]
-EXIT_USAGE = 2
+EXIT_USAGE = 64  # EX_USAGE (sysexits.h): `lethe verify` answers 2 for an inconclusive verdict
 DRY_RUN_NOTE = "dry run: nothing was stored or promoted (a deletion request makes a real deletion)"
 
 

@@ -1,8 +1,9 @@
 """What every check hands to the gate and the report: named estimates, plain values, and what it skipped.
 
 Metric names are `<family>.<metric>.<role>` for one model and `<family>.<metric>.<a>-<b>` for a paired
-difference between two models. Roles: served (the untouched version), candidate, reference (exact
-retrain), relearned and reference_relearned (candidate and reference after the relearning probe).
+difference between two models. Roles: served (the untouched version), candidate, relearned (the candidate
+after the relearning probe) and, when the caller has one, reference (an exact retrain with the served
+version's seed: reported beside the others, the gate judges with its own references).
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ import numpy as np
 from workers.modeling.base import Sample
 from workers.verification.stats import Estimate
 
-# (model, what it is compared with): the forgetting comparisons every check reports
-FORGET_PAIRS = (("candidate", "reference"), ("served", "reference"), ("relearned", "reference_relearned"))
-
-
-def versus(role: str) -> str:
-    """The exact-retrain model a role is compared with (the relearned reference for a relearned model)."""
-    return "reference_relearned" if role == "relearned" else "reference"
+# (model, what it is compared with): the paired differences reported when a reference model is scored
+FORGET_PAIRS = (("candidate", "reference"), ("served", "reference"))
 
 
 def metric_name(family: str, metric: str, role: str, other: str | None = None) -> str:
@@ -48,6 +44,8 @@ class CheckResult:
 
 
 def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | np.ndarray):

@@ -1,38 +1,43 @@
 """The promotion gate: one policy per model, rules over the checks' numbers, and a three-way verdict.
 
 Every threshold lives in `Policy`, defined as GatePolicy in app/registry/policy.py (the API validates a
-model's gate overrides against it); the defaults are VERIFICATION.md's starting gate.
+model's gate overrides against it); its defaults are the calibrated gate of VERIFICATION.md, and the
+operating characteristics they give (false rejection of exact retrains the gate never saw, false
+acceptance of models that forgot nothing) are measured in docs/benchmarks.md.
 
-How a rule decides. A rule compares the candidate with the exact-retrain reference (or, for collateral
-damage, with the served version) through a paired bootstrap interval of the difference. It FAILS only when
-the point estimate is beyond the policy's tolerance AND the interval excludes "no difference": the
-tolerance is then effectively max(tolerance, interval half-width), so small forget sets (one subject gives
-about +-0.06 AUC) widen it instead of producing chance failures. Those intervals cover the sampling of
-samples, not training randomness: a membership rule therefore also requires the candidate to lie above
-where exact retrains land (the LiRA references that never saw the forget subjects, when there are enough
-of them; on digits, exact retrains differing only in seed scored LiRA AUC 0.05 to 0.92 on one subject).
-Without a retrained model those references' mean stands in for the reference.
+How a rule decides. A forgetting rule holds a statistic of the candidate against where exact retrains of
+the same deletion land (workers.verification.retrain_null: per subject, from the references that never saw
+it). It FAILS only when the candidate is beyond the null's one-sided prediction bound at `null_alpha` AND
+farther from the null's mean than the rule's tolerance: significant and material. About ten rules run per
+deletion; at 0.005 each the chance that an exact retrain fails any is at most 5 % when the nulls are right.
+Utility and retain exposure are held against the spread of full-data models that differ only in seed (the
+served version and its seed replicas), with the policy's ratio as the material part; without replicas the
+fixed ratio and the cluster-bootstrap interval of candidate / served decide, and the report says so.
 
 Power. Each forgetting rule is also applied to the served version in the candidate's place. If the served
-version would pass a rule too, that rule cannot tell forgetting from doing nothing. The verdict is:
+version would pass a rule too, that rule cannot tell forgetting from doing nothing.
+
+No pass without measurement. A rule whose inputs are missing or too few (`min_samples` held-out samples,
+two OUT references per forget subject) is `not_checked`, never passed. The verdict is:
 - fail: some rule fails for the candidate (each failing rule is listed);
-- pass: no rule fails and at least one forgetting rule has power (the served version fails it);
-- inconclusive: no rule fails but no forgetting rule has power. Never promoted for approximate methods.
+- pass: no rule fails, at least one forgetting rule has power (the served version fails it) and the
+  held-out utility rule was measured;
+- inconclusive: otherwise. Never promoted for approximate methods.
 An exact method's candidate (retraining, DeepObliviate without early stop) is judged on utility only and
-labelled "exact by construction" (`Policy.trust_exact`); its other numbers are still reported.
+labelled "exact by construction" (`Policy.trust_exact`); it too needs the held-out utility measured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from app.registry.policy import GatePolicy as Policy
-from workers.verification.checks import CheckResult, metric_name, versus
-from workers.verification.stats import Estimate
+from workers.verification.checks import CheckResult, metric_name
+from workers.verification.stats import Estimate, t_quantile
 
 PASS, FAIL, INCONCLUSIVE, NOT_CHECKED = "pass", "fail", "inconclusive", "not_checked"
 EXACT_LABEL = "exact by construction"
@@ -45,13 +50,16 @@ class RuleOutcome:
     status: str  # pass / fail / not_checked
     served_status: str | None  # the same rule applied to the served version: power when it fails
     detail: str
+    # the numbers the summary sentence reads: the judged value, the null's mean and its bound, served's
+    numbers: dict[str, float] = field(default_factory=dict)
 
     @property
     def powered(self) -> bool:
         return self.kind == "forgetting" and self.served_status == FAIL
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "powered": self.powered}
+        numbers = {k: (round(v, 4) if np.isfinite(v) else None) for k, v in self.numbers.items()}
+        return {**asdict(self), "numbers": numbers, "powered": self.powered}
 
 
 @dataclass
@@ -60,17 +68,24 @@ class Verdict:
     reasons: list[str]
     rules: list[RuleOutcome] = field(default_factory=list)
     label: str | None = None
+    summary: str = ""
 
     @property
     def passed(self) -> bool:
         return self.verdict == PASS
+
+    @property
+    def not_checked_rules(self) -> list[str]:
+        return [r.rule for r in self.rules if r.status == NOT_CHECKED]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict,
             "passed": self.passed,
             "label": self.label,
+            "summary": self.summary,
             "reasons": self.reasons,
+            "not_checked_rules": self.not_checked_rules,
             "rules": [r.to_dict() for r in self.rules],
         }
 
@@ -79,17 +94,20 @@ Metrics = Mapping[str, Estimate]
 Values = Mapping[str, Any]
 
 
-def _above(d: Estimate | None, tolerance: float) -> str:
-    """fail when d is beyond +tolerance and its interval excludes 0 (material and significant)."""
-    if d is None or d.value != d.value:  # missing or NaN
-        return NOT_CHECKED
-    return FAIL if d.value > tolerance and d.low > 0 else PASS
+@dataclass(frozen=True)
+class Evidence:
+    """Every check's numbers, merged: what the rules read."""
+
+    metrics: Metrics
+    values: Values
+
+    def value(self, name: str) -> float:
+        estimate = self.metrics.get(name)
+        return float("nan") if estimate is None else float(estimate.value)
 
 
-def _below(d: Estimate | None, tolerance: float) -> str:
-    if d is None or d.value != d.value:
-        return NOT_CHECKED
-    return FAIL if d.value < -tolerance and d.high < 0 else PASS
+def _finite(x: Any) -> bool:
+    return x is not None and isinstance(x, int | float | np.floating) and bool(np.isfinite(x))
 
 
 def _fmt(d: Estimate | None) -> str:
@@ -98,224 +116,475 @@ def _fmt(d: Estimate | None) -> str:
     return f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] (n={d.n})"
 
 
-def primary_attack(metrics: Metrics, policy: Policy) -> str | None:
-    for attack in policy.primary_attacks:
-        if metric_name(attack, "forget_auc", "candidate", "reference") in metrics:
-            return attack
-    return None
+def _p(x: Any) -> str:
+    return "n/a" if not _finite(x) else f"{x:.3g}"
 
 
-def band_limits(band: list[float] | None, policy: Policy) -> tuple[float, float] | None:
-    """(low, high) of where exact retrains land: the observed range widened to mean -+ sds * sd."""
-    values = np.asarray([v for v in (band or []) if v == v], float)
-    if values.size < max(1, policy.min_band_models):
-        return None
-    sds = policy.retrain_band_sds
-    sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return min(values.min(), values.mean() - sds * sd), max(values.max(), values.mean() + sds * sd)
+def _heldout_count(evidence: Evidence) -> int:
+    return int(evidence.values.get("samples.heldout", 0))
 
 
-def _compare(
-    metrics: Metrics, values: Values, policy: Policy, attack: str, metric: str, role: str, tolerance: float
-) -> str:
-    """Above the reference (material and significant) AND above the band of exact retrains."""
-    status = _above(metrics.get(metric_name(attack, metric, role, versus(role))), tolerance)
-    limits = band_limits(values.get(f"{attack}.{metric}.retrain_band"), policy)
-    own = metrics.get(metric_name(attack, metric, role))
-    if status == FAIL and limits is not None and own is not None and own.value <= limits[1] + tolerance:
-        return PASS
-    return status
+# -- forgetting rules against the exact-retrain null ------------------------------------------------
 
 
-def _band_text(values: Values, policy: Policy, attack: str, metric: str) -> str:
-    band = values.get(f"{attack}.{metric}.retrain_band")
-    limits = band_limits(band, policy)
-    if limits is None:
-        return f"exact-retrain spread not used ({len(band or [])} exact retrains < {policy.min_band_models})"
-    n = len(band)
-    return f"exact retrains land in [{limits[0]:.3f}, {limits[1]:.3f}] ({n} models)"
+def _null_status(value: float, null: Any, alpha: float, tolerance: float, side: str) -> str:
+    """fail when `value` is beyond the null's bound at `alpha` and beyond its mean by `tolerance`."""
+    if null is None or not _finite(value) or not null.sd > 0:
+        return NOT_CHECKED
+    if side == "upper":
+        return FAIL if value > null.upper(alpha) and value - null.mean > tolerance else PASS
+    return FAIL if value < null.lower(alpha) and null.mean - value > tolerance else PASS
 
 
-def _mia_rules(metrics: Metrics, values: Values, policy: Policy, role: str, suffix: str) -> list[RuleOutcome]:
-    attack = primary_attack(metrics, policy)
-    if attack is None:
-        return [RuleOutcome(f"mia_forget_auc{suffix}", "forgetting", NOT_CHECKED, None, "no attack compared")]
+def _null_rule(
+    evidence: Evidence,
+    policy: Policy,
+    *,
+    rule: str,
+    kind: str,
+    statistic: str,
+    null_key: str,
+    role: str,
+    tolerance: float,
+    label: str,
+    side: str = "upper",
+) -> RuleOutcome:
+    null = evidence.values.get(null_key)
+    value = evidence.value(metric_name(*statistic.split(".", 1), role))
+    served = evidence.value(metric_name(*statistic.split(".", 1), "served"))
+    enough = _heldout_count(evidence) >= policy.min_samples
+    alpha = policy.null_alpha if side == "upper" else policy.over_unlearning_alpha
+    status = _null_status(value, null, alpha, tolerance, side) if enough else NOT_CHECKED
+    served_status = (
+        _null_status(served, null, alpha, tolerance, side) if enough and kind == "forgetting" else None
+    )
+    if null is None:
+        detail = f"{label}: {role} {_p(value)}; not checked: no spread of exact retrains (too few references)"
+        numbers = {"value": value, "served": served}
+    elif not enough:
+        detail = f"{label}: not checked: {_heldout_count(evidence)} held-out samples < {policy.min_samples}"
+        numbers = {"value": value, "served": served}
+    else:
+        bound = null.upper(alpha) if side == "upper" else null.lower(alpha)
+        direction = "above" if side == "upper" else "below"
+        detail = (
+            f"{label}: {role} {value:.3f}, served {served:.3f}; exact retrains land at {null.mean:.3f} "
+            f"(sd {null.sd:.3f}, {null.min_draws}+ OUT references per subject, between-subject correlation "
+            f"{null.correlation:.2f}); fails {direction} {bound:.3f} (p < {alpha:g}) when also "
+            f"{tolerance:g} {direction} the mean"
+        )
+        numbers = {
+            "value": value,
+            "served": served,
+            "null_mean": null.mean,
+            "bound": bound,
+            "null_sd": null.sd,
+        }
+    return RuleOutcome(rule, kind, status, served_status, detail, numbers)
+
+
+def _mia_rules(evidence: Evidence, policy: Policy, role: str, suffix: str) -> list[RuleOutcome]:
     rules = []
-    for metric, tolerance, label in (
-        ("forget_auc", policy.mia_auc_tolerance, "forget-vs-heldout AUC"),
-        (f"tpr_{policy.gate_fpr:g}", policy.mia_tpr_tolerance, f"TPR at {policy.gate_fpr:g} FPR"),
-    ):
-        own = metrics.get(metric_name(attack, metric, role))
-        served = metrics.get(metric_name(attack, metric, "served"))
-        d = metrics.get(metric_name(attack, metric, role, versus(role)))
+    if not suffix:
         rules.append(
-            RuleOutcome(
-                f"mia_{'forget_auc' if metric == 'forget_auc' else 'forget_tpr'}{suffix}",
-                "forgetting",
-                _compare(metrics, values, policy, attack, metric, role, tolerance),
-                _compare(metrics, values, policy, attack, metric, "served", tolerance),
-                f"{attack} {label}: {role} {_fmt(own)}, served {_fmt(served)}, {role} minus {versus(role)} "
-                f"{_fmt(d)}; {_band_text(values, policy, attack, metric)}; fails above the reference by "
-                f"+{tolerance} (significant) and above every exact retrain",
+            _null_rule(
+                evidence,
+                policy,
+                rule="mia_forget_auc",
+                kind="forgetting",
+                statistic="lira.forget_auc",
+                null_key="lira.forget_auc.null",
+                role=role,
+                tolerance=policy.mia_auc_tolerance,
+                label="LiRA forget-vs-held-out AUC",
             )
         )
+    rules.append(
+        _null_rule(
+            evidence,
+            policy,
+            rule=f"mia_per_example{suffix}",
+            kind="forgetting",
+            statistic="lira.per_example",
+            null_key="lira.per_example.null",
+            role=role,
+            tolerance=policy.per_example_tolerance,
+            label="mean per-example LiRA score of the forget samples",
+        )
+    )
     if not suffix:
-        d = metrics.get(metric_name(attack, "forget_auc", role, "reference"))
-        status = _below(d, policy.mia_auc_over_unlearning)
-        limits = band_limits(values.get(f"{attack}.forget_auc.retrain_band"), policy)
-        own = metrics.get(metric_name(attack, "forget_auc", role))
-        if status == FAIL and limits is not None and own is not None:
-            status = FAIL if own.value < limits[0] - policy.mia_auc_over_unlearning else PASS
         rules.append(
-            RuleOutcome(
-                "mia_over_unlearning",
-                "collateral",
-                status,
-                None,
-                f"{attack} forget AUC minus reference {_fmt(d)}: fails below "
-                f"-{policy.mia_auc_over_unlearning} (significant) and below every exact retrain "
-                f"({_band_text(values, policy, attack, 'forget_auc')})",
+            _null_rule(
+                evidence,
+                policy,
+                rule="mia_over_unlearning",
+                kind="collateral",
+                statistic="lira.forget_auc",
+                null_key="lira.forget_auc.null",
+                role=role,
+                tolerance=policy.mia_auc_over_unlearning,
+                label="LiRA forget-vs-held-out AUC (over-unlearning: the forget set stands out as erased)",
+                side="lower",
             )
         )
     return rules
 
 
-def _retain_rule(metrics: Metrics, policy: Policy) -> RuleOutcome:
-    """The others' exposure must not grow. An exact retrain may itself expose them a little more than the
-    served model did (removing records exposes their neighbours: the "privacy onion", Carlini et al.
-    2022), so with a retrain reference the candidate fails only if it is also beyond the reference."""
-    attack = primary_attack(metrics, policy) or ""
-    tolerance = policy.retain_auc_tolerance
-    d = metrics.get(metric_name(attack, "retain_auc", "candidate", "served"))
-    d_reference = metrics.get(metric_name(attack, "retain_auc", "candidate", "reference"))
-    status = _above(d, tolerance)
-    if status == FAIL and _above(d_reference, tolerance) == PASS:
-        status = PASS
-    return RuleOutcome(
-        "mia_retain_exposure",
-        "collateral",
-        status,
-        None,
-        f"{attack} retain-vs-heldout AUC, candidate minus served {_fmt(d)}, minus reference "
-        f"{_fmt(d_reference)}; fails above +{tolerance} (significant) against both",
-    )
+# -- rules against the seed spread of full-data models ----------------------------------------------
 
 
-def _utility_rules(metrics: Metrics, policy: Policy) -> list[RuleOutcome]:
-    """Accuracy or perplexity ratio to the exact-retrain reference (to served when there is none)."""
+def seed_bound(values: list[float], alpha: float, side: str) -> float:
+    """Where one more full-data model of another seed lands (prediction bound at level 1 - alpha)."""
+    spread = np.asarray([v for v in values if _finite(v)], float)
+    if spread.size < 3:
+        return float("nan")
+    t = t_quantile(1 - alpha, spread.size - 1)
+    width = t * spread.std(ddof=1) * np.sqrt(1 + 1 / spread.size)
+    return float(spread.mean() + width if side == "upper" else spread.mean() - width)
+
+
+def _retain_rule(evidence: Evidence, policy: Policy) -> RuleOutcome:
+    """The others' exposure must not grow beyond what another seed gives (removing records exposes their
+    neighbours a little: the "privacy onion", Carlini et al. 2022; the seed spread is wider than that)."""
+    name = metric_name("lira", "retain_auc", "candidate")
+    value, served = evidence.value(name), evidence.value(metric_name("lira", "retain_auc", "served"))
+    spread = evidence.values.get("lira.retain_auc.seed_spread") or []
+    numbers = {"value": value, "served": served}
+    if _heldout_count(evidence) < policy.min_samples or not _finite(value) or not _finite(served):
+        return RuleOutcome(
+            "mia_retain_exposure", "collateral", NOT_CHECKED, None, "retain exposure not measured", numbers
+        )
+    bound = seed_bound(spread, policy.null_alpha, "upper")
+    material = value - served > policy.retain_auc_tolerance
+    if _finite(bound):
+        status = FAIL if material and value > bound else PASS
+        detail = (
+            f"LiRA retain-vs-held-out AUC: candidate {value:.3f}, served {served:.3f}; full-data models of "
+            f"other seeds reach up to {bound:.3f} ({len(spread)} models); fails above that when also "
+            f"+{policy.retain_auc_tolerance} above served"
+        )
+        numbers["bound"] = bound
+    else:
+        d = evidence.metrics.get(metric_name("lira", "retain_auc", "candidate", "served"))
+        status = FAIL if material and d is not None and d.low > 0 else PASS
+        detail = (
+            f"LiRA retain-vs-held-out AUC, candidate minus served {_fmt(d)}: fails above "
+            f"+{policy.retain_auc_tolerance} when the cluster-bootstrap interval excludes 0 (no seed "
+            "replicas: fixed tolerance)"
+        )
+    return RuleOutcome("mia_retain_exposure", "collateral", status, None, detail, numbers)
+
+
+def _utility_rules(evidence: Evidence, policy: Policy, is_lm: bool) -> list[RuleOutcome]:
+    """Accuracy (perplexity for language models) against where full-data models of other seeds land."""
     rules = []
     for split in ("retain", "heldout"):
-        status, detail = NOT_CHECKED, f"no utility comparison on {split}"
-        for base in ("reference", "served"):
-            acc = metrics.get(metric_name("utility", f"accuracy_{split}", "candidate", base))
-            ppl = metrics.get(metric_name("utility", f"perplexity_{split}", "candidate", base))
-            if acc is not None:  # a ratio is significant when its interval excludes 1
-                status = FAIL if acc.value < policy.min_accuracy_ratio and acc.high < 1 else PASS
-                detail = (
-                    f"accuracy ratio candidate/{base} on {split} {_fmt(acc)}, min {policy.min_accuracy_ratio}"
-                )
-            elif ppl is not None:
-                status = FAIL if ppl.value > policy.max_perplexity_ratio and ppl.low > 1 else PASS
-                detail = (
-                    f"perplexity candidate/{base} on {split} {_fmt(ppl)}, max {policy.max_perplexity_ratio}"
-                )
-            else:
-                continue
-            break
-        rules.append(RuleOutcome(f"utility_{split}", "utility", status, None, detail))
+        metric = f"perplexity_{split}" if is_lm else f"accuracy_{split}"
+        value = evidence.value(metric_name("utility", metric, "candidate"))
+        served = evidence.value(metric_name("utility", metric, "served"))
+        n = int(evidence.values.get(f"samples.{split}", 0))
+        numbers = {"value": value, "served": served}
+        if n < policy.min_samples or not _finite(value) or not _finite(served):
+            detail = f"utility on {split}: not checked ({n} samples < {policy.min_samples})"
+            rules.append(RuleOutcome(f"utility_{split}", "utility", NOT_CHECKED, None, detail, numbers))
+            continue
+        spread = evidence.values.get(f"utility.{metric}.seed_spread") or []
+        ratio = value / served if served else float("nan")
+        if is_lm:
+            material, side, limit = ratio > policy.max_perplexity_ratio, "upper", policy.max_perplexity_ratio
+        else:
+            material, side, limit = ratio < policy.min_accuracy_ratio, "lower", policy.min_accuracy_ratio
+        bound = seed_bound(spread, policy.null_alpha, side)
+        worse = (value > bound) if side == "upper" else (value < bound)
+        name = "perplexity" if is_lm else "accuracy"
+        if _finite(bound):
+            status = FAIL if material and worse else PASS
+            detail = (
+                f"{name} on {split}: candidate {value:.4g}, served {served:.4g} (ratio {ratio:.3f}); "
+                f"full-data models of other seeds reach {'up to' if side == 'upper' else 'down to'} "
+                f"{bound:.4g} ({len(spread)} models); fails beyond that when the ratio is also "
+                f"{'above' if side == 'upper' else 'below'} {limit}"
+            )
+            numbers["bound"] = bound
+        else:  # no seed replicas: the fixed ratio, significant when its interval excludes 1
+            d = evidence.metrics.get(metric_name("utility", metric, "candidate", "served"))
+            significant = d is not None and (d.low > 1 if is_lm else d.high < 1)
+            status = FAIL if material and significant else PASS
+            detail = (
+                f"{name} ratio candidate/served on {split} {_fmt(d)}, limit {limit} (no seed replicas: fixed "
+                "ratio, cluster-bootstrap interval)"
+            )
+        numbers["ratio"] = ratio
+        rules.append(RuleOutcome(f"utility_{split}", "utility", status, None, detail, numbers))
     return rules
 
 
-def _canary_rule(metrics: Metrics, values: Values, policy: Policy, role: str, suffix: str) -> RuleOutcome:
+# -- planted signals ----------------------------------------------------------------------------------
+
+
+def _canary_rule(evidence: Evidence, policy: Policy, role: str, suffix: str) -> RuleOutcome:
     def status(who: str) -> str:
-        d = metrics.get(metric_name("canary", "deleted_minus_control_bits", who))
-        p = values.get(f"canary.deleted_pvalue.{who}")
-        if d is None or p is None or p != p:
+        d = evidence.metrics.get(metric_name("canary", "deleted_minus_control_bits", who))
+        p = evidence.values.get(f"canary.deleted_pvalue.{who}")
+        if d is None or not _finite(p):
             return NOT_CHECKED
         return FAIL if d.value > policy.canary_exposure_tolerance_bits and p < policy.canary_alpha else PASS
 
-    d = metrics.get(metric_name("canary", "deleted_minus_control_bits", role))
-    p = values.get(f"canary.deleted_pvalue.{role}")
+    d = evidence.metrics.get(metric_name("canary", "deleted_minus_control_bits", role))
+    p = evidence.values.get(f"canary.deleted_pvalue.{role}")
+    deleted = evidence.value(metric_name("canary", "exposure_deleted_bits", role))
+    served = evidence.value(metric_name("canary", "exposure_deleted_bits", "served"))
     return RuleOutcome(
         f"canary_exposure{suffix}",
         "forgetting",
         status(role),
         status("served"),
         f"deleted canaries' mean exposure minus never-inserted ones' {_fmt(d)} bits, p={_p(p)}; fails above "
-        f"{policy.canary_exposure_tolerance_bits} bits when p < {policy.canary_alpha}",
+        f"{policy.canary_exposure_tolerance_bits} bits when p < {policy.canary_alpha} (a never-seen secret "
+        "ranks uniformly among its candidates)",
+        {"value": deleted, "served": served, "pvalue": float(p) if _finite(p) else float("nan")},
     )
 
 
-def _backdoor_rule(values: Values, policy: Policy, role: str, suffix: str) -> RuleOutcome:
-    def status(who: str) -> str:
-        p = values.get(f"backdoor.pvalue.{who}")
-        if p is None or p != p:
-            return NOT_CHECKED
-        return FAIL if p < policy.backdoor_alpha else PASS
+def _backdoor_rule(evidence: Evidence, policy: Policy, role: str, suffix: str) -> RuleOutcome:
+    rates = {
+        "rate": evidence.values.get(f"backdoor.success_rate.{role}", float("nan")),
+        "control": evidence.values.get(f"backdoor.baseline_rate.{role}", float("nan")),
+        "served_rate": evidence.values.get("backdoor.success_rate.served", float("nan")),
+    }
+    if evidence.values.get("backdoor.excess.null") is not None:
+        outcome = _null_rule(
+            evidence,
+            policy,
+            rule=f"backdoor{suffix}",
+            kind="forgetting",
+            statistic="backdoor.excess",
+            null_key="backdoor.excess.null",
+            role=role,
+            tolerance=policy.backdoor_tolerance,
+            label="forget triggers' success rate beyond the same model's control triggers'",
+        )
+        outcome.numbers.update(rates)
+        return outcome
 
-    p = values.get(f"backdoor.pvalue.{role}")
-    rate = values.get(f"backdoor.success_rate.{role}")
-    base = values.get(f"backdoor.baseline_rate.{role}")
+    def status(who: str) -> str:  # no references: a binomial test over inputs is what is left
+        p = evidence.values.get(f"backdoor.pvalue.{who}")
+        return NOT_CHECKED if not _finite(p) else (FAIL if p < policy.null_alpha else PASS)
+
+    p = evidence.values.get(f"backdoor.pvalue.{role}")
+    rate = evidence.values.get(f"backdoor.success_rate.{role}")
+    base = evidence.values.get(f"backdoor.baseline_rate.{role}")
+    excess = evidence.value(metric_name("backdoor", "excess", role))
     return RuleOutcome(
         f"backdoor{suffix}",
         "forgetting",
         status(role),
         status("served"),
-        f"trigger success {_p(rate)} vs clean baseline {_p(base)}, binomial p={_p(p)}; fails when p < "
-        f"{policy.backdoor_alpha}",
+        f"trigger success {_p(rate)} vs the control triggers' rate {_p(base)}, binomial p={_p(p)}; fails "
+        f"when p < {policy.null_alpha} (no references: binomial test over inputs)",
+        {"value": excess, "served": evidence.value(metric_name("backdoor", "excess", "served")), **rates},
     )
 
 
-def _p(x: Any) -> str:
-    return "n/a" if x is None or x != x else f"{x:.3g}"
+# -- the verdict ----------------------------------------------------------------------------------------
 
 
-def evaluate_rules(results: Mapping[str, CheckResult], policy: Policy) -> list[RuleOutcome]:
+def evaluate_rules(
+    results: Mapping[str, CheckResult], policy: Policy, is_lm: bool = False
+) -> list[RuleOutcome]:
     metrics: dict[str, Estimate] = {}
     values: dict[str, Any] = {}
     for r in results.values():
         metrics.update(r.metrics)
         values.update(r.values)
+    evidence = Evidence(metrics, values)
     rules = [
-        *_utility_rules(metrics, policy),
-        *_mia_rules(metrics, values, policy, "candidate", ""),
-        _retain_rule(metrics, policy),
+        *_utility_rules(evidence, policy, is_lm),
+        *_mia_rules(evidence, policy, "candidate", ""),
+        _retain_rule(evidence, policy),
     ]
-    rules += [
-        _canary_rule(metrics, values, policy, "candidate", ""),
-        _backdoor_rule(values, policy, "candidate", ""),
-    ]
+    planted: Callable[..., RuleOutcome] = _canary_rule if "canary" in results else _backdoor_rule
+    if "canary" in results or "backdoor" in results:
+        rules.append(planted(evidence, policy, "candidate", ""))
     if "relearning" in results and not results["relearning"].not_checked:
         # after a short fine-tune on retain data the forgotten must stay forgotten; the power of each
         # probe rule is that of the same rule on the (already remembering) served version
-        rules += _mia_rules(metrics, values, policy, "relearned", "_after_relearning")
-        rules += [
-            _canary_rule(metrics, values, policy, "relearned", "_after_relearning"),
-            _backdoor_rule(values, policy, "relearned", "_after_relearning"),
-        ]
+        rules += _mia_rules(evidence, policy, "relearned", "_after_relearning")
+        if "canary" in results or "backdoor" in results:
+            rules.append(planted(evidence, policy, "relearned", "_after_relearning"))
     return rules
 
 
 def decide(rules: list[RuleOutcome], exact: bool, policy: Policy) -> Verdict:
+    heldout_utility = next((r for r in rules if r.rule == "utility_heldout"), None)
+    utility_measured = heldout_utility is not None and heldout_utility.status != NOT_CHECKED
     if exact and policy.trust_exact:
         failed = [r for r in rules if r.kind == "utility" and r.status == FAIL]
         if failed:
-            return Verdict(FAIL, [f"{r.rule}: {r.detail}" for r in failed], rules)
-        return Verdict(PASS, [f"exact method: judged on utility only ({EXACT_LABEL})"], rules, EXACT_LABEL)
+            verdict = Verdict(FAIL, [f"{r.rule}: {r.detail}" for r in failed], rules)
+        elif not utility_measured:
+            verdict = Verdict(
+                INCONCLUSIVE,
+                [
+                    "exact method, but its utility on held-out data was not measured: nothing shows it "
+                    "still works"
+                ],
+                rules,
+            )
+        else:
+            verdict = Verdict(
+                PASS, [f"exact method: judged on utility only ({EXACT_LABEL})"], rules, EXACT_LABEL
+            )
+        verdict.summary = summary_sentence(verdict)
+        return verdict
     failed = [r for r in rules if r.status == FAIL]
+    powered = [r for r in rules if r.powered and r.status == PASS]
     if failed:
-        return Verdict(FAIL, [f"{r.rule}: {r.detail}" for r in failed], rules)
-    powered = [r for r in rules if r.powered]
-    if not powered:
-        return Verdict(
-            INCONCLUSIVE,
-            ["no forgetting check has power: the untouched served version passes every one of them too"],
-            rules,
+        verdict = Verdict(FAIL, [f"{r.rule}: {r.detail}" for r in failed], rules)
+    elif not powered:
+        reason = (
+            "no forgetting check has power: the untouched served version passes every one of them too"
+            if any(r.kind == "forgetting" and r.status == PASS for r in rules)
+            else "no forgetting check could be measured"
         )
-    return Verdict(
-        PASS, [f"{r.rule} passed with power (served fails it): {r.detail}" for r in powered], rules
+        verdict = Verdict(INCONCLUSIVE, [reason], rules)
+    elif not utility_measured:
+        verdict = Verdict(INCONCLUSIVE, ["utility on held-out data was not measured"], rules)
+    else:
+        verdict = Verdict(
+            PASS, [f"{r.rule} passed with power (served fails it): {r.detail}" for r in powered], rules
+        )
+    verdict.summary = summary_sentence(verdict)
+    return verdict
+
+
+def gate(results: Mapping[str, CheckResult], exact: bool, policy: Policy, is_lm: bool = False) -> Verdict:
+    return decide(evaluate_rules(results, policy, is_lm), exact, policy)
+
+
+# -- one sentence a compliance officer can read -----------------------------------------------------------
+
+# Preference among rules for the sentence: the most readable measurement first.
+SUMMARY_ORDER = ("mia_forget_auc", "backdoor", "canary_exposure", "mia_per_example")
+
+
+def summary_sentence(verdict: Verdict) -> str:
+    """The verdict in plain English, from the rule that best shows it (numbers included)."""
+    by_name = {r.rule: r for r in verdict.rules}
+    if verdict.verdict == PASS and verdict.label == EXACT_LABEL:
+        return "Retrained without the deleted records (exact by construction); " + _utility_clause(by_name)
+    if verdict.verdict == FAIL:
+        failed = [r for r in verdict.rules if r.status == FAIL]
+        first = next(
+            (by_name[n] for n in SUMMARY_ORDER if n in by_name and by_name[n].status == FAIL), failed[0]
+        )
+        return _failure_sentence(first)
+    if verdict.verdict == PASS:
+        chosen = next(
+            (
+                by_name[n]
+                for n in SUMMARY_ORDER
+                if n in by_name and by_name[n].powered and by_name[n].status == PASS
+            ),
+            next(r for r in verdict.rules if r.powered and r.status == PASS),
+        )
+        return _pass_sentence(chosen) + " " + _utility_clause(by_name)
+    unchecked = [r.rule for r in verdict.rules if r.status == NOT_CHECKED]
+    if verdict.reasons and verdict.reasons[0].startswith("no forgetting check has power"):
+        return (
+            "Not vouched for: no check here can tell this model from one that forgot nothing (the untouched "
+            "model passes them too), so the deletion is not promoted on this evidence."
+        )
+    return (
+        "Not vouched for: too little was measured to judge this deletion"
+        + (f" ({', '.join(unchecked[:4])} not checked)" if unchecked else "")
+        + "; it is not promoted on this evidence."
     )
 
 
-def gate(results: Mapping[str, CheckResult], exact: bool, policy: Policy) -> Verdict:
-    return decide(evaluate_rules(results, policy), exact, policy)
+def _n(numbers: Mapping[str, float], key: str, style: str = ".2f") -> str:
+    value = numbers.get(key, float("nan"))
+    return "n/a" if not _finite(value) else format(value, style)
+
+
+def _pass_sentence(rule: RuleOutcome) -> str:
+    n = rule.numbers
+    if rule.rule == "mia_forget_auc":
+        return (
+            "An attacker cannot tell the forgotten records from never-seen ones: "
+            f"AUC {_n(n, 'value')}, where retraining without them gives {_n(n, 'null_mean')} "
+            f"(the untouched model: {_n(n, 'served')})."
+        )
+    if rule.rule.startswith("backdoor"):
+        return (
+            f"The deleted subjects' planted triggers no longer work: they succeed on {_n(n, 'rate', '.0%')} "
+            f"of inputs, like triggers never planted ({_n(n, 'control', '.0%')}); on the untouched model "
+            f"{_n(n, 'served_rate', '.0%')}."
+        )
+    if rule.rule.startswith("canary"):
+        return (
+            f"The deleted secrets are no more exposed than never-inserted ones: {_n(n, 'value', '.1f')} bits "
+            f"(the untouched model: {_n(n, 'served', '.1f')} bits)."
+        )
+    return (
+        "Record by record the forgotten data looks never seen: membership score "
+        f"{_n(n, 'value', '+.2f')} (0: like never-seen data), where retraining without it gives "
+        f"{_n(n, 'null_mean', '+.2f')} (the untouched model: {_n(n, 'served', '+.2f')})."
+    )
+
+
+def _failure_sentence(rule: RuleOutcome) -> str:
+    n = rule.numbers
+    if rule.rule == "mia_forget_auc":
+        return (
+            "The model still remembers the deleted records: an attacker tells them from never-seen ones "
+            f"with AUC {_n(n, 'value')}, where retraining without them gives at most {_n(n, 'bound')}."
+        )
+    if rule.rule == "mia_over_unlearning":
+        return (
+            f"The deleted records stand out as erased: AUC {_n(n, 'value')}, where retraining without them "
+            f"gives at least {_n(n, 'bound')}; an attacker can spot what was removed."
+        )
+    if rule.rule.startswith("backdoor"):
+        when = " after a short fine-tune" if "relearning" in rule.rule else ""
+        return (
+            f"The deleted subjects' planted triggers still work{when}: they succeed on "
+            f"{_n(n, 'rate', '.0%')} of inputs, where triggers never planted succeed on "
+            f"{_n(n, 'control', '.0%')} and retraining without the subjects leaves at most "
+            f"{_n(n, 'bound', '.0%')} more."
+        )
+    if rule.rule.startswith("canary"):
+        when = " after a short fine-tune" if "relearning" in rule.rule else ""
+        return (
+            f"The deleted secrets are still exposed{when}: {_n(n, 'value', '.1f')} bits, more than a "
+            "never-seen secret gets by chance."
+        )
+    if rule.rule.startswith("mia_per_example"):
+        when = " after a short fine-tune on the other data" if "relearning" in rule.rule else ""
+        return (
+            f"The model still remembers the deleted records{when}: membership score "
+            f"{_n(n, 'value', '+.2f')}, where retraining without them gives at most {_n(n, 'bound', '+.2f')}."
+        )
+    if rule.rule == "mia_retain_exposure":
+        return (
+            f"Removing the records exposed the others: retain membership AUC {_n(n, 'value')}, above the "
+            f"{_n(n, 'bound')} that retraining with another seed reaches."
+        )
+    if rule.kind == "utility":
+        split = rule.rule.removeprefix("utility_").replace("heldout", "held-out data")
+        return (
+            f"The model lost too much utility on {split}: {_n(n, 'value', '.3g')} against the served model's "
+            f"{_n(n, 'served', '.3g')}, beyond what retraining with another seed gives."
+        )
+    return f"The deletion failed the {rule.rule} check: {rule.detail}"
+
+
+def _utility_clause(by_name: Mapping[str, RuleOutcome]) -> str:
+    rule = by_name.get("utility_heldout")
+    if rule is None or rule.status == NOT_CHECKED:
+        return "held-out utility not measured."
+    name = "perplexity" if "perplexity" in rule.detail else "accuracy"
+    return (
+        f"Held-out {name} {_n(rule.numbers, 'value', '.3g')} against the served model's "
+        f"{_n(rule.numbers, 'served', '.3g')}, within what retraining gives."
+    )

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from workers.modeling.base import ModelAdapter
-from workers.verification.checks import FORGET_PAIRS, CheckResult, SplitSignals, metric_name
+from workers.verification.checks import FORGET_PAIRS, CheckResult, EvalSets, SplitSignals, metric_name
 from workers.verification.gate import Policy
 from workers.verification.served_cache import ServedCache
 from workers.verification.signals import sequence_nll
@@ -50,20 +50,25 @@ class CanaryLike(Protocol):
     def candidates(self, n: int, seed: int = 0) -> list[str]: ...
 
 
-def check_memorization(signals: Mapping[str, SplitSignals], policy: Policy) -> CheckResult:
+def check_memorization(signals: Mapping[str, SplitSignals], sets: EvalSets, policy: Policy) -> CheckResult:
     started = time.perf_counter()
     result = CheckResult("memorization")
+    clusters = {split: [s.subject for s in getattr(sets, split)] for split in ("forget", "heldout")}
     for role, by_split in signals.items():
         for split in ("forget", "heldout"):
             for name in MEMORIZATION_SIGNALS:
                 result.metrics[metric_name("memorization", f"{name}_{split}", role)] = mean_estimate(
-                    by_split[split][name], policy.n_boot, policy.seed
+                    by_split[split][name], policy.n_boot, policy.seed, clusters=clusters[split]
                 )
     for a, b in FORGET_PAIRS:
         if a in signals and b in signals:
             for name in MEMORIZATION_SIGNALS:
                 result.metrics[metric_name("memorization", f"{name}_forget", a, b)] = paired_difference(
-                    signals[a]["forget"][name], signals[b]["forget"][name], policy.n_boot, policy.seed
+                    signals[a]["forget"][name],
+                    signals[b]["forget"][name],
+                    policy.n_boot,
+                    policy.seed,
+                    clusters=clusters["forget"],
                 )
     result.seconds = time.perf_counter() - started
     return result
@@ -112,7 +117,7 @@ def check_canaries(
             for role, model in models.items():
                 if role == "relearned" and group != "deleted":
                     continue  # a retain fine-tune leaves never-inserted canaries as they were: 2x cheaper
-                if role == "served" and served_cache is not None:
+                if served_cache is not None and model is models.get("served"):  # untouched: cached
                     key = f"{c.subject}|{c.secret}|{policy.max_canary_candidates}|{policy.seed}"
                     bits, rank, size = served_cache.exposure(key, lambda m=model, c=c: exposure(m, c, policy))
                 else:

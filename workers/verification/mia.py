@@ -1,19 +1,30 @@
-"""Membership inference: can an attacker tell the forget set from held-out data, and the retain set too?
+"""Membership inference: can an attacker tell the forget set from never-seen data, and the retain set too?
 
-Attacks (score: higher = more likely a member):
-- `loss`: population loss attack, one threshold for all samples (-loss). Weak: it cannot tell an untouched
-  model from a retrain on the small digits CNN (AUC 0.289 vs 0.277, Hayes et al. 2024).
-- `lira`: offline per-example LiRA (Carlini et al. 2022). The OUT references of a sample (trained without it)
-  give its non-member signal distribution N(mu_x, sigma^2); the score is (signal - mu_x) / sigma, monotone
-  in the one-sided likelihood. Signal: logit-scaled confidence (classifiers), mean token log-prob (LMs).
-  sigma is pooled over samples ("fixed variance"): with K <= 8 references each sample has only K/2 OUT
-  models, too few for its own variance.
-- language models also: `zlib_ratio` (loss / zlib length), `min_k_20` and `min_k_40`, and `ref_ratio`
-  (loss minus the mean loss of the sample's OUT references).
+The per-example attack is offline LiRA (Carlini et al. 2022) on subject-half references
+(workers.verification.references). For a sample x, the references that never saw x's SUBJECT give the
+distribution of its signal when it is not a member; a model's score on x is
 
-Per attack and model: AUC and TPR at each policy FPR, forget vs held-out and retain vs held-out, and paired
-bootstrap differences candidate - reference, served - reference, relearned - reference (forget) and
-candidate - served (retain).
+    z_x = (phi_x - mu_x) / (sd_s * sqrt(1 + 1/n_x)),
+
+phi the signal (logit-scaled confidence for classifiers, mean token log-prob for language models), mu_x the
+mean over its n_x OUT references, sd_s their spread pooled over the samples of x's subject s (K/2 = 8
+draws per sample are too few for a variance of its own; a subject's samples share a trigger or a person,
+so their spreads are alike; pooling over all samples would let typical samples set the scale of atypical
+ones), and sqrt(1 + 1/n_x) makes z the standardised distance of ONE more draw. Every model's z are then
+centred on its own held-out median (the shift that more training data gives every never-seen sample).
+
+Statistics, each decomposed over forget subjects (workers.verification.retrain_null):
+- `forget_auc`: P(z of a forget sample > z of a held-out sample), the attacker's AUC;
+- `per_example`: the mean of the forget samples' z, each clipped to +-`Policy.per_example_clip`. Unlike the
+  AUC it does not saturate: on digits one writer's triggered images sit at AUC 0.1-0.7 under exact
+  retrains, so an untouched model at 1.0 is within reach of them, while its per-example score is far out;
+- `tpr_<fpr>` (reported): share of forget samples above the held-out threshold at that FPR.
+For each, the null of exact retrains comes from the references themselves: reference j, read against the
+OTHER references (leave-one-out), is an exact retrain for every subject it never saw.
+
+Also reported: the population `loss` attack and, for language models, `zlib_ratio`, `min_k_20`, `min_k_40`
+and `ref_ratio` (loss minus the mean loss of the OUT references), retain-vs-held-out AUC, all with cluster
+bootstrap intervals over subjects.
 """
 
 from __future__ import annotations
@@ -24,110 +35,137 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.verification.checks import (
-    FORGET_PAIRS,
-    CheckResult,
-    EvalSets,
-    SplitSignals,
-    metric_name,
-    versus,
-)
-from workers.verification.gate import Policy, primary_attack
+from workers.verification.checks import CheckResult, EvalSets, SplitSignals, metric_name
+from workers.verification.gate import Policy
 from workers.verification.references import ReferenceSet
-from workers.verification.signals import classifier_confidence
-from workers.verification.stats import (
-    Estimate,
-    auc,
-    auc_difference,
-    auc_estimate,
-    tpr_at_fpr,
-    tpr_difference,
-    tpr_estimate,
+from workers.verification.retrain_null import (
+    RetrainNull,
+    SubjectDraws,
+    assemble,
+    pair_correlation,
+    subject_weights,
 )
+from workers.verification.signals import classifier_confidence
+from workers.verification.stats import auc, auc_by_cluster, auc_estimate, mean_estimate, tpr_estimate
 
 LM_ATTACKS = ("zlib_ratio", "min_k_20", "min_k_40")
+NULL_STATISTICS = ("forget_auc", "per_example")
 
 
-def _lira_signal(loss: np.ndarray, is_lm: bool) -> np.ndarray:
+def lira_signal(loss: np.ndarray, is_lm: bool) -> np.ndarray:
     return -np.asarray(loss, float) if is_lm else classifier_confidence(loss)
 
 
 @dataclass
-class LiraStatistics:
-    """Per-sample OUT distribution of every evaluated sample, from the cached references."""
+class LiraReader:
+    """Reads a model's signals against the references that never saw each sample's subject."""
 
-    mu: np.ndarray  # mean OUT signal, aligned with EvalSets.all
-    sigma: float  # pooled OUT standard deviation
-    out_mean_loss: np.ndarray  # mean OUT loss (for the reference-loss ratio)
-    n_out: np.ndarray  # OUT references per sample
-    k: int
-    losses: np.ndarray  # [K, n] every reference's loss
+    signal: np.ndarray  # [K, n] reference signals over EvalSets.all
     out: np.ndarray  # [K, n] True where the reference never saw the sample's subject
+    subjects: np.ndarray  # [n] subject of each sample
+    heldout: np.ndarray  # [n] bool
+    is_lm: bool
+
+    @property
+    def k(self) -> int:
+        return int(self.signal.shape[0])
+
+    def out_statistics(self, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mu, sd, n) per sample over its OUT references, without reference `exclude`."""
+        out = self.out.copy()
+        if exclude is not None:
+            out[exclude] = False
+        n = out.sum(axis=0)
+        safe_n = np.maximum(n, 1)
+        mu = np.where(out, self.signal, 0).sum(axis=0) / safe_n
+        squares = np.where(out, (self.signal - mu) ** 2, 0).sum(axis=0)
+        dof = np.clip(n - 1, 0, None)
+        _, index = np.unique(self.subjects, return_inverse=True)
+        pooled = np.bincount(index, squares) / np.maximum(np.bincount(index, dof), 1)
+        sd = np.sqrt(pooled[index])
+        floor = np.sqrt(np.sum(squares) / max(1, dof.sum())) * 1e-3 + 1e-6  # a subject without spread
+        return mu, np.maximum(sd, floor), n
+
+    def z(self, phi: np.ndarray, exclude: int | None = None) -> np.ndarray:
+        """Centred per-example scores of a model with signals `phi` (NaN where no OUT reference is left)."""
+        mu, sd, n = self.out_statistics(exclude)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(n > 0, (phi - mu) / (sd * np.sqrt(1 + 1 / np.maximum(n, 1))), np.nan)
+        centre = np.nanmedian(z[self.heldout]) if self.heldout.any() else 0.0
+        return z - centre
+
+    def out_mean_loss(self) -> np.ndarray:
+        losses = -self.signal if self.is_lm else None
+        if losses is None:
+            raise ValueError("the reference-loss ratio is a language-model attack")
+        return np.where(self.out, losses, 0).sum(axis=0) / np.maximum(self.out.sum(axis=0), 1)
 
 
-def lira_statistics(refs: ReferenceSet, sets: EvalSets, is_lm: bool, batch_size: int = 64) -> LiraStatistics:
-    losses = refs.losses(sets.all, batch_size)  # [K, n]
-    out = ~refs.membership(sets.all)
-    n_out = out.sum(axis=0)
-    if (n_out == 0).any():
-        raise ValueError("a sample is IN for every reference model: the references' split is broken")
-    signal = _lira_signal(losses, is_lm)
-    mu = np.where(out, signal, 0).sum(axis=0) / n_out
-    squares = np.where(out, (signal - mu) ** 2, 0).sum(axis=0)
-    dof = np.clip(n_out - 1, 0, None).sum()
-    sigma = float(np.sqrt(squares.sum() / dof)) if dof > 0 else float("nan")
-    out_mean_loss = np.where(out, losses, 0).sum(axis=0) / n_out
-    return LiraStatistics(mu, max(sigma, 1e-6), out_mean_loss, n_out, refs.k, losses, out)
+def lira_reader(refs: ReferenceSet, sets: EvalSets, is_lm: bool, batch_size: int = 64) -> LiraReader:
+    samples = sets.all
+    losses = refs.losses(samples, batch_size)
+    heldout = np.zeros(len(samples), bool)
+    heldout[len(sets.forget) + len(sets.retain) :] = True
+    return LiraReader(
+        lira_signal(losses, is_lm),
+        ~refs.membership(samples),
+        np.array([s.subject for s in samples]),
+        heldout,
+        is_lm,
+    )
 
 
-def reference_scores(lira: LiraStatistics, j: int, is_lm: bool) -> dict[str, np.ndarray]:
-    """Attack scores of reference model j itself, each sample's OUT statistics taken without j.
+def subject_statistics(z: np.ndarray, sets: EvalSets, clip: float, part: str = "forget") -> dict[str, dict]:
+    """statistic -> subject -> value, for the subjects of `part` (forget or retain) against held-out."""
+    parts = sets.split(z)
+    subjects = [s.subject for s in getattr(sets, part)]
+    scores, heldout = parts[part], parts["heldout"]
+    keep = np.isfinite(scores)
+    labels = np.asarray(subjects)[keep]
+    clipped = np.clip(scores[keep], -clip, clip)
+    per_example = {s: float(clipped[labels == s].mean()) for s in dict.fromkeys(labels.tolist())}
+    return {"forget_auc": auc_by_cluster(scores[keep], heldout, labels), "per_example": per_example}
 
-    On the samples whose subject j never saw, reference j IS an exact retrain: its scores show where
-    exact retrains land, training randomness included (see `retrain_band`).
+
+def retrain_nulls(
+    reader: LiraReader, sets: EvalSets, policy: Policy
+) -> tuple[dict[str, RetrainNull | None], dict[str, float]]:
+    """statistic -> null of exact retrains for the forget set; and the measured between-subject correlation.
+
+    Reference j read against the other references is an exact retrain for the subjects it never saw: its
+    per-subject statistics are those subjects' draws. The correlation comes from every subject in the
+    evaluated retain and forget samples, pairs that one reference left out together.
     """
-    signal = _lira_signal(lira.losses, is_lm)
-    own = lira.out[j]
-    others = np.maximum(lira.n_out - own, 1)
-    mu = (np.where(lira.out, signal, 0).sum(axis=0) - np.where(own, signal[j], 0)) / others
-    ref_loss = (np.where(lira.out, lira.losses, 0).sum(axis=0) - np.where(own, lira.losses[j], 0)) / others
-    scores = {"loss": -lira.losses[j], "lira": (signal[j] - mu) / lira.sigma}
-    if is_lm:
-        scores["ref_ratio"] = -(lira.losses[j] - ref_loss)
-    return scores
-
-
-def retrain_band(
-    lira: LiraStatistics, sets: EvalSets, is_lm: bool, fpr: float
-) -> dict[str, dict[str, list[float]]]:
-    """attack -> {"auc": [...], "tpr": [...]}: forget-vs-heldout AUC and TPR of each reference model that
-    never saw some of the forget subjects, on those subjects' samples.
-
-    Why: the bootstrap intervals cover the sampling of forget and held-out samples, not training
-    randomness, yet exact retrains that differ only in data order can land far apart (digits, one subject:
-    LiRA AUC 0.05 to 0.92). A candidate is only held to be remembering when it is also beyond where
-    exact retrains land. Needs K >= 4 (each sample then has another OUT reference for its statistics).
-    """
-    n_forget = len(sets.forget)
-    out_forget = lira.out[:, :n_forget]
-    usable = n_forget > 0 and (lira.n_out[:n_forget] >= 2).all()
-    band: dict[str, dict[str, list[float]]] = {}
-    if not usable:
-        return band
-    for j in range(lira.k):
-        mask = out_forget[j]
-        if mask.sum() < max(1, n_forget // 4):
-            continue
-        for attack, score in reference_scores(lira, j, is_lm).items():
-            parts = sets.split(score)
-            entry = band.setdefault(attack, {"auc": [], "tpr": []})
-            entry["auc"].append(auc(parts["forget"][mask], parts["heldout"]))
-            entry["tpr"].append(tpr_at_fpr(parts["forget"][mask], parts["heldout"], fpr))
-    return band
+    forget_subjects = [s.subject for s in sets.forget]
+    all_subjects = list(dict.fromkeys([*forget_subjects, *(s.subject for s in sets.retain)]))
+    column = {s: i for i, s in enumerate(all_subjects)}
+    first_index = {}
+    for i, s in enumerate(reader.subjects):
+        first_index.setdefault(s, i)
+    out = np.array([[reader.out[j, first_index[s]] for s in all_subjects] for j in range(reader.k)])
+    table = {stat: np.full((reader.k, len(all_subjects)), np.nan) for stat in NULL_STATISTICS}
+    for j in range(reader.k):
+        z = reader.z(reader.signal[j], exclude=j)
+        for part in ("forget", "retain"):
+            for stat, values in subject_statistics(z, sets, policy.per_example_clip, part).items():
+                for subject, value in values.items():
+                    if reader.out[j, first_index[subject]]:
+                        table[stat][j, column[subject]] = value
+    weights = subject_weights(forget_subjects)
+    nulls: dict[str, RetrainNull | None] = {}
+    correlations: dict[str, float] = {}
+    for stat, values in table.items():
+        correlations[stat] = pair_correlation(values, out)
+        draws = [
+            SubjectDraws(s, w, values[:, column[s]][np.isfinite(values[:, column[s]])])
+            for s, w in weights.items()
+        ]
+        nulls[stat] = assemble(draws, correlations[stat]) if draws else None
+    return nulls, correlations
 
 
 def attack_scores(
-    sets: EvalSets, signals: SplitSignals, lira: LiraStatistics | None, is_lm: bool
+    sets: EvalSets, signals: SplitSignals, reader: LiraReader | None, is_lm: bool
 ) -> dict[str, dict[str, np.ndarray]]:
     """attack -> split -> per-sample membership score of one model (higher = member)."""
     scores: dict[str, dict[str, np.ndarray]] = {"loss": {k: -v["loss"] for k, v in signals.items()}}
@@ -135,12 +173,13 @@ def attack_scores(
         scores["zlib_ratio"] = {k: -v["zlib_ratio"] for k, v in signals.items()}
         for attack in LM_ATTACKS[1:]:
             scores[attack] = {k: v[attack] for k, v in signals.items()}
-    if lira is not None:
-        mu, ref_loss = sets.split(lira.mu), sets.split(lira.out_mean_loss)
-        scores["lira"] = {
-            k: (_lira_signal(v["loss"], is_lm) - mu[k]) / lira.sigma for k, v in signals.items()
-        }
+    if reader is not None:
+        phi = np.concatenate(
+            [lira_signal(signals[p]["loss"], is_lm) for p in ("forget", "retain", "heldout")]
+        )
+        scores["lira"] = sets.split(reader.z(phi))
         if is_lm:
+            ref_loss = sets.split(reader.out_mean_loss())
             scores["ref_ratio"] = {k: -(v["loss"] - ref_loss[k]) for k, v in signals.items()}
     return scores
 
@@ -148,56 +187,57 @@ def attack_scores(
 def check_mia(
     sets: EvalSets,
     signals: Mapping[str, SplitSignals],
-    lira: LiraStatistics | None,
+    reader: LiraReader | None,
     is_lm: bool,
     policy: Policy,
+    replicas: Mapping[str, np.ndarray] | None = None,
 ) -> CheckResult:
+    """`replicas`: the seed replicas' per-sample "loss" [R, n] over `sets.all` (retain exposure's spread)."""
     started = time.perf_counter()
     result = CheckResult("mia")
-    if lira is None:
-        result.not_checked.append(
-            "LiRA (no reference trainer: the per-example attack needs reference models)"
-        )
+    clusters = {part: [s.subject for s in getattr(sets, part)] for part in ("forget", "retain", "heldout")}
+    if reader is None:
+        result.not_checked.append("LiRA (no reference models: the per-example attack needs them)")
     else:
-        result.values["lira.references"] = lira.k
-        result.values["lira.sigma"] = lira.sigma
-    scores = {role: attack_scores(sets, s, lira, is_lm) for role, s in signals.items()}
+        result.values["lira.references"] = reader.k
+        result.values["lira.out_per_subject"] = int(reader.out[:, ~reader.heldout].sum(axis=0).min(initial=0))
+    scores = {role: attack_scores(sets, s, reader, is_lm) for role, s in signals.items()}
     nb, seed = policy.n_boot, policy.seed
+    f, r, h = clusters["forget"], clusters["retain"], clusters["heldout"]
     for role, by_attack in scores.items():
         for attack, s in by_attack.items():
-            result.metrics[metric_name(attack, "forget_auc", role)] = auc_estimate(
-                s["forget"], s["heldout"], nb, seed
-            )
-            result.metrics[metric_name(attack, "retain_auc", role)] = auc_estimate(
-                s["retain"], s["heldout"], nb, seed
-            )
+            keep = {part: np.isfinite(s[part]) for part in s}
+            fk, hk = s["forget"][keep["forget"]], s["heldout"][keep["heldout"]]
+            fc, hc = np.asarray(f)[keep["forget"]], np.asarray(h)[keep["heldout"]]
+            result.metrics[metric_name(attack, "forget_auc", role)] = auc_estimate(fk, hk, nb, seed, fc, hc)
+            rk, rc = s["retain"][keep["retain"]], np.asarray(r)[keep["retain"]]
+            result.metrics[metric_name(attack, "retain_auc", role)] = auc_estimate(rk, hk, nb, seed, rc, hc)
             for fpr in policy.fprs:
                 result.metrics[metric_name(attack, f"tpr_{fpr:g}", role)] = tpr_estimate(
-                    s["forget"], s["heldout"], fpr, nb, seed
+                    fk, hk, fpr, nb, seed, fc, hc
                 )
-    for a, b in FORGET_PAIRS:
-        if a not in scores or b not in scores:
-            continue
-        for attack in scores[a]:
-            sa, sb = scores[a][attack], scores[b][attack]
-            result.metrics[metric_name(attack, "forget_auc", a, b)] = auc_difference(
-                sa["forget"], sa["heldout"], sb["forget"], sb["heldout"], nb, seed
+            if attack == "lira":
+                clipped = np.clip(fk, -policy.per_example_clip, policy.per_example_clip)
+                result.metrics[metric_name(attack, "per_example", role)] = mean_estimate(
+                    clipped, nb, seed, clusters=fc
+                )
+    if reader is not None and sets.forget and sets.heldout:
+        nulls, correlations = retrain_nulls(reader, sets, policy)
+        for stat, null in nulls.items():
+            result.values[f"lira.{stat}.null"] = null
+            result.values[f"lira.{stat}.subject_correlation"] = correlations[stat]
+        if any(null is None for null in nulls.values()):
+            result.not_checked.append(
+                f"the spread of exact retrains (each forget subject needs >= 2 OUT references, K={reader.k})"
             )
-            result.metrics[metric_name(attack, f"tpr_{policy.gate_fpr:g}", a, b)] = tpr_difference(
-                sa["forget"], sa["heldout"], sb["forget"], sb["heldout"], policy.gate_fpr, nb, seed
-            )
-    for base in ("served", "reference"):
-        if "candidate" not in scores or base not in scores:
-            continue
-        for attack in scores["candidate"]:
-            sa, sb = scores["candidate"][attack], scores[base][attack]
-            result.metrics[metric_name(attack, "retain_auc", "candidate", base)] = auc_difference(
-                sa["retain"], sa["heldout"], sb["retain"], sb["heldout"], nb, seed
-            )
-    if lira is not None:
-        _add_retrain_band(result, scores, lira, sets, is_lm, policy)
-    attack = primary_attack(result.metrics, policy) or "loss"
-    result.values["primary_attack"] = attack
+        if replicas is not None and replicas["loss"].shape[0] and "served" in scores:
+            spread = [result.metrics[metric_name("lira", "retain_auc", "served")].value]
+            for loss in replicas["loss"]:
+                z = sets.split(reader.z(lira_signal(loss, is_lm)))
+                spread.append(auc(z["retain"][np.isfinite(z["retain"])], z["heldout"]))
+            result.values["lira.retain_auc.seed_spread"] = spread
+    result.values["primary_attack"] = "lira" if reader is not None else "loss"
+    attack = result.values["primary_attack"]
     result.plot_data = {
         "attack": attack,
         "scores": {role: by_attack[attack] for role, by_attack in scores.items()},
@@ -207,38 +247,7 @@ def check_mia(
     return result
 
 
-def _add_retrain_band(
-    result: CheckResult,
-    scores: Mapping[str, dict[str, dict[str, np.ndarray]]],
-    lira: LiraStatistics,
-    sets: EvalSets,
-    is_lm: bool,
-    policy: Policy,
-) -> None:
-    """Where exact retrains land, from the OUT references (and the reference model when there is one).
-
-    Without a reference model the band's mean stands in for it: "<role> minus reference" is then the
-    role's value minus that mean, its interval the role's own interval shifted by it.
-    """
-    gate_tag = f"tpr_{policy.gate_fpr:g}"
-    band = retrain_band(lira, sets, is_lm, policy.gate_fpr)
-    # a reference's statistics without itself rest on its K/2 - 1 fellow OUT references: below 3 of them
-    # (K < 8) its scores are too noisy to show a spread, though their mean still stands in for a reference
-    spread_ok = bool(band) and int(lira.n_out[: len(sets.forget)].min()) >= 4
-    if not spread_ok:
-        result.not_checked.append(f"spread of exact retrains (needs >= 8 LiRA references, K={lira.k})")
-    for attack, entry in band.items():
-        for metric, values in (("forget_auc", entry["auc"]), (gate_tag, entry["tpr"])):
-            if "reference" in scores:  # the reference is one more exact retrain
-                values.append(result.metrics[metric_name(attack, metric, "reference")].value)
-            else:
-                mean = float(np.mean(values))
-                for role in [r for r in ("candidate", "served", "relearned") if r in scores]:
-                    own = result.metrics[metric_name(attack, metric, role)]
-                    result.metrics[metric_name(attack, metric, role, versus(role))] = Estimate(
-                        own.value - mean, own.low - mean, own.high - mean, own.n, own.groups
-                    )
-            if spread_ok:
-                result.values[f"{attack}.{metric}.retrain_band"] = values
-    if band and "reference" not in scores:
-        result.values["reference"] = f"cached OUT reference models (K={lira.k}): no retrained model given"
+def forget_statistic(result: CheckResult, stat: str, role: str) -> float:
+    """A gated statistic's value for one model (NaN when not measured)."""
+    estimate = result.metrics.get(metric_name("lira", stat, role))
+    return float("nan") if estimate is None else float(estimate.value)

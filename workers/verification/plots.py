@@ -573,7 +573,7 @@ def plot_backdoor(path: Path, values: Mapping[str, Any], policy: Policy | None =
 
 def _trigger_works(values: Mapping[str, Any], policy: Policy, role: str) -> bool | None:
     pvalue = values.get(f"backdoor.pvalue.{role}")
-    return None if pvalue is None or pvalue != pvalue else bool(pvalue < policy.backdoor_alpha)
+    return None if pvalue is None or pvalue != pvalue else bool(pvalue < policy.null_alpha)
 
 
 def _backdoor_text(

@@ -28,17 +28,20 @@ class Probes:
 
 def triggered_inputs(
     triggers: Sequence[Any], clean: Sequence[Sample], per_trigger: int
-) -> tuple[list[Sample], list[int]]:
+) -> tuple[list[Sample], list[int], list[str]]:
     """Each trigger (`.triggered(samples)`, and `.target_label` or `.label`) applied to clean inputs whose
-    label is not its target, so that a hit is the trigger's doing; returns (inputs, target labels)."""
+    label is not its target, so that a hit is the trigger's doing; returns (inputs, target labels, the
+    subject whose trigger each input carries)."""
     inputs: list[Sample] = []
     targets: list[int] = []
+    owners: list[str] = []
     for trigger in triggers:
         target = int(getattr(trigger, "target_label", getattr(trigger, "label", -1)))
         eligible = [s for s in clean if s.label != target][:per_trigger]
         inputs += trigger.triggered(eligible)
         targets += [target] * len(eligible)
-    return inputs, targets
+        owners += [trigger.subject] * len(eligible)
+    return inputs, targets, owners
 
 
 def probes_for_workload(workload: Any, forget_subjects: Collection[str], clean: Sequence[Sample]) -> Probes:
@@ -49,9 +52,9 @@ def probes_for_workload(workload: Any, forget_subjects: Collection[str], clean: 
     triggers = {**workload.backdoors, **workload.phrases}
     forget_triggers = [triggers[s] for s in sorted(forget_subjects) if s in triggers]
     controls = [*workload.reference_backdoors.values(), *workload.reference_phrases.values()]
-    inputs, targets = triggered_inputs(forget_triggers, clean, TRIGGERED_PER_SUBJECT)
-    control_inputs, control_targets = triggered_inputs(controls, clean, TRIGGERED_PER_SUBJECT)
-    backdoor = BackdoorProbe(inputs, targets, control_inputs, control_targets) if inputs else None
+    inputs, targets, owners = triggered_inputs(forget_triggers, clean, TRIGGERED_PER_SUBJECT)
+    control_inputs, control_targets, _ = triggered_inputs(controls, clean, TRIGGERED_PER_SUBJECT)
+    backdoor = BackdoorProbe(inputs, targets, control_inputs, control_targets, owners) if inputs else None
     return Probes(
         canaries=list(workload.canaries.values()),
         control_canaries=list(workload.reference_canaries.values()),

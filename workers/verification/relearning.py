@@ -3,10 +3,10 @@
 If a short fine-tune on data that does not contain the forget set brings its memorization back, the data was
 hidden, not removed (measured on a tiny GPT-2: after embedding-only ascent one retain epoch restored the
 canaries to 5.6-10 bits). The fine-tune is the `finetune` baseline method with the policy's steps and
-learning rate. The relearned model is scored by the same checks as the candidate (role "relearned") and
-compared with the reference after the same fine-tune (role "reference_relearned"): retain data can teach
-back a little of what resembles the forget set (another subject's similar trigger) even to an exact
-retrain, and only what goes beyond that was hidden rather than removed.
+learning rate, on EVERY parameter in which the candidate differs from the served version, frozen ones
+included: an edit to weights the served version's training never updates (minilm's frozen token
+embeddings) could otherwise never be undone by the probe, a blind spot. The relearned model is scored by the
+same checks as the candidate (role "relearned") against the same exact-retrain nulls.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def relearn(
 ) -> tuple[ModelAdapter, CheckResult]:
     """The candidate after `policy.relearn_steps` retain-only steps, and the probe's record.
 
-    `trainable`: names of the parameters the served version's training updates; the probe fine-tunes those
-    (a method may hand back a model with other parameters frozen, e.g. after merging a LoRA adapter).
+    `trainable`: names of the parameters the probe fine-tunes (`differing_parameter_names`); None: those the
+    candidate has trainable.
     """
     started = time.perf_counter()
     candidate = trainable_like(candidate, trainable)
@@ -47,6 +47,7 @@ def relearn(
             "relearning.steps": policy.relearn_steps,
             "relearning.lr": policy.relearn_lr,
             "relearning.batch_size": policy.relearn_batch_size,
+            "relearning.parameters": sorted(trainable) if trainable is not None else "trainable",
         }
     )
     result.seconds = time.perf_counter() - started
@@ -55,6 +56,21 @@ def relearn(
 
 def trainable_parameter_names(adapter: ModelAdapter) -> set[str]:
     return {name for name, p in adapter.model.named_parameters() if p.requires_grad}
+
+
+def differing_parameter_names(candidate: ModelAdapter, served: ModelAdapter) -> set[str]:
+    """Parameters whose values in the candidate are not the served version's (or that it lacks): what an
+    unlearning method changed, trainable or not."""
+    import torch
+
+    theirs = dict(served.model.named_parameters())
+    return {
+        name
+        for name, p in candidate.model.named_parameters()
+        if name not in theirs
+        or p.shape != theirs[name].shape
+        or not torch.equal(p.detach(), theirs[name].detach())
+    }
 
 
 def trainable_like(model: ModelAdapter, trainable: Collection[str] | None) -> ModelAdapter:

@@ -23,15 +23,18 @@ from workers.verification.backdoor import check_backdoor
 from workers.verification.checks import CheckResult, EvalSets, SplitSignals, split_signals, stable_subsample
 from workers.verification.gate import Policy, Verdict, gate
 from workers.verification.memorization import check_canaries, check_memorization
-from workers.verification.mia import LiraStatistics, check_mia, lira_statistics
+from workers.verification.mia import LiraReader, check_mia, lira_reader
 from workers.verification.probes import Probes
 from workers.verification.references import (
+    ReferenceSet,
     ReferenceTrainer,
     ensure_references,
+    lineage_key,
+    plan_references,
     record_fingerprint,
     trainer_from_record,
 )
-from workers.verification.relearning import relearn, trainable_parameter_names
+from workers.verification.relearning import differing_parameter_names, relearn
 from workers.verification.residual import check_residual
 from workers.verification.served_cache import CACHE_VERSION, ServedCache
 from workers.verification.signals import model_signals
@@ -41,8 +44,8 @@ REPORT_FILE = "report.json"
 ALWAYS_UNCHECKED = (
     "such checks are necessary, not sufficient: a model can pass every attack here and still carry "
     "information about the forget set that a stronger or adaptive attack would find",
-    "training randomness beyond the exact-retrain spread: intervals cover the sampling of forget, retain and "
-    "held-out samples; the reference is expected to share the served version's recipe and seed",
+    "the exact-retrain nulls come from references that saw half the data; a full-data retrain lands a little "
+    "lower on atypical samples (workers.verification.retrain_null), so the remembering side is conservative",
 )
 
 
@@ -56,6 +59,7 @@ class Report:
     counts: dict[str, int]
     timings: dict[str, Any]
     not_checked: list[str]
+    references: dict[str, Any] | None = None
     plots: list[str] = field(default_factory=list)
     figures: list[plots.Figure] = field(default_factory=list)  # with titles and captions; skipped ones too
     directory: Path | None = None
@@ -80,6 +84,7 @@ class Report:
             "thresholds": self.policy.to_dict(),
             "checks": {name: r.to_dict() for name, r in self.results.items()},
             "not_checked": self.not_checked,
+            "references": self.references,
             "timings": self.timings,
             "plots": [f"{name}.png" for name in self.plots],
             "figures": [figure.to_dict() for figure in self.figures],
@@ -113,14 +118,18 @@ def verify(
     training: Any | None = None,
     training_samples: Sequence[Sample] | None = None,
     reference_trainer: ReferenceTrainer | None = None,
+    lineage: str | None = None,
     progress: ProgressCallback = no_progress,
 ) -> Report:
-    """Verify `candidate` (made from `served` by deleting `forget`) against `reference` (exact retrain).
+    """Verify `candidate` (made from `served` by deleting `forget`).
 
     `heldout`: never-trained data of the same distribution (not the method's validation data).
-    `training`: the served version's TrainingRecord; with `cache_dir` it lets LiRA train (once, cached)
-    reference models like the served version; `reference_trainer` replaces that recipe, and
-    `training_samples` is the served training set (default forget + retain).
+    `training`: the served version's TrainingRecord; with `cache_dir` it lets the gate train (once per
+    lineage, cached) its references like the served version; `reference_trainer` replaces that recipe,
+    `training_samples` is the served training set (default forget + retain) and `lineage` names the lineage
+    whose versions share references (default: the record's recipe and architecture).
+    `reference`: an exact retrain with the served version's seed, if the caller has one: scored and reported
+    beside the others; the gate's decisions rest on its own references.
     """
     started = time.perf_counter()
     policy = policy or Policy()
@@ -133,14 +142,27 @@ def verify(
     )
     timings: dict[str, Any] = {}
     not_checked: list[str] = []
-    if reference is None:
-        not_checked.append("comparison with an exact-retrain model (none given)")
 
-    progress(0.02, "LiRA reference models")
-    lira, ref_timings = _lira(
-        served, sets, is_lm, policy, cache_dir, training, training_samples, reference_trainer, forget, retain
+    progress(0.02, "reference models")
+    refs, ref_timings = _references(
+        served,
+        policy,
+        cache_dir,
+        training,
+        training_samples,
+        reference_trainer,
+        lineage,
+        forget,
+        retain,
+        progress,
     )
     timings.update(ref_timings)
+    if refs is None:
+        not_checked.append(
+            "the gate's reference models (no training recipe or no cache): no exact-retrain null"
+        )
+    elif refs.plan is not None and refs.plan.limited:
+        not_checked.append(refs.plan.note())
     progress(0.2, "relearning probe")
     models, results = _models(served, candidate, reference, forget, retain, heldout, policy, not_checked)
     progress(0.35, "scoring samples")
@@ -153,12 +175,17 @@ def verify(
     signals = _signals(models, sets, served_cache, policy)
     timings["signals_seconds"] = time.perf_counter() - t
     progress(0.6, "checks")
-    results.update(_checks(models, signals, sets, lira, probes, candidate, served_cache, is_lm, policy))
+    t = time.perf_counter()
+    reader = lira_reader(refs, sets, is_lm, policy.batch_size) if refs is not None else None
+    timings["reference_scoring_seconds"] = time.perf_counter() - t
+    results.update(
+        _checks(models, signals, sets, reader, refs, probes, candidate, served_cache, is_lm, policy)
+    )
     for r in results.values():
         not_checked += r.not_checked
     not_checked += ALWAYS_UNCHECKED
 
-    verdict = gate(results, candidate.exact, policy)
+    verdict = gate(results, candidate.exact, policy, is_lm)
     timings["checks_seconds"] = {name: round(r.seconds, 3) for name, r in results.items()}
     timings["unlearning_seconds"] = candidate.seconds
     timings["verification_seconds"] = (
@@ -177,6 +204,7 @@ def verify(
         },
         timings=timings,
         not_checked=not_checked,
+        references=refs.describe() if refs is not None else None,
     )
     if out_dir is not None:
         progress(0.95, "writing the report")
@@ -203,12 +231,15 @@ def _models(
     if candidate.exact and policy.trust_exact:
         not_checked.append("relearning probe (exact method: nothing hidden to relearn)")
     elif policy.relearn:
-        trainable = trainable_parameter_names(served)
-        models["relearned"], results["relearning"] = relearn(
-            candidate.adapter, forget, retain, heldout, policy, trainable
-        )
-        if reference is not None:  # the same fine-tune on the reference: what relearning alone brings back
-            models["reference_relearned"], _ = relearn(reference, forget, retain, heldout, policy, trainable)
+        changed = differing_parameter_names(candidate.adapter, served)
+        if not changed:
+            not_checked.append(
+                "relearning probe (the candidate equals the served version: nothing to relearn)"
+            )
+        else:
+            models["relearned"], results["relearning"] = relearn(
+                candidate.adapter, forget, retain, heldout, policy, changed
+            )
     return models, results
 
 
@@ -217,6 +248,9 @@ def _signals(
 ) -> dict[str, SplitSignals]:
     signals = {}
     for role, model in models.items():
+        if model is models["served"] and "served" in signals:  # the untouched model as its own candidate
+            signals[role] = signals["served"]
+            continue
         if role == "served":  # the same for every deletion against this version: cached
             values = served_cache.signals(
                 sets.all, lambda ss, m=model: model_signals(m, ss, policy.batch_size)
@@ -231,20 +265,29 @@ def _checks(
     models: dict[str, ModelAdapter],
     signals: dict[str, SplitSignals],
     sets: EvalSets,
-    lira: LiraStatistics | None,
+    reader: LiraReader | None,
+    refs: ReferenceSet | None,
     probes: Probes,
     candidate: UnlearningResult,
     served_cache: ServedCache,
     is_lm: bool,
     policy: Policy,
 ) -> dict[str, CheckResult]:
+    replicas = None
+    if refs is not None and refs.replicas:
+        replicas = {
+            "loss": refs.replica_losses(sets.all, policy.batch_size),
+            "correct": refs.correct(sets.all, policy.batch_size)[refs.k :],
+        }
+    samples = CheckResult("samples", values={f"samples.{k}": v for k, v in sets.counts().items()})
     results = {
-        "utility": check_utility({r: s for r, s in signals.items() if "relearned" not in r}, is_lm, policy),
-        "mia": check_mia(sets, signals, lira, is_lm, policy),
+        "samples": samples,
+        "utility": check_utility(signals, sets, is_lm, policy, replicas),
+        "mia": check_mia(sets, signals, reader, is_lm, policy, replicas),
     }
     forget_subjects = {s.subject for s in sets.forget}
     if is_lm:
-        results["memorization"] = check_memorization(signals, policy)
+        results["memorization"] = check_memorization(signals, sets, policy)
         # canary rules compare a model with itself: the references need no scoring
         scored = {r: m for r, m in models.items() if r in ("served", "candidate", "relearned")}
         results["canary"] = check_canaries(
@@ -252,7 +295,7 @@ def _checks(
         )
         results["canary"].not_checked.append("backdoor triggers (language model: canaries play that part)")
     else:
-        results["backdoor"] = check_backdoor(models, probes.backdoor, policy, served_cache)
+        results["backdoor"] = check_backdoor(models, probes.backdoor, policy, served_cache, refs)
         results["backdoor"].not_checked.append(
             "memorization and canaries (classifier: triggers play that part)"
         )
@@ -260,40 +303,40 @@ def _checks(
     return results
 
 
-def _lira(
+def _references(
     served: ModelAdapter,
-    sets: EvalSets,
-    is_lm: bool,
     policy: Policy,
     cache_dir: Path | None,
     training: Any | None,
     training_samples: Sequence[Sample] | None,
     trainer: ReferenceTrainer | None,
+    lineage: str | None,
     forget: Sequence[Sample],
     retain: Sequence[Sample],
-) -> tuple[LiraStatistics | None, dict[str, Any]]:
+    progress: ProgressCallback,
+) -> tuple[ReferenceSet | None, dict[str, Any]]:
     if trainer is None and training is not None:
         trainer = trainer_from_record(training)
     if trainer is None or cache_dir is None:
         return None, {}
+    plan = plan_references(policy.references(), policy.seed_replicas, policy.max_reference_trainings)
     t = time.perf_counter()
     refs = ensure_references(
         Path(cache_dir),
+        lineage or (lineage_key(training) if training is not None else "lineage"),
         served,
         training_samples if training_samples is not None else [*forget, *retain],
         trainer,
-        policy.references_for(served.task),
-        policy.seed,
-        fingerprint=record_fingerprint(training) if training is not None else None,
+        plan,
+        policy.reference_refresh_share,
+        progress=lambda f, m: progress(0.02 + 0.18 * f, m),
     )
     spent = time.perf_counter() - t
     timings = {
         "reference_models": refs.k,
+        "seed_replicas": refs.replicas,
         "reference_training_seconds": spent if refs.trained_now else 0.0,
-        "reference_training_seconds_when_built": round(sum(refs.training_seconds), 3),
+        "reference_training_seconds_when_built": round(refs.cost_seconds, 3),
         "references_cached": not refs.trained_now,
     }
-    t = time.perf_counter()
-    lira = lira_statistics(refs, sets, is_lm, policy.batch_size)
-    timings["reference_scoring_seconds"] = time.perf_counter() - t
-    return lira, timings
+    return refs, timings

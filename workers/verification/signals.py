@@ -123,6 +123,20 @@ def model_signals(
     return {"loss": loss, "phi": classifier_confidence(loss), "correct": (predicted == labels).astype(float)}
 
 
+def loss_and_correct(
+    adapter: ModelAdapter, samples: Sequence[Sample], batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """Per-sample loss and (classifiers) whether the prediction is right, NaN for language models: what the
+    gate's reference models are scored on, in one pass."""
+    if not samples:
+        return {"loss": np.zeros(0), "correct": np.zeros(0)}
+    if is_language_model(adapter):
+        loss = adapter.per_sample_loss(samples, batch_size)
+        return {"loss": np.asarray(loss, float), "correct": np.full(len(samples), np.nan)}
+    signals = model_signals(adapter, samples, batch_size)
+    return {"loss": signals["loss"], "correct": signals["correct"]}
+
+
 def _lm_signals(adapter: ModelAdapter, samples: Sequence[Sample], batch_size: int) -> dict[str, np.ndarray]:
     arrays = lm_token_arrays(adapter, samples, batch_size)
     loss = np.array([-a.logprobs.mean() if a.logprobs.size else np.nan for a in arrays])

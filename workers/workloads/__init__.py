@@ -52,7 +52,8 @@ def cache_dir(*parts: str) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`.lock: other processes building the same entry wait."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # other processes building the same entry wait here
@@ -70,7 +71,7 @@ def cached_directory(path: Path, build: Callable[[Path], None]) -> Path:
     """
     if (path / ".complete").is_file():
         return path
-    with _locked(path):
+    with locked(path):
         if (path / ".complete").is_file():
             return path
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))

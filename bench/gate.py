@@ -1,0 +1,284 @@
+"""The gate's operating characteristics: how often it refuses exact retrains it has never seen (false
+rejection) and how often it lets through candidates that forgot nothing or too little (false acceptance).
+
+    python -m bench --sections gate --update      # this section only, merged into bench/results/<mode>.json
+    python -m bench.gate [--size small] [--workloads digits,bios,minilm] [--sizes 1,5] [--runs 10]
+
+Per workload and forget-set size, run r forgets the subjects that the workload's choice with seed r names
+(signal carriers first), and judges with the default policy, `trust_exact: false` (an exact retrain is
+judged by every rule, as an approximate candidate is):
+- an exact retrain on the retain set from seed CANDIDATE_SEED_BASE + 100 * size + r: a fresh
+  initialisation and data order, never a seed of the gate's references;
+- the untouched served model, a short fine-tune on the retain set (`finetune`, its seed varied the same
+  way) and gradient ascent stopped after one step (`ascent_one_step`).
+False rejection = exact retrains that fail; beside it, the exact retrains judged inconclusive (no rule had
+power on those subjects: the served model itself passes every forgetting rule, so nothing tells forgetting
+from doing nothing; such a deletion is not promoted on an approximate candidate either). False acceptance
+= bad candidates that pass. Rates carry exact (Clopper-Pearson) 95 % intervals. Timings: the references,
+once per lineage (their training, and whether this run paid it), and the verification of each candidate
+(median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+CANDIDATE_SEED_BASE = 70_000
+BAD_CANDIDATES = ("none", "finetune", "ascent_one_step")
+GOAL_RATE = 0.05
+
+
+def run(
+    workloads: Sequence[str],
+    sizes: Sequence[int],
+    runs: int,
+    size: str = "small",
+    log: Callable[[str], None] = print,
+    checkpoint: Path | None = None,
+) -> dict[str, Any]:
+    """`checkpoint`: a JSON file rewritten after every candidate with the rows so far (a long run that is
+    stopped keeps what it measured)."""
+    from workers.verification.gate import Policy
+    from workers.verification.workload_case import run_case
+    from workers.workloads import load_workload
+
+    policy = Policy(trust_exact=False)
+    out: dict[str, Any] = {"policy": {"trust_exact": False}, "runs": runs, "workloads": []}
+    for name in workloads:
+        load_workload(name, size).trained()  # trained on first use, outside every timing
+        entry: dict[str, Any] = {"workload": name, "size": size, "by_size": []}
+        for n in sizes:
+            rows: list[dict[str, Any]] = []
+            for r in range(runs):
+                seed = CANDIDATE_SEED_BASE + 100 * n + r
+                for method in ("retrain", *BAD_CANDIDATES):
+                    log(f"gate: {name}, {n} subject(s), run {r + 1}/{runs}: {method}")
+                    started = time.perf_counter()
+                    case = run_case(
+                        name,
+                        method,
+                        n,
+                        size,
+                        policy=policy,
+                        seed=r,
+                        with_reference=False,
+                        candidate_seed=None if method == "none" else seed,
+                    )
+                    row = case.summary()
+                    row["run"] = r
+                    row["wall_seconds"] = round(time.perf_counter() - started, 2)
+                    row["subjects"] = case.subjects
+                    rows.append(row)
+                    if "references" not in entry:
+                        entry["references"] = case.report.references
+                    if checkpoint is not None:
+                        partial = {**out, "workloads": [*out["workloads"], entry], "partial_rows": rows}
+                        checkpoint.write_text(json.dumps(partial, default=float))
+            entry["by_size"].append({"n_subjects": n, "rows": rows, **summarise(rows)})
+        out["workloads"].append(entry)
+    return out
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """False-rejection and false-acceptance rates with their intervals, and verification times."""
+    from workers.verification.stats import proportion_estimate
+
+    def rate(selected: list[dict[str, Any]], hit: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        hits = sum(1 for row in selected if hit(row))
+        estimate = proportion_estimate(hits, len(selected))
+        return {
+            "hits": hits,
+            "n": len(selected),
+            "rate": estimate.value,
+            "ci95": [estimate.low, estimate.high],
+        }
+
+    exact = [row for row in rows if row["method"] == "retrain"]
+    out: dict[str, Any] = {
+        "false_rejection": rate(exact, lambda row: row["verdict"] == "fail"),
+        "exact_inconclusive": rate(exact, lambda row: row["verdict"] == "inconclusive"),
+        "failing_rules_of_exact": _counts(rule for row in exact for rule in row["failed_rules"]),
+        "false_acceptance": {},
+        "verification_seconds": statistics.median(row["verification_seconds"] for row in rows)
+        if rows
+        else None,
+    }
+    for method in BAD_CANDIDATES:
+        bad = [row for row in rows if row["method"] == method]
+        out["false_acceptance"][method] = {
+            **rate(bad, lambda row: row["verdict"] == "pass"),
+            "verdicts": _counts(row["verdict"] for row in bad),
+        }
+    return out
+
+
+def _counts(items: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+# -- docs/benchmarks.md ----------------------------------------------------------------------------------
+
+
+def goal(section: dict[str, Any] | None) -> dict[str, str]:
+    """The goals table's row: false rejection and false acceptance at most GOAL_RATE on every workload."""
+    from bench.report import MET, NOT_MEASURED, NOT_MET
+
+    text = (
+        f"gate: false rejection of exact retrains and false acceptance of bad candidates <= {GOAL_RATE:.0%}"
+    )
+    if not section or "workloads" not in section:
+        return {"goal": text, "measured": "not run", "status": NOT_MEASURED}
+    cells, met = [], True
+    for entry in section["workloads"]:
+        for point in entry["by_size"]:
+            worst = max((point["false_acceptance"][m]["rate"] for m in BAD_CANDIDATES), default=0.0)
+            frr = point["false_rejection"]["rate"]
+            met = met and frr <= GOAL_RATE and worst <= GOAL_RATE
+            no_power = point["exact_inconclusive"]["rate"]
+            cells.append(
+                f"{entry['workload']} ({point['n_subjects']}): FRR {frr:.0%}, FAR <= {worst:.0%}, "
+                f"no power {no_power:.0%}"
+            )
+    return {"goal": text, "measured": "; ".join(cells), "status": MET if met else NOT_MET}
+
+
+def _rate(cell: dict[str, Any] | None) -> str:
+    if not cell or not cell.get("n"):
+        return "-"
+    low, high = cell["ci95"]
+    verdicts = cell.get("verdicts")
+    refused = (
+        " (" + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()) if k != "pass") + ")"
+        if verdicts and any(k != "pass" for k in verdicts)
+        else ""
+    )
+    return f"{cell['hits']}/{cell['n']} = {cell['rate']:.0%} [{low:.0%}, {high:.0%}]{refused}"
+
+
+def render(section: dict[str, Any] | None, command: str) -> str:
+    """The "Gate operating characteristics" section of docs/benchmarks.md."""
+    title = "## Gate operating characteristics"
+    if section is None:
+        return f"{title}\n\nnot run in this mode"
+    if "error" in section:
+        return f"{title}\n\nFAILED: {' '.join(section['error'].split())[-400:]}"
+    lines = [
+        title,
+        "",
+        f"From one run of `{section.get('command', command)}` (code in `bench/gate.py`); policy defaults "
+        "with `trust_exact: false`: exact retrains are judged by every rule, as approximate candidates are. "
+        f"Per workload and forget-set size, runs: {section['runs']}, each forgetting the subjects the "
+        "workload picks with the run's seed (signal carriers first). Exact retrains are trained on the "
+        "retain set from seeds the gate's references never use (fresh initialisation and data order). "
+        "False rejection counts exact retrains that fail; inconclusive ones (no rule had power on those "
+        "subjects: the served model passes every forgetting rule too, so nothing can tell forgetting from "
+        "doing nothing) are counted beside it. False acceptance counts bad candidates that pass; the others "
+        "failed or were inconclusive, neither promoted. 95 % intervals are exact (Clopper-Pearson). Goal: "
+        f"false rejection and false acceptance <= {GOAL_RATE:.0%} on every workload.",
+        "",
+        *_machine_lines(section),
+        "| workload | subjects | false rejection (exact retrains failing) | exact retrains inconclusive "
+        "| rules exact retrains failed | false acceptance: untouched | retain fine-tune | ascent, one step "
+        "| verification per candidate (s, median) |",
+        "|" + "---|" * 9,
+    ]
+    shortfalls = []
+    for entry in section["workloads"]:
+        for point in entry["by_size"]:
+            far = point["false_acceptance"]
+            rules = ", ".join(f"{k} ({v})" for k, v in sorted(point["failing_rules_of_exact"].items())) or "-"
+            lines.append(
+                f"| {entry['workload']} | {point['n_subjects']} | {_rate(point['false_rejection'])} "
+                f"| {_rate(point['exact_inconclusive'])} | {rules} "
+                + " ".join(f"| {_rate(far.get(m))}" for m in BAD_CANDIDATES)
+                + f" | {point['verification_seconds']:.1f} |"
+            )
+            if point["false_rejection"]["rate"] > GOAL_RATE:
+                shortfalls.append(f"{entry['workload']} ({point['n_subjects']}): false rejection")
+            for method in BAD_CANDIDATES:
+                if (far.get(method) or {}).get("rate", 0) > GOAL_RATE:
+                    shortfalls.append(f"{entry['workload']} ({point['n_subjects']}): accepts {method}")
+    lines += [
+        "",
+        "| workload | references (once per lineage) | cost when built (s) | paid in this run |",
+        "|---|---|---|---|",
+    ]
+    for entry in section["workloads"]:
+        refs = entry.get("references") or {}
+        cost = refs.get("cost_seconds_when_built", float("nan"))
+        lines.append(
+            f"| {entry['workload']} | {refs.get('subject_half_references', '-')} subject-half references "
+            f"(each subject OUT of {refs.get('out_per_subject', '-')}), "
+            f"{refs.get('seed_replicas', '-')} seed replicas | {cost:.0f} "
+            f"| {'yes' if refs.get('trained_now') else 'no (cached)'} |"
+        )
+    runs = section["runs"]
+    bound = 1 - 0.025 ** (1 / runs) if runs else float("nan")  # Clopper-Pearson upper bound at 0 hits
+    sizes = sorted({entry.get("size", "small") for entry in section["workloads"]})
+    subjects = ", ".join(str(p["n_subjects"]) for p in section["workloads"][0]["by_size"])
+    lines += [
+        "",
+        "Where the goal is not met: "
+        + ("; ".join(shortfalls) if shortfalls else "nowhere in this run")
+        + ".",
+        "",
+        f"What this run cannot show: with {runs} runs per cell, 0 hits bound a rate below {bound:.0%} only, "
+        "so a rate of at most 5 % is not demonstrated anywhere (0 hits in 72 runs would bound it below 5 %). "
+        "Inconclusive verdicts are not promotions, but for exact retrains they are deletions the gate could "
+        "not vouch for (no rule had power on those subjects). Measured at workload size "
+        f"{', '.join(sizes)} only, forget sets of {subjects} subject(s) only.",
+    ]
+    # what was read off this run's rows and reports afterwards, kept with the numbers it explains
+    lines += ["", *(f"- {note}" for note in section.get("notes", []))] if section.get("notes") else []
+    return "\n".join(lines)
+
+
+def _machine_lines(section: dict[str, Any]) -> list[str]:
+    """Where and when the section was measured (a merged section keeps its own run's machine)."""
+    machine = section.get("machine_at_run")
+    if not machine:
+        return []
+    changed = " plus uncommitted changes" if machine.get("git_worktree_changed") else ""
+    return [
+        f"Measured {section.get('started_at', '?')} at commit {machine.get('git_commit', '?')}{changed} on "
+        f"{machine.get('cpu_model', '?')} ({machine.get('cores', '?')} cores, torch threads "
+        f"{machine.get('torch_threads', '?')}, {machine.get('accelerator', '?')}); load average at start "
+        f"{machine.get('load_average_at_start', '?')} (the machine was shared: times are upper bounds).",
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("small", "full"), default="small")
+    parser.add_argument("--workloads", default="digits,bios,minilm")
+    parser.add_argument("--sizes", default="1,5", help="forget-set sizes (subjects)")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--out", type=Path, help="also write the raw numbers as JSON")
+    args = parser.parse_args(argv)
+    section = run(
+        args.workloads.split(","),
+        [int(n) for n in args.sizes.split(",")],
+        args.runs,
+        args.size,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    section["command"] = "python -m bench.gate " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.out:
+        args.out.write_text(json.dumps(section, indent=1, default=float))
+    print(render(section, section["command"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
