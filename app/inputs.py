@@ -35,6 +35,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # An integer field stored in a 32-bit column (version numbers): past it, the database would refuse it.
 Int32 = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
+# A model's version numbers: 1, 2, ... per model (a 32-bit column).
+VersionNumber = Annotated[int, Field(ge=1, le=INT32_MAX)]
 JSON_MEDIA_TYPES = frozenset({"application/json", ""})  # FastAPI reads a body without a type as JSON
 NDJSON_MEDIA_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 from app.db import SessionDep
 from app.errors import ProblemError
 from app.idempotency.service import Idempotency, idempotent
+from app.inputs import VersionNumber
 from app.jobs.schemas import JobOut
 from app.jobs.service import describe as describe_job
 from app.names import NAME_PATTERN
@@ -27,7 +28,6 @@ from app.registry.schemas import (
     RollbackIn,
     TrainIn,
     VersionIn,
-    VersionNumber,
     VersionOut,
 )
 from app.security.auth import Principal, require_scope

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.inputs import INT32_MAX, Int32
+from app.inputs import Int32, VersionNumber
 from app.names import Name
 from app.pagination import Page
 from app.provenance.schemas import ExternalId
@@ -15,8 +15,6 @@ from app.registry.training_params import TrainingParams
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
-# 1, 2, ... per model (a 32-bit column).
-VersionNumber = Annotated[int, Field(ge=1, le=INT32_MAX)]
 
 
 class ModelIn(BaseModel):

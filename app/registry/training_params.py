@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from app.inputs import VersionNumber
 from app.registry.recipe import RecipeOverrides
 
 
@@ -16,7 +17,7 @@ class BaseIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(default=None, ge=1, description="a registered or verified version")
+    version: VersionNumber | None = Field(default=None, description="a registered or verified version")
     path: Annotated[str | None, StringConstraints(min_length=1, max_length=2000)] = Field(
         default=None, description="a folder under LETHE_MODELS_ROOT (relative to it)"
     )

@@ -447,6 +447,8 @@ def test_tainted_and_changed_versions_are_not_handed_out(client, auth_a, models_
         ({"workload": "bios"}, "trains a causal-lm model"),
         ({"base": {"path": "no-such-base"}}, "artifact_uri"),
         ({"base": {"version": 5}}, "version 5"),
+        ({"base": {"version": 2**31}}, "base"),  # version numbers are 32-bit, in bodies as in paths
+        ({"recipe": {"epochs": 10**6}}, "epochs"),  # the recipe's bounds: no request trains for ever
     ],
 )
 def test_training_params_are_a_typed_schema(client, auth_a, params, needle) -> None:
