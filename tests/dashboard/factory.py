@@ -185,12 +185,15 @@ def write_report(
     directory: Path,
     verdict: str = "pass",
     draw: Callable[[Path], list[dict[str, Any]] | None] = grey_plots,
+    summary: str | None = None,
 ) -> None:
     """The verifier's output: report.json and its plots, recorded on the job and its attempt. `draw`
     writes the plots; when it answers the report's figures (workers.verification.plots.Figure.to_dict),
-    the report lists those, as the verifier's does."""
+    the report lists those, as the verifier's does. `summary`: the gate's one plain sentence."""
     directory.mkdir(parents=True, exist_ok=True)
     report = sample_report(verdict)
+    if summary is not None:
+        report["summary"] = summary
     figures = draw(directory)
     if figures is not None:
         report["figures"] = figures

@@ -46,6 +46,15 @@ SUBJECTS = (
 )
 
 
+# The gate's sentence for the completed request, worded as workers.verification.gate.summary_sentence words a
+# pass, with the numbers of the plots drawn below.
+DONE_SUMMARY = (
+    "An attacker cannot tell the forgotten records from never-seen ones: AUC 0.52, where retraining without "
+    "them gives 0.52 (the untouched model: 0.91). Held-out perplexity 38.4 against the served model's 38.0, "
+    "within what retraining gives."
+)
+
+
 def draw_plots(directory: Path, seed: int) -> list[dict[str, Any]]:
     """Verification figures of a candidate that forgot: close to the retrained reference, unlike the
     served version; answers the report's figures."""
@@ -152,7 +161,12 @@ def build(client, tenant_id: str, writer: dict[str, str], reports: Path) -> dict
 
     done = scenarios["done"]
     start_job(done, progress=20)
-    write_report(done, reports / "done", draw=lambda directory: draw_plots(directory, seed=7))
+    write_report(
+        done,
+        reports / "done",
+        draw=lambda directory: draw_plots(directory, seed=7),
+        summary=DONE_SUMMARY,
+    )
     complete(done)
     with session_scope() as session:
         served = session.get(ModelVersion, versions["bios-lm"])
