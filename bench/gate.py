@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.measured import measured_at
+
 CANDIDATE_SEED_BASE = 70_000
 BAD_CANDIDATES = ("none", "finetune", "ascent_one_step")
 GOAL_RATE = 0.05
@@ -186,7 +188,7 @@ def render(section: dict[str, Any] | None, command: str) -> str:
         "failed or were inconclusive, neither promoted. 95 % intervals are exact (Clopper-Pearson). Goal: "
         f"false rejection and false acceptance <= {GOAL_RATE:.0%} on every workload.",
         "",
-        *_machine_lines(section),
+        *measured_at(section),
         "| workload | subjects | false rejection (exact retrains failing) | exact retrains inconclusive "
         "| rules exact retrains failed | false acceptance: untouched | retain fine-tune | ascent, one step "
         "| verification per candidate (s, median) |",
@@ -241,21 +243,6 @@ def render(section: dict[str, Any] | None, command: str) -> str:
     # what was read off this run's rows and reports afterwards, kept with the numbers it explains
     lines += ["", *(f"- {note}" for note in section.get("notes", []))] if section.get("notes") else []
     return "\n".join(lines)
-
-
-def _machine_lines(section: dict[str, Any]) -> list[str]:
-    """Where and when the section was measured (a merged section keeps its own run's machine)."""
-    machine = section.get("machine_at_run")
-    if not machine:
-        return []
-    changed = " plus uncommitted changes" if machine.get("git_worktree_changed") else ""
-    return [
-        f"Measured {section.get('started_at', '?')} at commit {machine.get('git_commit', '?')}{changed} on "
-        f"{machine.get('cpu_model', '?')} ({machine.get('cores', '?')} cores, torch threads "
-        f"{machine.get('torch_threads', '?')}, {machine.get('accelerator', '?')}); load average at start "
-        f"{machine.get('load_average_at_start', '?')} (the machine was shared: times are upper bounds).",
-        "",
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
