@@ -169,7 +169,7 @@ def _source(section: dict[str, Any], command: str) -> str:
     groups = _measurements(section)
     if len(groups) == 1:
         return f"one run of `{section.get('command', command)}`"
-    return f"{len(groups)} runs, one per group of workloads (each named below its rows' run)"
+    return f"{len(groups)} runs, each named below with the rows it measured"
 
 
 def render(section: dict[str, Any] | None, command: str) -> str:
