@@ -426,12 +426,17 @@ def merge_sections(stored: dict[str, Any], fresh: dict[str, Any]) -> dict[str, A
     merged["sections"] = {**stored.get("sections", {})}
     merged["section_seconds"] = {**stored.get("section_seconds", {})}
     for name, section in fresh["sections"].items():
-        merged["sections"][name] = {
+        measured = {
             **section,
             "command": fresh["command"],
             "started_at": fresh["started_at"],
             "machine_at_run": fresh["machine"],
         }
+        if name == "gate":  # rows per workload: a run of some workloads keeps the others' rows
+            from bench import gate
+
+            measured = gate.merge(stored.get("sections", {}).get(name), measured)
+        merged["sections"][name] = measured
         merged["section_seconds"][name] = fresh["section_seconds"][name]
     return merged
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.measured import measured_at
+from bench.measured import run_sentence
 
 CANDIDATE_SEED_BASE = 70_000
 BAD_CANDIDATES = ("none", "finetune", "ascent_one_step")
@@ -167,6 +167,13 @@ def _rate(cell: dict[str, Any] | None) -> str:
     return f"{cell['hits']}/{cell['n']} = {cell['rate']:.0%} [{low:.0%}, {high:.0%}]{refused}"
 
 
+def _source(section: dict[str, Any], command: str) -> str:
+    groups = _measurements(section)
+    if len(groups) == 1:
+        return f"one run of `{section.get('command', command)}`"
+    return f"{len(groups)} runs, each named below with the rows it measured"
+
+
 def render(section: dict[str, Any] | None, command: str) -> str:
     """The "Gate operating characteristics" section of docs/benchmarks.md."""
     title = "## Gate operating characteristics"
@@ -177,7 +184,7 @@ def render(section: dict[str, Any] | None, command: str) -> str:
     lines = [
         title,
         "",
-        f"From one run of `{section.get('command', command)}` (code in `bench/gate.py`); policy defaults "
+        f"From {_source(section, command)} (code in `bench/gate.py`); policy defaults "
         "with `trust_exact: false`: exact retrains are judged by every rule, as approximate candidates are. "
         f"Per workload and forget-set size, runs: {section['runs']}, each forgetting the subjects the "
         "workload picks with the run's seed (signal carriers first). Exact retrains are trained on the "
@@ -188,7 +195,7 @@ def render(section: dict[str, Any] | None, command: str) -> str:
         "failed or were inconclusive, neither promoted. 95 % intervals are exact (Clopper-Pearson). Goal: "
         f"false rejection and false acceptance <= {GOAL_RATE:.0%} on every workload.",
         "",
-        *measured_at(section),
+        *_machine_lines(section),
         "| workload | subjects | false rejection (exact retrains failing) | exact retrains inconclusive "
         "| rules exact retrains failed | false acceptance: untouched | retain fine-tune | ascent, one step "
         "| verification per candidate (s, median) |",
@@ -243,6 +250,64 @@ def render(section: dict[str, Any] | None, command: str) -> str:
     # what was read off this run's rows and reports afterwards, kept with the numbers it explains
     lines += ["", *(f"- {note}" for note in section.get("notes", []))] if section.get("notes") else []
     return "\n".join(lines)
+
+
+MEASURED_KEYS = ("command", "started_at", "machine_at_run")
+
+
+def merge(stored: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """`fresh` (a run of some workloads, with its command, start and machine) merged into the `stored`
+    section: the fresh run's workloads replace their rows, the others keep theirs, each row with the run
+    that measured it. A stored section of other runs, policy or notes is replaced whole."""
+    if not stored or "error" in stored or "error" in fresh or stored.get("runs") != fresh.get("runs"):
+        return fresh
+    if stored.get("policy") != fresh.get("policy"):
+        return fresh
+    names = {entry["workload"] for entry in fresh["workloads"]}
+    kept = [
+        {**{key: stored.get(key) for key in MEASURED_KEYS}, **entry}
+        for entry in stored["workloads"]
+        if entry["workload"] not in names
+    ]
+    if not kept:
+        return fresh
+    rows = [{**entry, **{key: fresh.get(key) for key in MEASURED_KEYS}} for entry in fresh["workloads"]]
+    order = [entry["workload"] for entry in stored["workloads"]]
+    rows_by_name = {entry["workload"]: entry for entry in kept + rows}
+    names_in_order = order + [name for name in rows_by_name if name not in order]
+    return {**fresh, "workloads": [rows_by_name[name] for name in names_in_order]}
+
+
+def _measurements(section: dict[str, Any]) -> list[tuple[list[str], dict[str, Any]]]:
+    """(workloads, the run that measured them): one group unless rows come from runs of their own."""
+    groups: list[tuple[list[str], dict[str, Any]]] = []
+    for entry in section["workloads"]:
+        measured = {key: entry.get(key, section.get(key)) for key in MEASURED_KEYS}
+        for names, run_of in groups:
+            if run_of == measured:
+                names.append(entry["workload"])
+                break
+        else:
+            groups.append(([entry["workload"]], measured))
+    return groups
+
+
+def _machine_lines(section: dict[str, Any]) -> list[str]:
+    """Where and when the section was measured (a merged section keeps its own run's machine; rows merged
+    from runs of their own name each run)."""
+    groups = _measurements(section)
+    lines = []
+    for names, measured in groups:
+        machine = measured.get("machine_at_run")
+        if not machine:
+            continue
+        rows = (
+            f"Rows of {', '.join(names)}: from `{measured.get('command')}`, measured"
+            if len(groups) > 1
+            else "Measured"
+        )
+        lines += [f"{rows} {run_sentence(measured.get('started_at'), machine)}", ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from workers.modeling.base import Sample
 from workers.verification.references import (
     GATE,
     TARGETING,
@@ -14,6 +16,7 @@ from workers.verification.references import (
     check_candidate_seed,
     ensure_references,
     plan_references,
+    reference_blocks,
 )
 
 pytestmark = pytest.mark.ml
@@ -26,6 +29,20 @@ def test_every_subject_is_in_exactly_half_of_the_references() -> None:
     assert (mask.sum(axis=0) == 8).all()
     for i in range(0, 30, 3):  # a subject's samples are together: all IN or all OUT
         assert (mask[:, i] == mask[:, i + 1]).all() and (mask[:, i] == mask[:, i + 2]).all()
+    # and every reference holds half the subjects (of an odd number, one more or one less)
+    assert (mask.sum(axis=1) == 15).all()
+    odd = balanced_membership([f"s{i}" for i in range(61)], 16, seed=3)
+    assert (odd.sum(axis=0) == 8).all() and set(odd.sum(axis=1)) <= {30, 31}
+
+
+def test_a_reference_on_half_the_subjects_gets_half_the_blocks() -> None:
+    """Blocks of the served version's size: the same subjects per block, not half as many."""
+    half = [Sample(f"s{i}/0", f"s{i}", label=0) for i in range(30)]
+    assert reference_blocks(10, 60, half) == 5
+    assert reference_blocks(10, 60, half[:1]) == 1
+    assert reference_blocks(10, 60, half * 2) == 5  # subjects count, not samples
+    assert reference_blocks(10, 30, half) == 10  # a replica keeps the served count
+    assert reference_blocks(10, 0, half) == 10  # no recorded layout: the served count
 
 
 class RecordingTrainer:
@@ -78,6 +95,20 @@ def test_references_are_built_once_per_lineage_and_reused_under_the_refresh_rule
     # another lineage never shares them
     ensure_references(tmp_path, "lineage-b", served, training, trainer, plan)
     assert len(trainer.calls) == 20
+
+
+def test_a_new_reference_scheme_never_reuses_an_older_schemes_directory(
+    digits, digits_trained, tmp_path: Path
+) -> None:
+    """Its models and cached signals belong to the older scheme: a new generation is numbered past it."""
+    served, _ = digits_trained
+    training = [s for s in digits.train if s.subject in set(subjects_of(digits.train)[:20])]
+    plan = plan_references(4, 1, 0)
+    old = tmp_path / "references" / "lineage" / "gate-g0"
+    old.mkdir(parents=True)
+    (old / "manifest.json").write_text(json.dumps({"scheme": "older", "generation": 0}))
+    refs = ensure_references(tmp_path, "lineage", served, training, RecordingTrainer(served), plan)
+    assert refs.generation == 1 and refs.directory.name == "gate-g1"
 
 
 def test_targeting_references_are_kept_apart_with_seeds_the_gate_never_uses(

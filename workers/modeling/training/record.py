@@ -137,13 +137,18 @@ class TrainingRecord:
         return new_adapter(self.adapter_kind, self.adapter_config, device=device)
 
     def train_like(
-        self, samples: Sequence[Sample], seed: int | None = None, device: torch.device | None = None
+        self,
+        samples: Sequence[Sample],
+        seed: int | None = None,
+        device: torch.device | None = None,
+        recipe: TrainingRecipe | None = None,
     ) -> ModelAdapter:
-        """A model of this version's architecture and recipe trained on `samples` (see `train_fresh`)."""
+        """A model of this version's architecture and recipe (or `recipe`) trained on `samples` (see
+        `train_fresh`)."""
         from workers.modeling.training.runs import train_fresh  # runs builds records: imported late
 
         return train_fresh(
-            self.adapter_kind, self.adapter_config, samples, self.recipe, seed=seed, device=device
+            self.adapter_kind, self.adapter_config, samples, recipe or self.recipe, seed=seed, device=device
         )
 
     # first-epoch gradients
