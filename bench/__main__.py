@@ -10,7 +10,9 @@ Sections (--sections to pick): `methods` (per workload and method in a worker pr
 speedup over `retrain` measured in the same run, utility, gate verdict with MIA AUC / TPR beside the
 retrain reference, verification time, peak memory), `scaling` (time and forget quality against the forget
 set's size), `gate` (the gate's operating characteristics: false rejection of exact retrains of unseen
-seeds, false acceptance of bad candidates, bench.gate), `batching` (bench.pipeline), `api` (bench.intake and
+seeds, false acceptance of bad candidates, bench.gate), `sharded` (SISA's layout: utility against the
+unsharded model, sisa's speedup over retraining per (shard, slice), the gate on its candidate, bench.sharded),
+`batching` (bench.pipeline), `api` (bench.intake and
 bench.provenance). `--update` runs the chosen sections only and merges them into the stored results of the
 mode before writing docs/benchmarks.md, so one section can be regenerated without rerunning the others. The
 measuring code lives in those modules; this one sequences them, repeats timings and keeps going when one
@@ -42,7 +44,7 @@ from bench.scaling import add_verification_costs
 from bench.unlearning import forget_gap_closed
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("methods", "scaling", "gate", "batching", "api")
+SECTIONS = ("methods", "scaling", "gate", "sharded", "batching", "api")
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,15 @@ def gate_section(s: Settings) -> dict[str, Any]:
     return gate.run(s.workloads, s.gate_sizes, s.gate_runs, s.size, log=log, checkpoint=checkpoint)
 
 
+# -- sharded: bench.sharded ---------------------------------------------------------------------------
+
+
+def sharded_section(s: Settings) -> dict[str, Any]:
+    from bench import sharded
+
+    return sharded.run(s.workloads, s.size, s.repeats, log=log)
+
+
 # -- batching: bench.pipeline --------------------------------------------------------------------------
 
 
@@ -307,6 +318,7 @@ SECTION_RUNNERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "methods": methods_section,
     "scaling": scaling_section,
     "gate": gate_section,
+    "sharded": sharded_section,
     "batching": batching_section,
     "api": api_section,
 }

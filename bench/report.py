@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import gate
+from bench import gate, sharded
 from bench.measured import measured_at
 from bench.methods import DELETION_METHODS
 
@@ -157,6 +157,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, str]]:
     return [
         *_seed_method_goals(sections, size),
         _exact_digits_goal(sections),
+        sharded.goal(sections.get("sharded")),
         _verification_goal(sections),
         gate.goal(sections.get("gate")),
         _intake_goal(sections),
@@ -356,6 +357,7 @@ def render(results: dict[str, Any], plots: dict[str, Path]) -> str:
         _methods(sections.get("methods"), plots),
         _scaling(sections.get("scaling"), plots),
         gate.render(sections.get("gate"), results["command"]),
+        sharded.render(sections.get("sharded"), results["command"]),
         _batching(sections.get("batching")),
         _api(sections.get("api"), plots),
         _memory(sections.get("methods")),

@@ -37,6 +37,7 @@ class MethodName(StrEnum):
     LORA_RESIDUAL_ALIGNMENT = "lora_residual_alignment"
     NABLA_TAU = "nabla_tau"
     RETRAIN = "retrain"
+    SISA = "sisa"
 
 
 # Baselines run when a policy's chain names them (the gate's calibration needs a method it must reject),
@@ -189,6 +190,10 @@ class RetrainConfig(MethodConfig):
     )
 
 
+class SisaConfig(MethodConfig):
+    """Nothing to tune: the layout (shards and slices) was chosen when the version was trained."""
+
+
 METHOD_CONFIGS: dict[MethodName, type[MethodConfig]] = {
     MethodName.DEEPOBLIVIATE: DeepObliviateConfig,
     MethodName.FINETUNE: FineTuneConfig,
@@ -196,4 +201,5 @@ METHOD_CONFIGS: dict[MethodName, type[MethodConfig]] = {
     MethodName.LORA_RESIDUAL_ALIGNMENT: LoraResidualAlignmentConfig,
     MethodName.NABLA_TAU: NablaTauConfig,
     MethodName.RETRAIN: RetrainConfig,
+    MethodName.SISA: SisaConfig,
 }

@@ -63,6 +63,22 @@ class ArchitectureIn(BaseModel):
     )
 
 
+MAX_SHARDS = 64
+
+
+class LayoutIn(BaseModel):
+    """SISA's layout (workers/modeling/training/shards.py): the subjects split into `shards` member models,
+    each trained on its own shard in `slices`; a deletion then retrains one member from one slice on
+    (method `sisa`). The served model aggregates its members."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS, description="member models; 1: unsharded")
+    slices: int | None = Field(
+        default=None, ge=1, le=1000, description="slices per shard: the recipe's num_blocks (default: its)"
+    )
+
+
 class TrainingParams(BaseModel):
     """What to train: from a `base` (fine-tuning), a torch classifier `architecture` from scratch, or a
     reference `workload`'s architecture and recipe. Unknown fields are refused (422)."""
@@ -84,6 +100,7 @@ class TrainingParams(BaseModel):
         default_factory=RecipeOverrides,
         description="how training runs; a setting left out takes the workload's recipe, else the default",
     )
+    layout: LayoutIn = Field(default_factory=LayoutIn, description="a sharded (SISA) layout")
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -94,4 +111,6 @@ class TrainingParams(BaseModel):
             raise ValueError("lora settings need fine_tuning 'lora'")
         if self.fine_tuning == "lora" and self.base is None:
             raise ValueError("fine_tuning 'lora' needs a base")
+        if self.layout.slices is not None and "num_blocks" in self.recipe.model_fields_set:
+            raise ValueError("give the slices per shard once: layout.slices or recipe.num_blocks")
         return self

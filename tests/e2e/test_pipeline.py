@@ -368,3 +368,72 @@ def test_a_spent_chain_fails_loudly_and_the_old_version_keeps_serving(
         line.startswith("lethe_deletion_requests_failed") and not line.endswith(" 0.0")
         for line in metrics.splitlines()
     )
+
+
+def test_a_model_trained_in_shards_forgets_by_retraining_one_shard(
+    api: Api, workers: Workers, digits_source: DigitsSource, e2e_dir: Path
+) -> None:
+    """layout {shards, slices} at training time; each deletion then runs sisa, and its version can be
+    unlearned by sisa again; the purge of a tainted version removes its members' checkpoints too."""
+    workload = digits_source.workload
+    with httpx.Client(base_url=api.url, headers=new_tenant_auth(), timeout=30) as http:
+        trained = [s for s in workload.train if s.subject in set(workload.subjects[:30])]
+        heldout = [s for s in workload.heldout if s.subject in set(workload.heldout_subjects[:20])]
+        ok(http.post("/v1/datasets", json={"name": "digits", "kind": "classification"}))
+        rows = [
+            {
+                "external_id": s.sample_id,
+                "subject_id": s.subject,
+                "features": s.features.tolist(),
+                "label": s.label,
+            }
+            for s in [*trained, *heldout]
+        ]
+        ok(http.post("/v1/datasets/digits/samples", json=rows))
+        ok(
+            http.post(
+                "/v1/models",
+                json={"name": "sharded", "task": "image-classification", "policy": {"gate": FAST_GATE}},
+            )
+        )
+        training_set = {"dataset": "digits", "external_ids": [s.sample_id for s in trained]}
+        refused = http.post(
+            "/v1/models/sharded/versions:train",
+            json={
+                "training_set": training_set,
+                "params": {
+                    "workload": "digits",
+                    "layout": {"shards": 3, "slices": 4},
+                    "recipe": {"num_blocks": 4},
+                },
+            },
+        )
+        assert refused.status_code == 422 and "slices" in refused.text
+        job = ok(
+            http.post(
+                "/v1/models/sharded/versions:train",
+                json={
+                    "training_set": training_set,
+                    "params": {
+                        "workload": "digits",
+                        "layout": {"shards": 3, "slices": 4},
+                        "recipe": {"epochs": 4},
+                    },
+                },
+            )
+        )
+        wait_job(http, job["id"])
+        ok(http.put("/v1/models/sharded/aliases/production", json={"version": 1}))
+        first = ok(http.get("/v1/models/sharded/versions/1"))
+        for version, subject in ((2, workload.subjects[1]), (3, workload.subjects[2])):
+            created = ok(http.post("/v1/deletion-requests", json={"subject_id": subject}), 202)
+            assert wait_request(http, created["id"])["promoted_versions"] == {"sharded": version}
+            assert ok(http.get(f"/v1/models/sharded/versions/{version}"))["method"] == "sisa"
+        artifact = first["artifact_uri"].removeprefix("artifact://")
+        record = e2e_dir / "artifacts" / "records" / artifact
+        wait_for(
+            "version 1 to be purged", lambda: ok(http.get("/v1/models/sharded/versions/1"))["purged_at"], 60
+        )
+        assert (record / "record.json").is_file()
+        members = sorted((record / "shards").iterdir())
+        assert len(members) == 3 and not any((m / "checkpoints").exists() for m in members)

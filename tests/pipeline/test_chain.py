@@ -55,3 +55,13 @@ def test_an_exact_method_is_followed_only_by_the_exact_methods_after_it() -> Non
     # a restart the lineage cannot serve is refused at run time; retraining still can
     assert choose_chain("deepobliviate", DEFAULTS, PURGED_CHECKPOINTS) == ["deepobliviate", "retrain"]
     assert choose_chain("deepobliviate", DEFAULTS, LM_FROM_ELSEWHERE) == ["deepobliviate"]
+
+
+SHARDED = Capabilities("image-classification", has_checkpoints=False, has_recipe=True, sharded=True)
+
+
+def test_auto_on_a_sharded_version_retrains_its_affected_shards() -> None:
+    assert choose_chain("auto", DEFAULTS, SHARDED) == ["sisa", "retrain"]
+    assert choose_chain("nabla_tau", DEFAULTS, SHARDED) == ["nabla_tau", "sisa", "retrain"]
+    # a version trained unsharded has no shards to restart
+    assert "sisa" not in choose_chain("auto", DEFAULTS, TRAINED_HERE)

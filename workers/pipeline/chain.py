@@ -1,10 +1,11 @@
 """Which methods a job tries, in order: the escalation chain.
 
 A request names a method or `auto`; `auto` defers to the model's policy (`method`), and a policy `auto`
-picks by what the served version supports: DeepObliviate where the lineage kept block checkpoints, LoRA
-residual alignment for pre-trained encoders, ∇τ otherwise. When the gate fails a candidate (or cannot
-tell), the next method runs; the chain ends with an exact method (DeepObliviate without early stop, or
-retraining) whenever the lineage offers what it needs, since an exact candidate is promoted on its utility.
+picks by what the served version supports: SISA where the lineage was trained in shards, DeepObliviate
+where it kept block checkpoints, LoRA residual alignment for pre-trained encoders, ∇τ otherwise. When the
+gate fails a candidate (or cannot tell), the next method runs; the chain ends with an exact method (SISA,
+DeepObliviate without early stop, or retraining) whenever the lineage offers what it needs, since an exact
+candidate is promoted on its utility.
 
 Model policy keys read here (app/registry/policy.py): method, chain (an explicit list), method_config.
 """
@@ -18,7 +19,7 @@ from app.registry.policy import ModelPolicy
 
 ENCODER_TASKS = frozenset({"sequence-classification"})
 # The exact methods a chain ends with, cheapest first; each joins when the lineage offers what it needs.
-EXACT_TAIL = (MethodName.DEEPOBLIVIATE, MethodName.RETRAIN)
+EXACT_TAIL = (MethodName.SISA, MethodName.DEEPOBLIVIATE, MethodName.RETRAIN)
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,14 @@ class Capabilities:
     task: str
     has_checkpoints: bool  # a training record with block checkpoints covers the served version
     has_recipe: bool  # a training record (or the policy) says how the lineage was trained
+    sharded: bool = False  # the served version was trained in shards (SISA), each member checkpointed
 
     def offers(self) -> frozenset[str]:
         from workers.unlearning.base import Provenance
 
         offered = {Provenance.BLOCK_CHECKPOINTS} if self.has_checkpoints else set()
+        if self.sharded:
+            offered.add(Provenance.SHARDS)
         if self.has_recipe:
             offered.add(Provenance.RECIPE)
         return frozenset(offered)
@@ -46,6 +50,8 @@ def is_exact(method: str, policy: ModelPolicy) -> bool:
 
 
 def first_choice(capabilities: Capabilities) -> str:
+    if capabilities.sharded:
+        return MethodName.SISA
     if capabilities.has_checkpoints:
         return MethodName.DEEPOBLIVIATE
     if capabilities.task in ENCODER_TASKS:

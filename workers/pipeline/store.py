@@ -39,6 +39,7 @@ VERIFICATION_DIR = "verification"
 RECORD_FILE = "record.json"
 # What a purge removes from a record directory (names from workers.modeling.training).
 LEARNT_PARTS = ("checkpoints", "model", "first_epoch_grads.safetensors")
+SHARDS_DIR = "shards"
 
 
 def artifact_store() -> ArtifactStore:
@@ -163,12 +164,15 @@ def purge_files(version: ModelVersion, shared: bool) -> list[str]:
         removed.append("weights")
     directory = record_directory(stored)
     if not shared and directory.is_dir():
-        for name in LEARNT_PARTS:
-            path = directory / name
-            if path.is_dir():
-                shutil.rmtree(path)
-                removed.append(name)
-            elif path.is_file():
-                path.unlink()
-                removed.append(name)
+        # a sharded version's members keep their own checkpoints and models (shards/<s>/)
+        for folder in [directory, *sorted(p for p in (directory / SHARDS_DIR).glob("*") if p.is_dir())]:
+            for name in LEARNT_PARTS:
+                path = folder / name
+                label = str(path.relative_to(directory))
+                if path.is_dir():
+                    shutil.rmtree(path)
+                    removed.append(label)
+                elif path.is_file():
+                    path.unlink()
+                    removed.append(label)
     return removed

@@ -122,6 +122,15 @@ def training_spec(
             raise TrainingSpecError("a torch classifier trains on feature vectors; the samples have none")
         config = _classifier_config(spec.get("architecture") or {}, samples, classes)
         adapter = new_adapter("torch-classifier", {**config, "init_seed": seed})
+    layout = spec.get("layout") or {}
+    if layout.get("slices") is not None:
+        overrides["num_blocks"] = int(layout["slices"])
+    if int(layout.get("shards") or 1) > 1:
+        from workers.modeling.adapters.sharded import ShardedAdapter
+
+        if isinstance(adapter, ShardedAdapter):
+            raise TrainingSpecError("params.layout: the base is sharded already; train it without a layout")
+        adapter = ShardedAdapter.around(adapter, int(layout["shards"]))
     # Full provenance unless the request says otherwise: what exact and gradient-based unlearning need.
     fields = {"record_block_checkpoints": True, "record_first_epoch_grads": True, **overrides}
     return adapter, TrainingRecipe.from_dict({**recipe.to_dict(), **fields})

@@ -173,6 +173,7 @@ def choose_base(session: Session, job: Job) -> bool:
         task=model.task,
         has_checkpoints=lineage is not None and lineage[1].has_checkpoints,
         has_recipe=lineage is not None or policy.retrain_recipe is not None,
+        sharded=lineage is not None and lineage[1].num_shards > 0,
     )
     params = UnlearnParams.of(job)
     chain = choose_chain(params.requested_method, policy, capabilities)

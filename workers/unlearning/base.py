@@ -38,6 +38,7 @@ class Provenance(StrEnum):
     BLOCK_CHECKPOINTS = "block checkpoints"
     FIRST_EPOCH_GRADIENTS = "first-epoch gradients"
     RECIPE = "training recipe"  # from the training record, or given in the method's config
+    SHARDS = "a sharded layout"  # trained in shards and slices (SISA), each member with its checkpoints
 
 
 @dataclass
@@ -92,6 +93,8 @@ class UnlearningMethod(ABC):
     records_provenance: ClassVar[bool] = False
     # `run` gets a copy of the served model (False: the method builds its own and must not touch it).
     works_on_copy: ClassVar[bool] = True
+    # Why the method does not run on a sharded (SISA) model, or None when it does.
+    not_on_sharded: ClassVar[str | None] = None
 
     def __init__(self, **config: Any) -> None:
         # the method's settings: unknown keys and wrong types are a pydantic ValidationError (a ValueError)
@@ -146,6 +149,8 @@ class UnlearningMethod(ABC):
                 f"{self.name} does not unlearn a {adapter.task} model (it runs on: "
                 f"{', '.join(sorted(self.tasks))}); see its module for why"
             )
+        if adapter.kind == "sharded" and self.not_on_sharded:
+            raise MethodUnavailable(f"{self.name} does not run on a sharded model: {self.not_on_sharded}")
         needs, record = self.required_provenance, context.training
         if Provenance.RECIPE in needs and record is None:
             raise MethodUnavailable(
@@ -153,7 +158,17 @@ class UnlearningMethod(ABC):
                 "(trained elsewhere); give it config recipe={...} (a TrainingRecipe; in a model policy: "
                 "retrain_recipe) to run it from scratch"
             )
+        if Provenance.SHARDS in needs and (record is None or not getattr(record, "num_shards", 0)):
+            raise MethodUnavailable(
+                f"{self.name} needs a version trained in shards (training params layout.shards > 1); "
+                + ("this model was trained elsewhere" if record is None else "this one was trained unsharded")
+            )
         if Provenance.BLOCK_CHECKPOINTS in needs:
+            if getattr(record, "num_shards", 0):
+                raise MethodUnavailable(
+                    f"{self.name} restarts one training run; this version is sharded: its members' "
+                    "checkpoints are for sisa"
+                )
             if record is None:
                 raise MethodUnavailable(
                     f"{self.name} needs the block checkpoints of the training run; this model was trained "

@@ -64,6 +64,14 @@ MethodConfig = Annotated[
     typer.Option(parser=json_object, metavar="JSON", help="method config overrides (JSON object)"),
 ]
 
+Layout = Annotated[
+    str | None,
+    typer.Option(
+        metavar="SxR",
+        help="--workload's model trained in S shards of R slices (SISA; a lineage of its own), e.g. 4x5",
+    ),
+]
+
 cli = command_app()
 
 
@@ -80,6 +88,18 @@ def check_target(
         usage_error("give exactly one of --workload and --model")
     if model is not None and (not tenant or not subjects):
         usage_error("--model needs --tenant and at least one --subject")
+
+
+def parse_layout(text: str | None, model: str | None) -> tuple[int, int] | None:
+    """--layout SxR as (shards, slices); a registered model's layout is the one it was trained with."""
+    if text is None:
+        return None
+    if model is not None:
+        usage_error("--layout trains a workload's model in shards; a registered model keeps its own")
+    shards, _, slices = text.lower().partition("x")
+    if not (shards.isdigit() and slices.isdigit() and int(shards) >= 1 and int(slices) >= 1):
+        usage_error(f"--layout takes SHARDSxSLICES, e.g. 4x5, not {text!r}")
+    return int(shards), int(slices)
 
 
 @contextmanager
@@ -120,6 +140,7 @@ def run_unlearn(
     vs: Annotated[Literal["retrain"] | None, typer.Option(help="also run exact retraining")] = None,
     seed: Seed = 0,
     config: MethodConfig = None,
+    layout: Layout = None,
 ) -> int:
     """Run an unlearning method on a reference workload, or on a registered model, and show what it did.
 
@@ -131,6 +152,7 @@ def run_unlearn(
     data, beside the served model and, with --vs retrain, beside exact retraining.
     """
     check_target(workload, model, tenant, subjects)
+    shards = parse_layout(layout, model)
     methods = [method, *(["retrain"] if vs == "retrain" and method != "retrain" else [])]
     if model is not None:
         from workers.pipeline.dry_run import open_deletion
@@ -153,6 +175,8 @@ def run_unlearn(
 
     assert workload is not None
     reference = load_workload(workload, size)
+    if shards is not None:
+        reference = reference.sharded(*shards)
     with progress_bar(f"training {workload} (cached after the first run)") as progress:
         served, record = reference.trained(progress=progress)
     case = scenario(reference, forget_subjects)
@@ -160,6 +184,7 @@ def run_unlearn(
         "workload": workload,
         "size": size,
         "method": method,
+        **({"layout": {"shards": shards[0], "slices": shards[1]}} if shards else {}),
         "forget_subjects": case.subjects,
         "n_forget": len(case.forget),
         "n_retain": len(case.retain),

@@ -95,6 +95,7 @@ class FirstEpochAscent(UnlearningMethod):
     """
 
     name = MethodName.FIRST_EPOCH_ASCENT
+    not_on_sharded = "its members record no first-epoch gradients (sisa forgets exactly there)"
     config: FirstEpochAscentConfig
 
     @property

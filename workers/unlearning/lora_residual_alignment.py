@@ -100,6 +100,7 @@ class LoraResidualAlignment(UnlearningMethod):
     """
 
     name = MethodName.LORA_RESIDUAL_ALIGNMENT
+    not_on_sharded = "its LoRA would span every member's layers at once (sisa forgets exactly there)"
     config: LoraResidualAlignmentConfig
     tasks = frozenset({"sequence-classification", "image-classification"})
 

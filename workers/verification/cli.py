@@ -35,6 +35,7 @@ from workers.unlearning.cli import (
     DRY_RUN_NOTE,
     EXIT_USAGE,
     ForgetSubjects,
+    Layout,
     MethodConfig,
     RegisteredModel,
     Seed,
@@ -45,6 +46,7 @@ from workers.unlearning.cli import (
     Workload,
     check_target,
     json_object,
+    parse_layout,
     progress_bar,
     refusals,
     usage_error,
@@ -81,6 +83,7 @@ def run_verify(
         int | None, typer.Option(help="seed the candidate is made with (independent of the gate's)")
     ] = None,
     policy: PolicyOverrides = None,
+    layout: Layout = None,
 ) -> int:
     """Unlearn subjects of a reference workload or a registered model, run the gate, write the report.
 
@@ -98,6 +101,7 @@ def run_verify(
     from workers.verification.workload_case import UNTOUCHED, CaseResult, run_case, untouched
 
     check_target(workload, model, tenant, subjects)
+    shards = parse_layout(layout, model)
     directory = out or Path(f"verify-{workload or model}-{method}")
     try:
         gate_policy = apply_overrides(Policy, Overrides.model_validate(policy or {}))
@@ -141,6 +145,7 @@ def run_verify(
             config=config or {},
             candidate_seed=candidate_seed,
             progress=progress,
+            layout=shards,
         )
     summary = case.summary()
     print(json.dumps(summary))

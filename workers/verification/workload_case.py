@@ -101,9 +101,13 @@ def run_case(
     candidate_seed: int | None = None,
     subjects: Sequence[str] | None = None,
     progress: ProgressCallback = no_progress,
+    layout: tuple[int, int] | None = None,
 ) -> CaseResult:
     """Unlearn `forget_subjects` subjects of the workload (`seed` picks which, or `subjects` names them) with
     `method` (or take `candidate`), then verify.
+
+    `layout` (shards, slices): the workload's model trained in SISA's sharded layout (`Workload.sharded`),
+    a lineage of its own with its own references.
 
     `with_reference`: also score the workload's cached exact retrain with the served version's seed,
     reported beside the others (the gate judges with its own references).
@@ -114,6 +118,8 @@ def run_case(
     if candidate_seed is not None:
         check_candidate_seed(candidate_seed)
     workload = load_workload(workload_name, size)
+    if layout is not None:
+        workload = workload.sharded(*layout)
     served, record = workload.trained()
     case = scenario(workload, forget_subjects, seed, subjects=subjects)
     started = time.perf_counter()

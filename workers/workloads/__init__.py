@@ -14,6 +14,7 @@ indistinguishable):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -269,6 +270,17 @@ class Workload:
         return forget, retain
 
     # models
+    def sharded(self, shards: int, slices: int | None = None) -> Workload:
+        """This workload with its model trained in SISA's layout: `shards` members of its architecture,
+        each on its shard in `slices` (default: the recipe's blocks); cached apart from the unsharded."""
+        from workers.modeling.adapters.sharded import sharded_config
+
+        config = sharded_config(self.adapter_kind, self.adapter_config, shards)
+        recipe = self.recipe.replace(
+            num_blocks=slices or self.recipe.num_blocks, record_first_epoch_grads=False
+        )
+        return dataclasses.replace(self, recipe=recipe, adapter_kind="sharded", adapter_config=config)
+
     def new_adapter(self, device: Any = None) -> ModelAdapter:
         from workers.modeling.adapters import new_adapter
 

@@ -19,6 +19,7 @@ ADAPTER_KINDS = {
     "sequence-classifier": "workers.modeling.adapters.sequence_classifier:SequenceClassifierAdapter",
     "hf-causal-lm": "workers.modeling.adapters.hf:HFCausalLMAdapter",
     "hf-sequence-classifier": "workers.modeling.adapters.hf:HFSequenceClassifierAdapter",
+    "sharded": "workers.modeling.adapters.sharded:ShardedAdapter",
 }
 
 

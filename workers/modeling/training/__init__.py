@@ -21,6 +21,7 @@ One module per concern:
 - `runs`: the ways to train (recording provenance, fresh without a record, retraining a record's version
   without some samples);
 - `record`: TrainingRecord, what a provenance run leaves behind and how to read it;
+- `shards`: SISA's sharded layout, members trained shard by shard, and the restart of the affected ones;
 - `checkpoints`, `gradients`: the block-checkpoint and first-epoch-gradient files.
 """
 

@@ -53,6 +53,8 @@ def train_blocks(
     `on_block_end` may stop the run by returning True; `record_gradient` receives each sample's own loss
     gradient in the first epoch of its block.
     """
+    if getattr(adapter, "kind", None) == "sharded":  # its members each train on their own shard
+        raise TypeError("a sharded model trains member by member (workers/modeling/training/shards.py)")
     optimizer = make_optimizer(adapter, recipe)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)

@@ -34,6 +34,8 @@ class TrainingRecord:
     block_subjects: list[list[str]] = field(default_factory=list)
     block_losses: list[float] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)
+    # a sharded version (workers/modeling/training/shards.py): its members' record folders, relative
+    shards: list[str] = field(default_factory=list)
     _gradients: GradientStore | None = field(default=None, repr=False, compare=False)
 
     # persistence
@@ -48,6 +50,7 @@ class TrainingRecord:
             "block_subjects": self.block_subjects,
             "block_losses": self.block_losses,
             "timings": self.timings,
+            "shards": self.shards,
         }
         (self.directory / RECORD_FILE).write_text(json.dumps(data))
 
@@ -64,6 +67,16 @@ class TrainingRecord:
         cache key for anything derived from this version (e.g. membership-inference reference models)."""
         spec = [self.fingerprint, self.recipe.to_dict(), self.adapter_kind, self.adapter_config]
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+    # shards (SISA)
+    @property
+    def num_shards(self) -> int:
+        """Members of a sharded version; 0 for an ordinary one."""
+        return len(self.shards)
+
+    def shard_record(self, shard: int) -> TrainingRecord:
+        """The record of member `shard`'s training (its slices, checkpoints and model)."""
+        return TrainingRecord.load(self.directory / self.shards[shard])
 
     # samples and blocks
     @property
