@@ -5,6 +5,7 @@ and requests to end."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +62,8 @@ class DigitsSource:
     artifact_uri: str
 
 
-def register_digits(http: httpx.Client, model: str = "digits-source") -> DigitsSource:
-    """The digits workload (small) as a dataset of the caller's tenant, and `model` trained on its training
-    samples by the workers (with provenance)."""
-    from workers.workloads import load_workload
-
-    workload = load_workload("digits", "small")
+def upload_digits(http: httpx.Client, samples: Sequence[Any]) -> None:
+    """Digits samples as the caller's tenant's dataset `digits`."""
     ok(http.post("/v1/datasets", json={"name": "digits", "kind": "classification"}))
     rows = [
         {
@@ -75,9 +72,18 @@ def register_digits(http: httpx.Client, model: str = "digits-source") -> DigitsS
             "features": s.features.tolist(),
             "label": s.label,
         }
-        for s in [*workload.train, *workload.heldout]
+        for s in samples
     ]
     ok(http.post("/v1/datasets/digits/samples", json=rows))
+
+
+def register_digits(http: httpx.Client, model: str = "digits-source") -> DigitsSource:
+    """The digits workload (small) as a dataset of the caller's tenant, and `model` trained on its training
+    samples by the workers (with provenance)."""
+    from workers.workloads import load_workload
+
+    workload = load_workload("digits", "small")
+    upload_digits(http, [*workload.train, *workload.heldout])
     ok(http.post("/v1/models", json={"name": model, "task": "image-classification"}))
     train_ids = [s.sample_id for s in workload.train]
     job = ok(

@@ -28,7 +28,16 @@ from app.requests.models import DeletionRequest, DeletionRequestSample
 from app.security.subjects import subject_hmac
 from app.webhooks.models import WebhookDelivery
 from app.webhooks.signing import verify as verify_signature
-from tests.e2e.client import DIGITS_POLICY, FAST_GATE, DigitsSource, new_model, ok, wait_job, wait_request
+from tests.e2e.client import (
+    DIGITS_POLICY,
+    FAST_GATE,
+    DigitsSource,
+    new_model,
+    ok,
+    upload_digits,
+    wait_job,
+    wait_request,
+)
 from tests.e2e.conftest import Workers, new_tenant_auth
 from tests.e2e.stack import Api, RedisServer, WebhookReceiver, Worker, wait_for
 
@@ -153,17 +162,7 @@ def test_after_promotion_content_is_erased_and_tainted_artifacts_purged(
     with httpx.Client(base_url=api.url, headers=new_tenant_auth(), timeout=30) as http:
         trained = [s for s in workload.train if s.subject in set(workload.subjects[:30])]
         heldout = [s for s in workload.heldout if s.subject in set(workload.heldout_subjects[:20])]
-        ok(http.post("/v1/datasets", json={"name": "digits", "kind": "classification"}))
-        rows = [
-            {
-                "external_id": s.sample_id,
-                "subject_id": s.subject,
-                "features": s.features.tolist(),
-                "label": s.label,
-            }
-            for s in [*trained, *heldout]
-        ]
-        ok(http.post("/v1/datasets/digits/samples", json=rows))
+        upload_digits(http, [*trained, *heldout])
         ok(
             http.post(
                 "/v1/models",
@@ -379,17 +378,7 @@ def test_a_model_trained_in_shards_forgets_by_retraining_one_shard(
     with httpx.Client(base_url=api.url, headers=new_tenant_auth(), timeout=30) as http:
         trained = [s for s in workload.train if s.subject in set(workload.subjects[:30])]
         heldout = [s for s in workload.heldout if s.subject in set(workload.heldout_subjects[:20])]
-        ok(http.post("/v1/datasets", json={"name": "digits", "kind": "classification"}))
-        rows = [
-            {
-                "external_id": s.sample_id,
-                "subject_id": s.subject,
-                "features": s.features.tolist(),
-                "label": s.label,
-            }
-            for s in [*trained, *heldout]
-        ]
-        ok(http.post("/v1/datasets/digits/samples", json=rows))
+        upload_digits(http, [*trained, *heldout])
         ok(
             http.post(
                 "/v1/models",
