@@ -30,8 +30,11 @@ from typing import Any
 
 from bench.measured import measured_at
 
-# (shards, slices) per workload: the layout the goals are measured with.
-LAYOUTS = {"digits": (4, 5), "bios": (4, 5), "minilm": (4, 5)}
+# (shards, slices) per workload: the layout the goals are measured with. minilm (small, 60 subjects, 4
+# labels) kept its held-out accuracy of 1.0 at 3 x 3; 4 x 5 gave 0.75 (3 subjects a slice, fewer than its
+# labels: members drift to their last slice's), 2 x 5 and 4 x 1 0.98, 4 x 2 0.90. Digits lost accuracy
+# at 8 x 5 (0.83 against 0.93).
+LAYOUTS = {"digits": (4, 5), "bios": (4, 5), "minilm": (3, 3)}
 GOAL_DIGITS_SPEEDUP = 5.0
 GOAL_DIGITS_POINTS = 1.0
 
@@ -146,7 +149,8 @@ def goal(section: dict[str, Any] | None) -> dict[str, str]:
     met = speedup >= GOAL_DIGITS_SPEEDUP and points is not None and points <= GOAL_DIGITS_POINTS
     measured = (
         f"sisa ({entry['shards']} shards x {entry['slices']} slices) {speedup:.1f}x averaged over all "
-        f"training subjects, {points:+.1f} points of held-out accuracy lost ({entry['size']} settings)"
+        f"training subjects; held-out accuracy {_utility(entry['utility']['sharded'])} sharded against "
+        f"{_utility(entry['utility']['unsharded'])} unsharded ({entry['size']} settings)"
     )
     return {"goal": name, "measured": measured, "status": MET if met else NOT_MET}
 
@@ -155,6 +159,12 @@ def _points_lost(entry: dict[str, Any]) -> float | None:
     before = entry["utility"]["unsharded"].get("accuracy")
     after = entry["utility"]["sharded"].get("accuracy")
     return None if before is None or after is None else 100 * (before - after)
+
+
+def _with_verification(entry: dict[str, Any]) -> float:
+    """Retrain / (mean sisa time + the default policy's verification of one candidate)."""
+    verification = entry["gate"][0]["verification_seconds"]
+    return statistics.median(entry["retrain_seconds"]) / (entry["mean_sisa_seconds"] + verification)
 
 
 def _verdict(row: dict[str, Any]) -> str:
@@ -168,6 +178,8 @@ def _utility(numbers: dict[str, float]) -> str:
 
 
 def render(section: dict[str, Any] | None, command: str) -> str:
+    """`command`: the run's; a section measured by a run of its own (`--update`) names that one."""
+    command = (section or {}).get("command") or command
     lines = ["## Sharded exact layout (SISA)", ""]
     if not section or "workloads" not in section:
         reason = (section or {}).get("error") or "not run"
@@ -177,13 +189,15 @@ def render(section: dict[str, Any] | None, command: str) -> str:
         "shard from the slice that held the subject and equals retraining every shard bit for bit. "
         "Speedups: against the unsharded model's exact retrain, for one subject, averaged over all training "
         "subjects (one deletion per shard and slice, each standing for the subjects of its slice) and as "
-        "throughput (retrain / mean sisa time). Held-out utility of the sharded against the unsharded model.",
+        "throughput (retrain / mean sisa time); including verification, the default policy's verification "
+        "of one candidate is added to the mean sisa time (the references, once per lineage, are not: they "
+        "are listed below). Held-out utility of the sharded against the unsharded model.",
         "",
         *measured_at(section),
         "| workload | layout | held-out unsharded | held-out sharded | retrain s (unsharded, n) | "
         "sisa s (mean over subjects; min-max) | speedup for one subject (mean over subjects) | "
-        "throughput | sharded retrain s | gate (default / every rule) |",
-        "|---|---|---|---|---|---|---:|---:|---:|---|",
+        "throughput | sharded retrain s | gate (default / every rule) | speedup incl. verification |",
+        "|---|---|---|---|---|---|---:|---:|---:|---|---:|",
     ]
     for e in section["workloads"]:
         seconds = [p["seconds"] for p in e["positions"]]
@@ -194,7 +208,7 @@ def render(section: dict[str, Any] | None, command: str) -> str:
             f"{statistics.median(e['retrain_seconds']):.2f} (n={len(e['retrain_seconds'])}) | "
             f"{e['mean_sisa_seconds']:.2f} ({min(seconds):.2f}-{max(seconds):.2f}) | "
             f"{e['mean_speedup_over_subjects']:.1f}x | {e['throughput_speedup']:.1f}x | "
-            f"{e['sharded_retrain_seconds']:.2f} | {verdicts} |"
+            f"{e['sharded_retrain_seconds']:.2f} | {verdicts} | {_with_verification(e):.1f}x |"
         )
     lines.append("")
     for e in section["workloads"]:

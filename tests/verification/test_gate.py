@@ -116,6 +116,19 @@ def test_utility_fails_only_beyond_the_seed_spread_and_the_material_ratio() -> N
     assert rule(gate(tight, exact=False, policy=Policy()), "utility_heldout").status == "pass"
 
 
+def test_utility_allows_what_the_deleted_subjects_data_was_worth() -> None:
+    """An exact retrain of a large deletion lands below full-data models by what that data was worth."""
+    big_deletion = results(0.5, 0.95, accuracy=0.90)
+    assert rule(gate(big_deletion, exact=True, policy=Policy()), "utility_heldout").status == "fail"
+    big_deletion["utility"].values["utility.accuracy_heldout.deletion_shift"] = -0.05
+    passed = rule(gate(big_deletion, exact=True, policy=Policy()), "utility_heldout")
+    assert passed.status == "pass" and "-0.05 for the deleted subjects' data" in passed.detail
+    # the allowance is what the data was worth, no more: a further drop still fails
+    worse = results(0.5, 0.95, accuracy=0.85)
+    worse["utility"].values["utility.accuracy_heldout.deletion_shift"] = -0.05
+    assert rule(gate(worse, exact=True, policy=Policy()), "utility_heldout").status == "fail"
+
+
 def test_exact_method_is_judged_on_utility_only() -> None:
     passed = gate(results(0.95, 0.95), exact=True, policy=Policy())
     assert passed.verdict == "pass" and passed.label == EXACT_LABEL

@@ -289,23 +289,28 @@ def _utility_rules(evidence: Evidence, policy: Policy, is_lm: bool) -> list[Rule
             rules.append(RuleOutcome(f"utility_{split}", "utility", NOT_CHECKED, None, detail, numbers))
             continue
         spread = evidence.values.get(f"utility.{metric}.seed_spread") or []
-        ratio = value / served if served else float("nan")
+        # what the deleted subjects' data was worth (workers.verification.utility): exact retrains land there
+        shift = float(evidence.values.get(f"utility.{metric}.deletion_shift", 0.0))
+        expected = served + shift
+        ratio = value / expected if expected else float("nan")
         if is_lm:
             material, side, limit = ratio > policy.max_perplexity_ratio, "upper", policy.max_perplexity_ratio
         else:
             material, side, limit = ratio < policy.min_accuracy_ratio, "lower", policy.min_accuracy_ratio
-        bound = seed_bound(spread, policy.null_alpha, side)
+        bound = seed_bound(spread, policy.null_alpha, side) + shift
         worse = (value > bound) if side == "upper" else (value < bound)
         name = "perplexity" if is_lm else "accuracy"
         if _finite(bound):
             status = FAIL if material and worse else PASS
+            lacking = f", {shift:+.3g} for the deleted subjects' data" if shift else ""
             detail = (
-                f"{name} on {split}: candidate {value:.4g}, served {served:.4g} (ratio {ratio:.3f}); "
-                f"full-data models of other seeds reach {'up to' if side == 'upper' else 'down to'} "
-                f"{bound:.4g} ({len(spread)} models); fails beyond that when the ratio is also "
-                f"{'above' if side == 'upper' else 'below'} {limit}"
+                f"{name} on {split}: candidate {value:.4g}, served {served:.4g}; full-data models of other "
+                f"seeds reach {'up to' if side == 'upper' else 'down to'} {bound - shift:.4g} ({len(spread)} "
+                f"models){lacking}: {bound:.4g}; fails beyond that when the ratio to {expected:.4g} "
+                f"({ratio:.3f}) is also {'above' if side == 'upper' else 'below'} {limit}"
             )
             numbers["bound"] = bound
+            numbers["deletion_shift"] = shift
         else:  # no seed replicas: the fixed ratio, significant when its interval excludes 1
             d = evidence.metrics.get(metric_name("utility", metric, "candidate", "served"))
             significant = d is not None and (d.low > 1 if is_lm else d.high < 1)

@@ -273,16 +273,25 @@ def _checks(
     is_lm: bool,
     policy: Policy,
 ) -> dict[str, CheckResult]:
-    replicas = None
+    replicas = halves = None
+    deleted_share = 0.0
     if refs is not None and refs.replicas:
         replicas = {
             "loss": refs.replica_losses(sets.all, policy.batch_size),
             "correct": refs.correct(sets.all, policy.batch_size)[refs.k :],
         }
+    if refs is not None and refs.k:
+        halves = {
+            "loss": refs.losses(sets.all, policy.batch_size),
+            "correct": refs.correct(sets.all, policy.batch_size)[: refs.k],
+        }
+        deleted_share = len({s.subject for s in sets.forget} & set(refs.subjects)) / max(
+            1, len(refs.subjects)
+        )
     samples = CheckResult("samples", values={f"samples.{k}": v for k, v in sets.counts().items()})
     results = {
         "samples": samples,
-        "utility": check_utility(signals, sets, is_lm, policy, replicas),
+        "utility": check_utility(signals, sets, is_lm, policy, replicas, halves, deleted_share),
         "mia": check_mia(sets, signals, reader, is_lm, policy, replicas),
     }
     forget_subjects = {s.subject for s in sets.forget}
