@@ -297,6 +297,11 @@ def _checks(
     forget_subjects = {s.subject for s in sets.forget}
     if is_lm:
         results["memorization"] = check_memorization(signals, sets, policy)
+    if candidate.exact and policy.trust_exact:
+        # an exact candidate is judged on utility: the planted-signal probes (most of a text model's
+        # verification time: every canary's exposure over its secret space) would decide nothing
+        samples.not_checked.append("canaries and backdoor triggers (exact method: judged on utility)")
+    elif is_lm:
         # canary rules compare a model with itself: the references need no scoring
         scored = {r: m for r, m in models.items() if r in ("served", "candidate", "relearned")}
         results["canary"] = check_canaries(
