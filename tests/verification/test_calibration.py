@@ -75,6 +75,9 @@ def test_exact_retraining_passes_as_exact_by_construction(verified, workload: st
     assert verdict.verdict == "pass"
     assert verdict.label == "exact by construction"
     assert verdict.summary.startswith("Retrained without the deleted records")
+    # only what utility needs was run, and the report says what was left out and why
+    assert "LiRA against the references (exact method: judged on utility)" in case.report.not_checked
+    assert not {"canary", "backdoor", "relearning"} & set(case.report.results)
 
 
 # lora_residual_alignment declines causal language models (tests/engine/test_methods.py checks its message).

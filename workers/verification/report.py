@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from workers.modeling.base import ModelAdapter, Sample
 from workers.unlearning.base import ProgressCallback, UnlearningResult, no_progress
 from workers.unlearning.common import is_language_model
@@ -176,7 +178,12 @@ def verify(
     timings["signals_seconds"] = time.perf_counter() - t
     progress(0.6, "checks")
     t = time.perf_counter()
-    reader = lira_reader(refs, sets, is_lm, policy.batch_size) if refs is not None else None
+    utility_only = judged_on_utility(candidate, policy)
+    if utility_only and refs is not None:
+        not_checked.append("LiRA against the references (exact method: judged on utility)")
+    reader = (
+        lira_reader(refs, sets, is_lm, policy.batch_size) if refs is not None and not utility_only else None
+    )
     timings["reference_scoring_seconds"] = time.perf_counter() - t
     results.update(
         _checks(models, signals, sets, reader, refs, probes, candidate, served_cache, is_lm, policy)
@@ -211,6 +218,12 @@ def verify(
         report.write(out_dir)
     progress(1.0, f"verdict: {verdict.verdict}")
     return report
+
+
+def judged_on_utility(candidate: UnlearningResult, policy: Policy) -> bool:
+    """An exact candidate under `trust_exact` is judged on utility; without `exact_evidence` only the checks
+    that utility needs are run."""
+    return bool(candidate.exact) and policy.trust_exact and not policy.exact_evidence
 
 
 def _models(
@@ -275,16 +288,19 @@ def _checks(
 ) -> dict[str, CheckResult]:
     replicas = halves = None
     deleted_share = 0.0
-    if refs is not None and refs.replicas:
-        replicas = {
-            "loss": refs.replica_losses(sets.all, policy.batch_size),
-            "correct": refs.correct(sets.all, policy.batch_size)[refs.k :],
-        }
-    if refs is not None and refs.k:
-        halves = {
-            "loss": refs.losses(sets.all, policy.batch_size),
-            "correct": refs.correct(sets.all, policy.batch_size)[: refs.k],
-        }
+    utility_only = judged_on_utility(candidate, policy)
+    if refs is not None:
+        # retain and held-out samples are the lineage's (scored once); the forget samples are new, and
+        # only the membership checks read them: skipped for a candidate judged on utility only
+        scored = [*sets.retain, *sets.heldout] if utility_only else sets.all
+        pad = np.full((refs.k + refs.replicas, len(sets.forget) if utility_only else 0), np.nan)
+        scored_loss = [refs.losses(scored, policy.batch_size), refs.replica_losses(scored, policy.batch_size)]
+        loss = np.concatenate([pad, np.concatenate(scored_loss)], axis=1)
+        correct = np.concatenate([pad, refs.correct(scored, policy.batch_size)], axis=1)
+        if refs.replicas:
+            replicas = {"loss": loss[refs.k :], "correct": correct[refs.k :]}
+        if refs.k:
+            halves = {"loss": loss[: refs.k], "correct": correct[: refs.k]}
         deleted_share = len({s.subject for s in sets.forget} & set(refs.subjects)) / max(
             1, len(refs.subjects)
         )
@@ -297,7 +313,7 @@ def _checks(
     forget_subjects = {s.subject for s in sets.forget}
     if is_lm:
         results["memorization"] = check_memorization(signals, sets, policy)
-    if candidate.exact and policy.trust_exact:
+    if utility_only:
         # an exact candidate is judged on utility: the planted-signal probes (most of a text model's
         # verification time: every canary's exposure over its secret space) would decide nothing
         samples.not_checked.append("canaries and backdoor triggers (exact method: judged on utility)")
