@@ -53,10 +53,10 @@ def sample_report(verdict: str = "pass") -> dict[str, Any]:
         "verdict": verdict,
         "passed": verdict == "pass",
         "label": None,
-        "reasons": ["lira_forget_auc passed with power (served fails it): difference +0.012"],
+        "reasons": ["mia_forget_auc passed with power (served fails it): difference +0.012"],
         "rules": [
             {
-                "rule": "lira_forget_auc",
+                "rule": "mia_forget_auc",
                 "kind": "forgetting",
                 "status": verdict,
                 "served_status": "fail",

@@ -80,7 +80,7 @@ def test_completed_request_has_a_certificate_that_verifies(client, completed, au
     assert model["verification"]["metrics"]["lira.forget_auc.candidate-reference"]["value"] == 0.012
     assert "lira.forget_auc.served" not in model["verification"]["metrics"]
     assert [rule["rule"] for rule in model["verification"]["rules"]] == [
-        "lira_forget_auc",
+        "mia_forget_auc",
         "utility_accuracy_test",
     ]
 

@@ -191,7 +191,7 @@ def test_report_shows_the_verdicts_sentence_first_and_each_figures_finding(
     assert (
         verification.index(sentence)
         < verification.index("Gate verdict:")
-        < verification.index("lira_forget_auc")
+        < verification.index("mia_forget_auc")
     )
 
 
