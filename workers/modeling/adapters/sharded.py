@@ -9,7 +9,7 @@ The members are models of one kind (`member_kind`, `member_config`), each with i
   mixture of experts: a sample's loss is then the mixture's negative log-likelihood, finite wherever one
   member predicts the token, and greedy generation reads the mixture too.
 
-`ShardedAdapter` is driven through the member kind's own adapter code: its `view` is a member adapter
+`ShardedAdapter` is driven through the member kind's own adapter code: its `_view` is a member adapter
 whose module is the ensemble, so collation, losses, predictions and the kind's extras (canary losses,
 completions) are the member kind's, computed on the aggregate. Training is per member
 (workers/modeling/training/shards.py); `members[s]` is an adapter sharing member s's module.
