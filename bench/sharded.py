@@ -149,8 +149,8 @@ def goal(section: dict[str, Any] | None) -> dict[str, str]:
     met = speedup >= GOAL_DIGITS_SPEEDUP and points is not None and points <= GOAL_DIGITS_POINTS
     measured = (
         f"sisa ({entry['shards']} shards x {entry['slices']} slices) {speedup:.1f}x averaged over all "
-        f"training subjects; held-out accuracy {_utility(entry['utility']['sharded'])} sharded against "
-        f"{_utility(entry['utility']['unsharded'])} unsharded ({entry['size']} settings)"
+        f"training subjects; held-out accuracy {entry['utility']['sharded']['accuracy']:.3f} sharded against "
+        f"{entry['utility']['unsharded']['accuracy']:.3f} unsharded ({entry['size']} settings)"
     )
     return {"goal": name, "measured": measured, "status": MET if met else NOT_MET}
 
