@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.registry.workload_sizes import WORKLOAD_SIZES
+
 DEFAULT_METHODS = (
     "none",
     "finetune",
@@ -100,7 +102,7 @@ def references_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("small", "full"), default="small")
+    parser.add_argument("--size", choices=WORKLOAD_SIZES, default="small")
     parser.add_argument("--workloads", default="digits,bios,minilm")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--forget-subjects", type=int, help="default: per workload, as in the tests")

@@ -25,13 +25,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.commands import command_app
+from app.registry.workload_sizes import WorkloadSize
 
 # Options of `lethe unlearn` and `lethe verify`: a command takes them as parameters of these types.
 Workload = Annotated[
     Literal["digits", "bios", "minilm"] | None, typer.Option(help="reference workload (or --model)")
 ]
 ForgetSubjects = Annotated[int, typer.Option(metavar="N", help="subjects of the workload to forget")]
-Size = Annotated[Literal["small", "full"], typer.Option(help="workload size")]
+Size = Annotated[WorkloadSize, typer.Option(help="workload size")]
 Seed = Annotated[int, typer.Option(help="seed of the unlearning run")]
 RegisteredModel = Annotated[
     str | None,
