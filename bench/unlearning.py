@@ -13,6 +13,9 @@ block holds the forgotten subject, so for it the run also sweeps one subject fro
 the speedup averaged over all training subjects (each subject weighted once).
 
 The markdown table goes to stdout and, with the raw numbers, into the JSON file given by --out.
+
+`python -m bench --sections methods` runs the same measurements in worker processes of their own, on
+subjects from `pick_forget_subjects`: signal carriers whose signal the served model actually carries.
 """
 
 from __future__ import annotations
