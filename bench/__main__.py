@@ -145,10 +145,11 @@ def methods_section(s: Settings) -> dict[str, Any]:
             f"{name}: trained model ready ({time.perf_counter() - started:.0f} s; cached after the first run)"
         )
         picked = pick_forget_subjects(name, s.size, s.deletions * SUBJECTS_PER_DELETION, s.seed)
+        skipped = ", ".join(f"{j['subject']} ({j['verdict']})" for j in picked["skipped"]) or "none"
         log(
-            f"{name}: forget subjects {', '.join(picked['chosen']) or 'none'} ({picked['tried']} of "
-            f"{picked['carriers']} signal carriers tried, {len(picked['skipped'])} skipped: the gate did not "
-            "fail the untouched model for them)"
+            f"{name}: forget subjects {', '.join(picked['chosen']) or 'none'}; {picked['tried']} of "
+            f"{picked['carriers']} signal carriers tried, skipped (the gate does not fail the untouched "
+            f"model for them): {skipped}"
         )
         chosen = picked.pop("chosen")
         deletions = [
