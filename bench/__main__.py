@@ -162,6 +162,7 @@ def methods_section(s: Settings) -> dict[str, Any]:
             "n_subjects": SUBJECTS_PER_DELETION,
             "subject_choice": picked,
             "deletions": [],
+            "rows": [],
         }
         if not deletions:
             entry["unavailable"] = (

@@ -380,8 +380,7 @@ def _header(results: dict[str, Any]) -> str:
         f"Mode **{results['mode']}**: workload settings `{s['size']}`"
         + (" (the bios and minilm goals are stated for full settings)" if s["size"] != "full" else "")
         + f". The base run started {results['started_at']} and took {minutes:.1f} min.{later}\n\n"
-        f"Command: `{results['command']}` (medium settings: `make bench BENCH_ARGS=--medium`, full: "
-        "`BENCH_ARGS=--full`)  \n"
+        f"Command: `{results['command']}` (full settings: `make bench BENCH_ARGS=--full`)  \n"
         f"Raw numbers: `bench/results/{results['mode']}.json`. Timings are medians with (min-max, n = number "
         "of timed runs); speedups divide the median `retrain` time of the same run by the method's, the "
         "range pairing the extremes (in the methods section: per deletion, against that deletion's retrain, "
@@ -507,7 +506,7 @@ def _methods(section: dict[str, Any] | None, plots: dict[str, Path]) -> str:
     for entry in section["workloads"]:
         out += ["", f"### {entry['workload']} ({entry['size']} settings; {_forget_sets(entry)})", ""]
         if "unavailable" in entry:
-            out += [f"not measured: {entry['unavailable']}", *_subject_choice_note(entry)]
+            out += [f"not measured: {entry['unavailable']}", "", *_subject_choice_note(entry)]
             continue
         out += [
             "| method | exact | wall time (s) | speedup vs retrain | forget | retain | held-out "
@@ -589,6 +588,8 @@ def _forget_sets(entry: dict[str, Any]) -> str:
     deletions = entry.get("deletions")
     if deletions is None:  # a run from before the methods section averaged over deletions
         return f"forget set: {entry['n_subjects']} subject, {entry.get('n_forget')} samples"
+    if not deletions:
+        return "no deletion measured"
     sizes = sorted(d["n_forget"] for d in deletions if d.get("n_forget") is not None)
     samples = "" if not sizes else f", {sizes[0]}" + (f"-{sizes[-1]}" if sizes[-1] != sizes[0] else "")
     return f"{len(deletions)} deletion(s) of {entry['n_subjects']} subject{samples} samples each"
@@ -602,10 +603,15 @@ def _subject_choice_note(entry: dict[str, Any]) -> list[str]:
     reasons = ", ".join(f"{s['subject']} ({s['verdict']})" for s in skipped)
     deletions = entry.get("deletions") or []
     subjects = ", ".join(subject for d in deletions for subject in d["subjects"]) or "none"
+    skipped_text = (
+        f"{len(skipped)} skipped, the gate not failing the untouched model for them on a powered rule: "
+        f"{reasons}"
+        if skipped
+        else "none skipped"
+    )
     return [
         f"Forget subjects: {subjects}; {choice['tried']} of the {choice['carriers']} signal carriers tried, "
-        f"{len(skipped)} skipped (the gate did not fail the untouched model for them on a powered rule)"
-        + (f": {reasons}" if reasons else "")
+        + skipped_text
         + (
             f"; {choice['needed']} were wanted."
             if len(deletions) * entry.get("n_subjects", 1) < choice["needed"]
@@ -825,7 +831,7 @@ def _memory(section: dict[str, Any] | None) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for entry in section["workloads"]:
-        for row in entry["rows"]:
+        for row in entry.get("rows", []):
             m = row.get("memory")
             if not m:
                 continue
