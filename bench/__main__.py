@@ -1,7 +1,8 @@
-"""`python -m bench [--quick | --full]`: every benchmark of issue 7 in one run, written as JSON, as
+"""`python -m bench [--quick | --medium | --full]`: every benchmark of issue 7 in one run, written as JSON, as
 docs/benchmarks.md (goals, tables, machine, command) and as PNG plots in docs/benchmarks/.
 
     python -m bench               # --quick: small workload settings, minutes on 2 cores (`make bench`)
+    python -m bench --medium      # medium workload settings: exact retrains of minutes, deletions as in life
     python -m bench --full        # full workload settings, 1,000,000 samples for the subject lookup
     python -m bench --smoke       # the tiniest run of every section, written under /tmp (checks the harness)
     python -m bench --render bench/results/quick.json   # regenerate the markdown and plots of a stored run
@@ -85,6 +86,13 @@ class Settings:
 
 MODES = {
     "quick": Settings(mode="quick", size="small"),
+    "medium": Settings(
+        mode="medium",
+        size="medium",
+        # an exact retrain takes 2-5 min here: two repeats per deletion, several deletions
+        repeat_budget_seconds=300.0,
+        worker_timeout_seconds=2 * 3600.0,
+    ),
     "full": Settings(
         mode="full",
         size="full",
@@ -503,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="(default)")
+    mode.add_argument("--medium", dest="mode", action="store_const", const="medium")
     mode.add_argument("--full", dest="mode", action="store_const", const="full")
     mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
     parser.add_argument(

@@ -380,7 +380,8 @@ def _header(results: dict[str, Any]) -> str:
         f"Mode **{results['mode']}**: workload settings `{s['size']}`"
         + (" (the bios and minilm goals are stated for full settings)" if s["size"] != "full" else "")
         + f". The base run started {results['started_at']} and took {minutes:.1f} min.{later}\n\n"
-        f"Command: `{results['command']}` (full settings: `make bench BENCH_ARGS=--full`)  \n"
+        f"Command: `{results['command']}` (medium settings: `make bench BENCH_ARGS=--medium`, full: "
+        "`BENCH_ARGS=--full`)  \n"
         f"Raw numbers: `bench/results/{results['mode']}.json`. Timings are medians with (min-max, n = number "
         "of timed runs); speedups divide the median `retrain` time of the same run by the method's, the "
         "range pairing the extremes (in the methods section: per deletion, against that deletion's retrain, "

@@ -3,7 +3,7 @@ metrics, and the verification time beside the unlearning time (goal: verificatio
 once the gate's references are cached); the one-off reference training is reported apart. The gate's
 operating characteristics (false rejection and acceptance rates) are bench.gate's.
 
-    python -m bench.verification [--size small|full] [--workloads digits,bios,minilm] [--methods ...]
+    python -m bench.verification [--size small|medium|full] [--workloads digits,bios,minilm] [--methods ...]
                                  [--forget-subjects N] [--out results.json]
 
 Per workload the untouched model ("none") runs first: it builds (or loads) the gate's references, once per

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-# small: tests and quick benchmarks (seconds); full: the goals (tens of minutes and more).
-WorkloadSize = Literal["small", "full"]
+# small: tests and quick benchmarks (seconds); medium: deletions of the size that matters in practice, an
+# exact retrain of minutes on 2 CPU cores; full: the goals (tens of minutes and more).
+WorkloadSize = Literal["small", "medium", "full"]
 WORKLOAD_SIZES: tuple[str, ...] = get_args(WorkloadSize)

@@ -1,7 +1,7 @@
 """`lethe unlearn`: run one unlearning method on a reference workload, or on a registered model, and show
 what it did.
 
-    lethe unlearn --workload bios --method nabla_tau --forget-subjects 5 [--size small|full]
+    lethe unlearn --workload bios --method nabla_tau --forget-subjects 5 [--size small|medium|full]
                   [--vs retrain] [--seed N] [--config '{"lr": 1e-4}']
     lethe unlearn --model NAME --tenant TENANT --subject ID [--subject ID ...] --method finetune
                   [--version N] [--vs retrain] [--seed N] [--config JSON]
