@@ -467,11 +467,8 @@ def _verdict_cell(verification: dict[str, Any] | None) -> str:
     rules = sorted(set(verification.get("deciding_rules", [])))
     if not rules or verification["verdict"] == "pass":
         return text
-    if "verdicts" in verification:
-        shown = ", ".join(rules[:3]) + (f" (+{len(rules) - 3} more)" if len(rules) > 3 else "")
-        return f"{text}; deciding rules: {shown}"
     shown = ", ".join(rules[:3]) + (f" (+{len(rules) - 3} more)" if len(rules) > 3 else "")
-    return f"{text}: {shown}"
+    return f"{text}; deciding rules: {shown}" if "verdicts" in verification else f"{text}: {shown}"
 
 
 def _methods(section: dict[str, Any] | None, plots: dict[str, Path]) -> str:
@@ -585,7 +582,7 @@ def _methods(section: dict[str, Any] | None, plots: dict[str, Path]) -> str:
 
 
 def _forget_sets(entry: dict[str, Any]) -> str:
-    """'forget set: 1 subject, 8 samples', or over deletions '3 deletions of 1 subject, 8-9 samples each'."""
+    """The heading's forget sets, e.g. '3 deletion(s) of 1 subject, 8-9 samples each'."""
     deletions = entry.get("deletions")
     if deletions is None:  # a run from before the methods section averaged over deletions
         return f"forget set: {entry['n_subjects']} subject, {entry.get('n_forget')} samples"
