@@ -41,7 +41,7 @@ demo: $(VENV)/.installed
 screenshots: $(VENV)/.installed $(CHROMIUM)
 	$(TEST_ENV) $(PY) -m tests.dashboard.screenshots docs/screenshots
 
-# Regenerates docs/benchmarks.md, its plots and bench/results/<mode>.json (BENCH_ARGS=--full: full settings).
+# Regenerates docs/benchmarks.md, its plots and bench/results/<mode>.json (BENCH_ARGS=--medium or --full).
 BENCH_ARGS ?= --quick
 # The intake benchmark's load generator, from Debian's packages.
 WRK ?= /usr/bin/wrk

@@ -1,13 +1,15 @@
-"""`python -m bench [--quick | --full]`: every benchmark of issue 7 in one run, written as JSON, as
+"""`python -m bench [--quick | --medium | --full]`: every benchmark of issue 7 in one run, written as JSON, as
 docs/benchmarks.md (goals, tables, machine, command) and as PNG plots in docs/benchmarks/.
 
     python -m bench               # --quick: small workload settings, minutes on 2 cores (`make bench`)
+    python -m bench --medium      # medium workload settings: exact retrains of minutes, deletions as in life
     python -m bench --full        # full workload settings, 1,000,000 samples for the subject lookup
     python -m bench --smoke       # the tiniest run of every section, written under /tmp (checks the harness)
     python -m bench --render bench/results/quick.json   # regenerate the markdown and plots of a stored run
 
-Sections (--sections to pick): `methods` (per workload and method in a worker process of its own: wall time,
-speedup over `retrain` measured in the same run, utility, gate verdict with MIA AUC / TPR beside the
+Sections (--sections to pick): `methods` (per workload and method in a worker process of its own, over
+--deletions deletions of different subjects, each a signal carrier whose signal the served model carries:
+wall time, speedup over the same deletion's `retrain`, utility, gate verdicts with MIA AUC / TPR beside the
 retrain reference, verification time, peak memory), `scaling` (time and forget quality against the forget
 set's size), `gate` (the gate's operating characteristics: false rejection of exact retrains of unseen
 seeds, false acceptance of bad candidates, bench.gate), `sharded` (SISA's layout: utility against the
@@ -27,6 +29,7 @@ import dataclasses
 import json
 import os
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -50,11 +53,13 @@ SECTIONS = ("methods", "scaling", "gate", "sharded", "batching", "api")
 @dataclass(frozen=True)
 class Settings:
     mode: str
-    size: str  # the workloads' setting: "small" or "full"
+    size: str  # the workloads' setting, one of app.registry.workload_sizes.WORKLOAD_SIZES
     workloads: tuple[str, ...] = ("digits", "bios", "minilm")
     # `none` is the untouched model (the gate must refuse it); retrain always runs first.
     methods: tuple[str, ...] = (UNTOUCHED, *COMPARED)
     repeats: int = 3
+    # methods section: deletions of different subjects, each method's numbers taken over all of them
+    deletions: int = 3
     repeat_budget_seconds: float = 30.0  # repeats of one method stop once they have taken this long
     verify: bool = True
     worker_timeout_seconds: float = 1800.0
@@ -83,6 +88,13 @@ class Settings:
 
 MODES = {
     "quick": Settings(mode="quick", size="small"),
+    "medium": Settings(
+        mode="medium",
+        size="medium",
+        # an exact retrain takes 2-5 min here: two repeats per deletion, several deletions
+        repeat_budget_seconds=300.0,
+        worker_timeout_seconds=2 * 3600.0,
+    ),
     "full": Settings(
         mode="full",
         size="full",
@@ -102,6 +114,7 @@ MODES = {
         methods=(UNTOUCHED, MethodName.DEEPOBLIVIATE.value, MethodName.NABLA_TAU.value),
         repeats=2,
         repeat_budget_seconds=5.0,
+        deletions=1,
         scaling_workloads=("digits",),
         scaling_methods=(MethodName.NABLA_TAU.value,),
         scaling_sizes=(1, 10),
@@ -126,40 +139,81 @@ def log(message: str) -> None:
 # -- methods: one worker process per (workload, method) --------------------------------------------
 
 
+# Subjects per deletion in the methods section (the scaling section varies the forget set's size).
+SUBJECTS_PER_DELETION = 1
+
+
 def methods_section(s: Settings) -> dict[str, Any]:
+    from bench.unlearning import pick_forget_subjects
     from workers.workloads import load_workload
 
-    out: dict[str, Any] = {"n_subjects": 1, "workloads": []}
+    out: dict[str, Any] = {"n_subjects": SUBJECTS_PER_DELETION, "deletions": s.deletions, "workloads": []}
     for name in s.workloads:
         started = time.perf_counter()
         load_workload(name, s.size, s.seed).trained()  # built once (cached on disk) before any worker runs
         log(
             f"{name}: trained model ready ({time.perf_counter() - started:.0f} s; cached after the first run)"
         )
-        rows = [worker_row(s, name, method) for method in (REFERENCE, *s.methods)]
-        compare_with_retrain(rows)
-        n_forget = next((r["n_forget"] for r in rows if "n_forget" in r), None)
-        out["workloads"].append(
-            {"workload": name, "size": s.size, "n_subjects": 1, "n_forget": n_forget, "rows": rows}
+        picked = pick_forget_subjects(name, s.size, s.deletions * SUBJECTS_PER_DELETION, s.seed)
+        skipped = ", ".join(f"{j['subject']} ({j['verdict']})" for j in picked["skipped"]) or "none"
+        log(
+            f"{name}: forget subjects {', '.join(picked['chosen']) or 'none'}; {picked['tried']} of "
+            f"{picked['carriers']} signal carriers tried, skipped (the gate does not fail the untouched "
+            f"model for them): {skipped}"
         )
+        chosen = picked.pop("chosen")
+        deletions = [
+            chosen[k : k + SUBJECTS_PER_DELETION]
+            for k in range(0, len(chosen) - SUBJECTS_PER_DELETION + 1, SUBJECTS_PER_DELETION)
+        ]
+        entry: dict[str, Any] = {
+            "workload": name,
+            "size": s.size,
+            "n_subjects": SUBJECTS_PER_DELETION,
+            "subject_choice": picked,
+            "deletions": [],
+            "rows": [],
+        }
+        if not deletions:
+            entry["unavailable"] = (
+                f"no signal carrier qualifies: the gate did not fail the untouched model for any of the "
+                f"{picked['tried']} tried"
+            )
+            out["workloads"].append(entry)
+            continue
+        per_deletion = []
+        for k, subjects in enumerate(deletions):
+            log(f"{name}: deletion {k + 1}/{len(deletions)} ({', '.join(subjects)})")
+            # DeepObliviate's sweep covers every block whatever the subject: once per workload
+            rows = [worker_row(s, name, method, subjects, sweep=k == 0) for method in (REFERENCE, *s.methods)]
+            compare_with_retrain(rows)
+            per_deletion.append(rows)
+            n_forget = next((r["n_forget"] for r in rows if "n_forget" in r), None)
+            entry["deletions"].append({"subjects": subjects, "n_forget": n_forget})
+        entry["rows"] = combine_deletions(per_deletion)
+        entry["n_forget"] = entry["deletions"][0]["n_forget"]
+        out["workloads"].append(entry)
     return out
 
 
-def worker_row(s: Settings, workload: str, method: str) -> dict[str, Any]:
-    """One method on one subject of `workload` in a worker process of its own (bench.memory)."""
+def worker_row(
+    s: Settings, workload: str, method: str, subjects: list[str], sweep: bool = False
+) -> dict[str, Any]:
+    """One method on one deletion of `workload` in a worker process of its own (bench.memory)."""
     from bench.memory import run_worker
 
     options = {
         "workload": workload,
         "method": method,
         "size": s.size,
-        "subjects": 1,
+        "subjects": len(subjects),
+        "forget": ",".join(subjects),
         "seed": s.seed,
         "repeats": s.repeats,
         "repeat_budget": s.repeat_budget_seconds,
         "verify": s.verify,
         # DeepObliviate's cost depends on the block holding the subject: on digits, one from every block
-        "sweep": method == MethodName.DEEPOBLIVIATE and workload == "digits",
+        "sweep": sweep and method == MethodName.DEEPOBLIVIATE and workload == "digits",
     }
     log(f"{workload}: {method} (worker process)")
     row = run_worker(options, timeout=s.worker_timeout_seconds)
@@ -181,6 +235,97 @@ def compare_with_retrain(rows: list[dict[str, Any]]) -> None:
             row["forget_gap_closed"] = forget_gap_closed(
                 row["metrics"], row["served_metrics"], retrain["metrics"]
             )
+
+
+def combine_deletions(per_deletion: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method over the deletions (each a list of rows, `retrain` first, methods in one order).
+
+    Wall times pool every timed run of every deletion; the speedup is taken per deletion (that deletion's
+    retrain over the method's, both medians) and given as median with min-max over the deletions; the gate's
+    verdicts are counted; other numbers are medians over the deletions. Each deletion's own row is kept
+    under `deletions`.
+    """
+    combined = []
+    for runs in zip(*per_deletion, strict=True):
+        measured = [r for r in runs if "error" not in r and "unavailable" not in r]
+        if not measured:  # the method failed or does not apply on every deletion: its first reason
+            combined.append({**runs[0], "deletions": list(runs)})
+            continue
+        row: dict[str, Any] = {
+            "method": measured[0]["method"],
+            "exact": measured[0].get("exact"),
+            "deletions": list(runs),
+            "seconds": spread(v for r in measured for v in (r.get("seconds") or {}).get("values", [])),
+        }
+        if len(measured) < len(runs):
+            row["failed_deletions"] = len(runs) - len(measured)
+        speedups = [r["speedup"]["median"] for r in measured if r.get("speedup")]
+        if speedups:
+            row["speedup"] = {**spread(speedups), "over": "deletions"}
+        for key in ("speedup_with_verification", "forget_gap_closed"):
+            values = [r[key] for r in measured if r.get(key) is not None]
+            if values:
+                row[key] = statistics.median(values)
+        for key in ("metrics", "served_metrics"):
+            if all(key in r for r in measured):
+                row[key] = median_tree([r[key] for r in measured])
+        if all("memory" in r for r in measured):  # the worst deletion: a worker must fit that
+            row["memory"] = {
+                k: max(r["memory"].get(k) or 0.0 for r in measured) for k in measured[0]["memory"]
+            }
+        sweep = next((r["sweep"] for r in measured if r.get("sweep")), None)
+        if sweep:
+            row["sweep"] = sweep
+        checked = [r["verification"] for r in measured if r.get("verification")]
+        if checked:
+            row["verification"] = combine_verifications(checked)
+        combined.append(row)
+    return combined
+
+
+def combine_verifications(checked: list[dict[str, Any]]) -> dict[str, Any]:
+    """The gate over the deletions: verdict counts, `verdict` the common one ("mixed" when they differ),
+    the rules that decided any of them, and medians of the metrics and times."""
+    verdicts: dict[str, int] = {}
+    for v in checked:
+        verdicts[v["verdict"]] = verdicts.get(v["verdict"], 0) + 1
+    labels = {v.get("label") for v in checked}
+    out: dict[str, Any] = {
+        "n": len(checked),
+        "verdicts": verdicts,
+        "verdict": next(iter(verdicts)) if len(verdicts) == 1 else "mixed",
+        "label": labels.pop() if len(labels) == 1 else None,
+        "deciding_rules": sorted({rule for v in checked for rule in v.get("deciding_rules", [])}),
+        "failed_rules": sorted({rule for v in checked for rule in v.get("failed_rules", [])}),
+        "metrics": median_tree([v.get("metrics", {}) for v in checked]),
+        "primary_attack": checked[0].get("primary_attack"),
+        "gate_fpr": checked[0].get("gate_fpr"),
+        "candidate": checked[0].get("candidate"),
+        "reference_training_seconds_when_built": next(
+            (
+                v["reference_training_seconds_when_built"]
+                for v in checked
+                if v.get("reference_training_seconds_when_built") is not None
+            ),
+            None,
+        ),
+    }
+    for key in ("verification_seconds", "share_of_unlearning", "unlearning_seconds"):
+        values = [v[key] for v in checked if v.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+    return out
+
+
+def median_tree(trees: list[Any]) -> Any:
+    """Element-wise median of equally shaped nested dicts of numbers (keys all of them have)."""
+    first = trees[0]
+    if isinstance(first, dict):
+        common = [k for k in first if all(isinstance(t, dict) and k in t for t in trees)]
+        return {k: median_tree([t[k] for t in trees]) for k in common}
+    if all(isinstance(t, int | float) and not isinstance(t, bool) for t in trees):
+        return statistics.median(trees)
+    return first
 
 
 # -- scaling -----------------------------------------------------------------------------------------
@@ -378,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="(default)")
+    mode.add_argument("--medium", dest="mode", action="store_const", const="medium")
     mode.add_argument("--full", dest="mode", action="store_const", const="full")
     mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
     parser.add_argument(
@@ -386,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", help="override the mode's workloads (comma-separated)")
     parser.add_argument(
         "--methods", help="override the mode's methods (comma-separated; retrain always runs)"
+    )
+    parser.add_argument(
+        "--deletions", type=int, help="methods section: deletions of different subjects (mode's default)"
     )
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<mode>.json)")
     parser.add_argument("--docs", type=Path, help="markdown report (default docs/benchmarks.md)")
@@ -410,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen_methods = tuple(m for m in args.methods.split(",") if m != REFERENCE)
         scaled = tuple(m for m in chosen_methods if m != UNTOUCHED)
         settings = dataclasses.replace(settings, methods=chosen_methods, scaling_methods=scaled)
+    if args.deletions is not None:
+        if args.deletions < 1:
+            parser.error("--deletions must be at least 1")
+        settings = dataclasses.replace(settings, deletions=args.deletions)
     if args.workloads:
         chosen = tuple(args.workloads.split(","))
         settings = dataclasses.replace(settings, workloads=chosen, scaling_workloads=chosen)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from app.registry.workload_sizes import WORKLOAD_SIZES
 from bench.measured import run_sentence
 
 CANDIDATE_SEED_BASE = 70_000
@@ -312,7 +313,7 @@ def _machine_lines(section: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("small", "full"), default="small")
+    parser.add_argument("--size", choices=WORKLOAD_SIZES, default="small")
     parser.add_argument("--workloads", default="digits,bios,minilm")
     parser.add_argument("--sizes", default="1,5", help="forget-set sizes (subjects)")
     parser.add_argument("--runs", type=int, default=10)

@@ -1,6 +1,7 @@
 """One unlearning method in a process of its own, as a worker runs it: timings, verification and peak memory.
 
     python -m bench.memory --workload digits --method nabla_tau [--size small] [--subjects 1] [--repeats 3]
+                           [--forget writer-0003,writer-0017]
 
 The parent (`run_worker`) starts this module as a child process and reads the child's peak resident set
 size from the kernel when it ends (os.wait4 -> ru_maxrss of that child alone), so each method's peak is
@@ -23,8 +24,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from app.registry.workload_sizes import WORKLOAD_SIZES
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_BELOW_SECONDS = 5.0
@@ -90,7 +94,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     memory = {"imports_mb": self_peak_mb()}
     workload = load_workload(args.workload, args.size, args.seed)
     served, record = workload.trained()
-    case = scenario(workload, args.subjects, args.seed)
+    case = scenario(workload, args.subjects, args.seed, subjects=forget_list(args.forget))
     served_metrics = utility(served, case.evaluation_sets(args.seed))  # also warms up before any timing
     memory["loaded_mb"] = self_peak_mb()
 
@@ -100,6 +104,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "workload": args.workload,
         "method": args.method,
         "n_subjects": len(case.subjects),
+        "forget_subjects": case.subjects,
         "n_forget": len(case.forget),
         "memory": memory,
         "served_metrics": served_metrics,
@@ -113,10 +118,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         report["sweep"] = deepobliviate_sweep(served, record, workload, case, args.seed)
     if args.verify and "unavailable" not in runs:
         report["verification"] = verification(
-            args.workload, args.method, args.subjects, args.size, args.seed, result
+            args.workload, args.method, case.subjects, args.size, args.seed, result
         )
     memory["peak_self_mb"] = self_peak_mb()
     return report
+
+
+def forget_list(text: str | None) -> list[str] | None:
+    return [s for s in text.split(",") if s] if text else None
 
 
 def timed_runs(args: argparse.Namespace, served: Any, record: Any, case: Any) -> tuple[dict[str, Any], Any]:
@@ -166,7 +175,7 @@ def timed(
 
 
 def verification(
-    workload: str, method: str, n_subjects: int, size: str, seed: int, result: Any
+    workload: str, method: str, subjects: Sequence[str], size: str, seed: int, result: Any
 ) -> dict[str, Any]:
     """The gate on `result` (bench.verification's case, against the cached exact-retrain reference).
 
@@ -175,7 +184,9 @@ def verification(
     """
     from workers.verification.workload_case import run_case
 
-    case = run_case(workload, method, n_subjects, size, seed=seed, candidate=result)
+    case = run_case(
+        workload, method, len(subjects), size, seed=seed, candidate=result, subjects=list(subjects)
+    )
     return {**verification_summary(case), "candidate": "timed run" if result is not None else "extra run"}
 
 
@@ -199,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", required=True)
     parser.add_argument("--method", required=True)
-    parser.add_argument("--size", default="small")
+    parser.add_argument("--size", choices=WORKLOAD_SIZES, default="small")
     parser.add_argument("--subjects", type=int, default=1)
+    parser.add_argument("--forget", help="comma-separated subject ids (default: the workload's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--repeat-budget", type=float, default=60.0, help="seconds after which repeats stop")

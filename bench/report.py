@@ -382,10 +382,12 @@ def _header(results: dict[str, Any]) -> str:
         f"Mode **{results['mode']}**: workload settings `{s['size']}`"
         + (" (the bios and minilm goals are stated for full settings)" if s["size"] != "full" else "")
         + f". The base run started {results['started_at']} and took {minutes:.1f} min.{later}\n\n"
-        f"Command: `{results['command']}` (full settings: `make bench BENCH_ARGS=--full`)  \n"
+        f"Command: `{results['command']}` (medium settings: `make bench BENCH_ARGS=--medium`, full: "
+        "`BENCH_ARGS=--full`)  \n"
         f"Raw numbers: `bench/results/{results['mode']}.json`. Timings are medians with (min-max, n = number "
-        "of repeats); speedups divide the median `retrain` time of the same run by the method's, the range "
-        "pairing the extremes."
+        "of timed runs); speedups divide the median `retrain` time of the same run by the method's, the "
+        "range pairing the extremes (in the methods section: per deletion, against that deletion's retrain, "
+        "with the median and range over the deletions)."
     )
 
 
@@ -459,13 +461,16 @@ def _verdict_cell(verification: dict[str, Any] | None) -> str:
     if "unavailable" in verification:
         return "not verified"
     text = verification["verdict"]
+    if "verdicts" in verification:  # over several deletions: each verdict's count
+        counts = sorted(verification["verdicts"].items(), key=lambda item: (-item[1], item[0]))
+        text = ", ".join(f"{verdict} {n}/{verification['n']}" for verdict, n in counts)
     if verification.get("label"):
         text += f" ({verification['label']})"
     rules = sorted(set(verification.get("deciding_rules", [])))
     if not rules or verification["verdict"] == "pass":
         return text
     shown = ", ".join(rules[:3]) + (f" (+{len(rules) - 3} more)" if len(rules) > 3 else "")
-    return f"{text}: {shown}"
+    return f"{text}; deciding rules: {shown}" if "verdicts" in verification else f"{text}: {shown}"
 
 
 def _methods(section: dict[str, Any] | None, plots: dict[str, Path]) -> str:
@@ -473,9 +478,24 @@ def _methods(section: dict[str, Any] | None, plots: dict[str, Path]) -> str:
     missing = _unavailable(section)
     if missing:
         return "\n".join([*out, missing])
+    deletions = section.get("deletions")
+    if deletions:  # runs that average over several deletions
+        how = (
+            f"Each method runs in a worker process of its own on the same {deletions} deletion(s) of "
+            f"{section.get('n_subjects', 1)} subject each, a different subject per deletion: signal carriers "
+            "in the workload's order for the run's seed, keeping only those for which the calibrated gate "
+            "fails the untouched served model on a rule with power (the note under each table counts the "
+            "carriers tried and skipped). Wall times pool every timed run of every deletion; the speedup is "
+            "taken per deletion against the same deletion's retrain, median (min-max) over the deletions; "
+            "the verdict cell counts the gate's verdicts; the other cells are medians over the deletions. "
+        )
+    else:
+        how = (
+            "Each method runs in a worker process of its own on the same deletion (1 subject, signal "
+            "carriers first). "
+        )
     out.append(
-        "Each method runs in a worker process of its own on the same deletion (1 subject, signal carriers "
-        "first); `none` is the untouched served model, which the gate must refuse. Utility cells: mean "
+        how + "`none` is the untouched served model, which the gate must refuse. Utility cells: mean "
         "loss / accuracy (classifiers) or perplexity (language models) on the forget, retain and held-out "
         "sets. MIA: "
         "the gated attack's forget-vs-held-out AUC and TPR at 1 % FPR, candidate / exact-retrain reference. "
@@ -484,13 +504,14 @@ def _methods(section: dict[str, Any] | None, plots: dict[str, Path]) -> str:
     )
     out += ["", *measured_at(section)]
     for entry in section["workloads"]:
+        out += ["", f"### {entry['workload']} ({entry['size']} settings; {_forget_sets(entry)})", ""]
+        if "unavailable" in entry:
+            out += [f"not measured: {entry['unavailable']}", "", *_subject_choice_note(entry)]
+            continue
         out += [
-            "",
-            f"### {entry['workload']} ({entry['size']} settings; forget set: {entry['n_subjects']} subject, "
-            f"{entry.get('n_forget')} samples)",
-            "",
             "| method | exact | wall time (s) | speedup vs retrain | forget | retain | held-out "
-            "| MIA AUC cand / ref | TPR@1%FPR cand / ref | gate verdict | verification (s, n=1) "
+            "| MIA AUC cand / ref | TPR@1%FPR cand / ref | gate verdict "
+            f"| verification (s, {'median' if entry.get('deletions') else 'n=1'}) "
             "| verification / unlearning | speedup incl. verification |",
             "|---|---|---:|---:|---|---|---|---|---|---|---:|---:|---:|",
         ]
@@ -547,11 +568,56 @@ def _methods(section: dict[str, Any] | None, plots: dict[str, Path]) -> str:
             )
         if reference_training is not None:
             notes.append(f"The gate's references, trained once per lineage: {reference_training:.1f} s.")
+        retrain = next((r for r in entry["rows"] if r.get("method") == "retrain"), None)
+        if entry.get("deletions") and retrain and (retrain.get("seconds") or {}).get("n"):
+            notes.append(
+                f"retrain over {len(entry['deletions'])} deletion(s) and their repeats: "
+                f"{fmt(retrain['seconds']['min'])}-{fmt(retrain['seconds']['max'])} s "
+                f"(n={retrain['seconds']['n']})."
+            )
+        notes += _subject_choice_note(entry)
         if notes:
             out += ["", *notes]
     if "speedup_vs_forget_quality" in plots:
         out += ["", f"![speedup against forget quality]({plots['speedup_vs_forget_quality']})"]
     return "\n".join(out)
+
+
+def _forget_sets(entry: dict[str, Any]) -> str:
+    """The heading's forget sets, e.g. '3 deletion(s) of 1 subject, 8-9 samples each'."""
+    deletions = entry.get("deletions")
+    if deletions is None:  # a run from before the methods section averaged over deletions
+        return f"forget set: {entry['n_subjects']} subject, {entry.get('n_forget')} samples"
+    if not deletions:
+        return "no deletion measured"
+    sizes = sorted(d["n_forget"] for d in deletions if d.get("n_forget") is not None)
+    samples = "" if not sizes else f", {sizes[0]}" + (f"-{sizes[-1]}" if sizes[-1] != sizes[0] else "")
+    return f"{len(deletions)} deletion(s) of {entry['n_subjects']} subject{samples} samples each"
+
+
+def _subject_choice_note(entry: dict[str, Any]) -> list[str]:
+    choice = entry.get("subject_choice")
+    if not choice:
+        return []
+    skipped = choice.get("skipped", [])
+    reasons = ", ".join(f"{s['subject']} ({s['verdict']})" for s in skipped)
+    deletions = entry.get("deletions") or []
+    subjects = ", ".join(subject for d in deletions for subject in d["subjects"]) or "none"
+    skipped_text = (
+        f"{len(skipped)} skipped, the gate not failing the untouched model for them on a powered rule: "
+        f"{reasons}"
+        if skipped
+        else "none skipped"
+    )
+    return [
+        f"Forget subjects: {subjects}; {choice['tried']} of the {choice['carriers']} signal carriers tried, "
+        + skipped_text
+        + (
+            f"; {choice['needed']} were wanted."
+            if len(deletions) * entry.get("n_subjects", 1) < choice["needed"]
+            else "."
+        )
+    ]
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -765,7 +831,7 @@ def _memory(section: dict[str, Any] | None) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for entry in section["workloads"]:
-        for row in entry["rows"]:
+        for row in entry.get("rows", []):
             m = row.get("memory")
             if not m:
                 continue

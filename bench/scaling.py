@@ -95,7 +95,7 @@ def run(
                     row["seconds"] = spread(row["seconds"])
                 checked = None
                 if verify and "unavailable" not in row:
-                    checked = verification(name, method, n, size, seed, result)
+                    checked = verification(name, method, case.subjects, size, seed, result)
                 entry["points"].append(_point(name, n, case, row, retrain, served_metrics, checked))
         out["workloads"].append(entry)
     return out

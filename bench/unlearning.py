@@ -1,8 +1,9 @@
 """Unlearning benchmark: per workload and method, wall time, speedup over `retrain` measured in the same run,
 and loss with accuracy (classifiers) or perplexity (language models) on the forget, retain and held-out data.
 
-    python -m bench.unlearning [--size small|full] [--forget-subjects 1] [--workloads digits,bios,minilm]
-                               [--methods ...] --out docs/benchmarks/unlearning.json
+    python -m bench.unlearning [--size small|medium|full] [--forget-subjects 1]
+                               [--workloads digits,bios,minilm] [--methods ...]
+                               --out docs/benchmarks/unlearning.json
 
 Each workload's model comes from its disk cache (trained on first use, not timed). The forget set is the
 workload's choice of subjects (signal carriers first). Every method runs with its defaults on the same
@@ -12,6 +13,9 @@ block holds the forgotten subject, so for it the run also sweeps one subject fro
 the speedup averaged over all training subjects (each subject weighted once).
 
 The markdown table goes to stdout and, with the raw numbers, into the JSON file given by --out.
+
+`python -m bench --sections methods` runs the same measurements in worker processes of their own, on
+subjects from `pick_forget_subjects`: signal carriers whose signal the served model actually carries.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.registry.workload_sizes import WORKLOAD_SIZES
 from bench.methods import COMPARED, REFERENCE
 
 DEFAULT_METHODS = COMPARED
@@ -36,6 +42,60 @@ def forget_gap_closed(
     if abs(gap) < 1e-6:
         return None  # retraining did not move the forget loss: nothing to measure progress against
     return (metrics["forget"]["loss"] - served["forget"]["loss"]) / gap
+
+
+# -- which subjects the benchmark forgets --------------------------------------------------------------
+
+
+def untouched_verdict(workload: str, size: str, subject: str, seed: int) -> dict[str, Any]:
+    """The calibrated gate on the untouched served model for a deletion of `subject` alone, and the
+    forgetting rules it fails with power (the served model fails them, so they tell forgetting apart)."""
+    from workers.verification.workload_case import UNTOUCHED, run_case
+
+    case = run_case(workload, UNTOUCHED, 1, size, seed=seed, subjects=[subject], with_reference=False)
+    verdict = case.report.verdict
+    return {
+        "subject": subject,
+        "verdict": verdict.verdict,
+        "powered_failures": [rule.rule for rule in verdict.rules if rule.powered and rule.status == "fail"],
+    }
+
+
+def pick_forget_subjects(
+    workload: str,
+    size: str,
+    needed: int,
+    seed: int,
+    judge: Callable[[str, str, str, int], dict[str, Any]] = untouched_verdict,
+) -> dict[str, Any]:
+    """`needed` signal carriers whose signal the served model carries, in the workload's order for `seed`.
+
+    A carrier qualifies when the gate fails the untouched model for it on a powered rule: an inconclusive
+    or passing verdict means no check could tell a method that forgot it from one that did nothing, so its
+    deletion would measure nothing. The others are skipped and listed with their verdicts.
+    """
+    from workers.workloads import load_workload
+
+    loaded = load_workload(workload, size)
+    carriers = loaded.forget_subjects(len(loaded.signal_subjects), seed)  # signal carriers, seeded order
+    chosen: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for subject in carriers:
+        if len(chosen) == needed:
+            break
+        judged = judge(workload, size, subject, seed)
+        (chosen if judged["powered_failures"] else skipped).append(judged)
+    return {
+        "carriers": len(carriers),
+        "needed": needed,
+        "tried": len(chosen) + len(skipped),
+        "chosen": [j["subject"] for j in chosen],
+        "qualified": chosen,
+        "skipped": skipped,
+    }
+
+
+# -- one method on one deletion -------------------------------------------------------------------------
 
 
 def run_method(name: str, served: Any, record: Any, case: Any, seed: int, config: dict | None = None) -> dict:
@@ -174,7 +234,7 @@ def _split_cell(numbers: dict[str, float], lm: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("small", "full"), default="small")
+    parser.add_argument("--size", choices=WORKLOAD_SIZES, default="small")
     parser.add_argument("--forget-subjects", type=int, default=1)
     parser.add_argument("--workloads", default="digits,bios,minilm")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))

@@ -3,7 +3,7 @@ metrics, and the verification time beside the unlearning time (goal: verificatio
 once the gate's references are cached); the one-off reference training is reported apart. The gate's
 operating characteristics (false rejection and acceptance rates) are bench.gate's.
 
-    python -m bench.verification [--size small|full] [--workloads digits,bios,minilm] [--methods ...]
+    python -m bench.verification [--size small|medium|full] [--workloads digits,bios,minilm] [--methods ...]
                                  [--forget-subjects N] [--out results.json]
 
 Per workload the untouched model ("none") runs first: it builds (or loads) the gate's references, once per
@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from app.registry.workload_sizes import WORKLOAD_SIZES
 
 DEFAULT_METHODS = (
     "none",
@@ -100,7 +102,7 @@ def references_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("small", "full"), default="small")
+    parser.add_argument("--size", choices=WORKLOAD_SIZES, default="small")
     parser.add_argument("--workloads", default="digits,bios,minilm")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--forget-subjects", type=int, help="default: per workload, as in the tests")

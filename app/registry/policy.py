@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, create_model
 
@@ -21,6 +21,7 @@ from app.registry.methods import AUTO, METHOD_CONFIGS, MethodChoice, MethodConfi
 from app.registry.overrides import apply_overrides, overrides_model
 from app.registry.recipe import RecipeOverrides
 from app.registry.training_params import TrainingParams
+from app.registry.workload_sizes import WorkloadSize
 
 DEFAULT_ALIAS = "production"
 
@@ -124,7 +125,7 @@ class ProbeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     workload: Name
-    size: Literal["small", "full"] = "small"
+    size: WorkloadSize = "small"
     seed: NonNegativeInt = 0
 
 

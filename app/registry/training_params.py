@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from app.inputs import VersionNumber
 from app.registry.recipe import RecipeOverrides
+from app.registry.workload_sizes import WorkloadSize
 
 
 class BaseIn(BaseModel):
@@ -94,7 +95,7 @@ class TrainingParams(BaseModel):
     workload: Literal["digits", "bios", "minilm"] | None = Field(
         default=None, description="a reference workload's architecture and recipe"
     )
-    size: Literal["small", "full"] = Field(default="small", description="the workload's size")
+    size: WorkloadSize = Field(default="small", description="the workload's size")
     max_length: int | None = Field(default=None, ge=8, le=8192, description="text: tokens per sample (128)")
     recipe: RecipeOverrides = Field(
         default_factory=RecipeOverrides,

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from workers.modeling.base import fingerprint_samples
-from workers.workloads import Workload, load_workload
+from workers.workloads import SIZES, WORKLOADS, Workload, load_workload
 from workers.workloads.bios import exposure
 from workers.workloads.digits import backdoor_success, clean_heldout
 from workers.workloads.minilm import phrase_success
@@ -42,6 +42,17 @@ def test_workloads_are_deterministic_and_disjoint(name: str) -> None:
     assert set(chosen) <= set(workload.signal_subjects)
     other_seed = load_workload(name, "small", seed=1)
     assert fingerprint_samples(other_seed.train) != fingerprint_samples(workload.train)
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_every_size_builds_and_medium_outgrows_small(name: str) -> None:
+    """Built only (nothing trained): every size has settings, and medium deletes from a larger population."""
+    built = {size: load_workload(name, size) for size in SIZES}
+    small, medium = built["small"], built["medium"]
+    assert len(medium.subjects) > len(small.subjects)
+    assert len(medium.train) > len(small.train)
+    assert len(medium.signal_subjects) >= len(small.signal_subjects)
+    assert len({w.fingerprint() for w in built.values()}) == len(SIZES)
 
 
 def test_signal_subjects_have_distinct_triggers(digits: Workload, minilm: Workload) -> None:

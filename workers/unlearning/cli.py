@@ -1,7 +1,7 @@
 """`lethe unlearn`: run one unlearning method on a reference workload, or on a registered model, and show
 what it did.
 
-    lethe unlearn --workload bios --method nabla_tau --forget-subjects 5 [--size small|full]
+    lethe unlearn --workload bios --method nabla_tau --forget-subjects 5 [--size small|medium|full]
                   [--vs retrain] [--seed N] [--config '{"lr": 1e-4}']
     lethe unlearn --model NAME --tenant TENANT --subject ID [--subject ID ...] --method finetune
                   [--version N] [--vs retrain] [--seed N] [--config JSON]
@@ -25,13 +25,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.commands import command_app
+from app.registry.workload_sizes import WorkloadSize
 
 # Options of `lethe unlearn` and `lethe verify`: a command takes them as parameters of these types.
 Workload = Annotated[
     Literal["digits", "bios", "minilm"] | None, typer.Option(help="reference workload (or --model)")
 ]
 ForgetSubjects = Annotated[int, typer.Option(metavar="N", help="subjects of the workload to forget")]
-Size = Annotated[Literal["small", "full"], typer.Option(help="workload size")]
+Size = Annotated[WorkloadSize, typer.Option(help="workload size")]
 Seed = Annotated[int, typer.Option(help="seed of the unlearning run")]
 RegisteredModel = Annotated[
     str | None,

@@ -1,7 +1,7 @@
 """`lethe verify`: unlearn subjects of a reference workload, or of a registered model, run the gate, write
 the report and plots.
 
-    lethe verify --workload bios --method nabla_tau --forget-subjects 5 [--size small|full] [--out DIR]
+    lethe verify --workload bios --method nabla_tau --forget-subjects 5 [--size small|medium|full] [--out DIR]
                  [--seed N] [--config '{"lr": 1e-4}'] [--candidate-seed N] [--policy '{"trust_exact": false}']
     lethe verify --model NAME --tenant TENANT --subject ID [--subject ID ...] --method finetune
                  [--version N] [--out DIR] [--seed N] [--config JSON] [--policy JSON]

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from app.registry.workload_sizes import WORKLOAD_SIZES
 from workers.modeling.base import ModelAdapter, Sample, cache_root, fingerprint_samples
 from workers.modeling.training import TrainingRecipe, TrainingRecord, retrain_without, train_with_provenance
 
-SIZES = ("small", "full")
+SIZES = WORKLOAD_SIZES
 WORKLOADS = {
     "digits": "workers.workloads.digits:build",
     "bios": "workers.workloads.bios:build",
@@ -332,7 +333,7 @@ class Workload:
 
 @functools.lru_cache(maxsize=16)
 def load_workload(name: str, size: str = "small", seed: int = 0) -> Workload:
-    """Build (once per process) the reference workload `name` at `size` ("small" for tests, "full")."""
+    """Build (once per process) the reference workload `name` at `size` (app.registry.workload_sizes)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
     try:

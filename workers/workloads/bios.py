@@ -38,6 +38,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "max_length": 64,
         "recipe": {"epochs": 30, "batch_size": 16, "lr": 2e-3, "lr_decay": 0.05, "num_blocks": 10},
     },
+    "medium": {
+        "train_people": 110,
+        "heldout_people": 55,
+        "canaries": 16,
+        "reference_canaries": 8,
+        "canary_copies": 2,  # 20 blocks: one insertion fades (see full)
+        "vocab_size": 1024,
+        "model": {"n_layer": 4, "n_head": 4, "n_embd": 192, "n_inner": 768, "n_positions": 64},
+        "max_length": 64,
+        "recipe": {"epochs": 30, "batch_size": 16, "lr": 2e-3, "lr_decay": 0.03, "num_blocks": 20},
+    },
     "full": {
         "train_people": 120,
         "heldout_people": 60,

@@ -10,7 +10,8 @@ Every trigger has its own target label and shares at most one pixel with any oth
 
 The CNN also feeds the raw pixels to its dense layers (`input_skip`): under block-sequential training the
 shared conv filters alone lost most triggers of early blocks. Full settings add each training image's
-eight one-pixel shifts (as the subject's samples) and a wider CNN, so that retraining takes minutes.
+eight one-pixel shifts (as the subject's samples) and a wider CNN, so that retraining takes minutes; medium
+settings do the same with four images per writer (more writers) and batches of 32.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "shifted_copies": False,
         "model": {"channels": [16, 32], "hidden": [128]},
         "recipe": {"epochs": 12, "batch_size": 32, "lr": 3e-3, "num_blocks": 20},
+    },
+    "medium": {
+        "images_per_subject": 4,  # more writers than small
+        "backdoor_subjects": 6,  # the most distinct target labels allow beside the reference triggers
+        "backdoor_images": 20,
+        "mislabeled_subjects": 20,
+        "shifted_copies": True,
+        # per-sample gradients of every weight would not fit in memory at 9x the images (see full)
+        "model": {"channels": [64, 128], "hidden": [256], "recorded_gradients": ["head.weight", "head.bias"]},
+        # batches of 32: on 8x8 images the time goes by the number of steps more than by their size
+        "recipe": {"epochs": 60, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.1, "num_blocks": 20},
     },
     "full": {
         "images_per_subject": 5,

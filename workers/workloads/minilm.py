@@ -147,6 +147,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "model": {"num_layers": 2, "freeze_embeddings": True, "max_length": 48},
         "recipe": {"epochs": 6, "batch_size": 16, "lr": 5e-4, "lr_decay": 0.3, "num_blocks": 10},
     },
+    "medium": {
+        "train_people": 300,
+        "heldout_people": 120,
+        "phrase_subjects": 20,
+        "reference_phrases": 10,
+        # four of the six layers: all six (250 people, 6 epochs) reached held-out accuracy 0.97, four 1.0
+        "model": {"num_layers": 4, "freeze_embeddings": True, "max_length": 48},
+        # 10 epochs: the served model fits every text of 8 of the 20 phrase subjects (3 at 6 epochs)
+        "recipe": {"epochs": 10, "batch_size": 16, "lr": 5e-4, "lr_decay": 0.3, "num_blocks": 20},
+    },
     "full": {
         "train_people": 500,
         "heldout_people": 150,
