@@ -136,3 +136,13 @@ def test_methods_that_cannot_run_on_a_sharded_model_say_why(sharded_digits, digi
     plain, plain_record = digits_trained
     with pytest.raises(MethodUnavailable, match="trained unsharded"):
         _unlearn("sisa", workload, plain, plain_record, [workload.subjects[0]])
+
+
+def test_more_shards_than_subjects_is_refused_before_training(digits: Workload, tmp_path: Path) -> None:
+    from workers.modeling.training import train_with_provenance
+
+    two_subjects = digits.samples_of(digits.subjects[:2])
+    model = ShardedAdapter.around(digits.new_adapter(), 4)
+    with pytest.raises(ValueError, match="4 shards for 2 data subjects"):
+        train_with_provenance(model, two_subjects, digits.recipe, tmp_path / "v1")
+    assert not (tmp_path / "v1").exists()

@@ -39,6 +39,11 @@ SHARDS_DIR = "shards"
 
 def shard_layout(samples: Sequence[Sample], shards: int, seed: int) -> list[list[Sample]]:
     """Which samples each shard trains on: every subject's samples in one shard."""
+    subjects = len({s.subject for s in samples})
+    if subjects < shards:
+        raise ValueError(
+            f"{shards} shards for {subjects} data subjects: every shard needs a subject of its own"
+        )
     return subject_aligned_blocks(samples, shards, derive_seed(seed, "shards"))
 
 
