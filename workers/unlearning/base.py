@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from app.registry.methods import METHOD_CONFIGS, MethodConfig, MethodName
+from workers.modeling.adapters.sharded import ShardedAdapter
 from workers.modeling.base import TASKS, ModelAdapter, Sample, seed_everything
 
 # progress(fraction 0..1, message) — the pipeline turns it into job progress, the CLI into a bar.
@@ -149,7 +150,7 @@ class UnlearningMethod(ABC):
                 f"{self.name} does not unlearn a {adapter.task} model (it runs on: "
                 f"{', '.join(sorted(self.tasks))}); see its module for why"
             )
-        if adapter.kind == "sharded" and self.not_on_sharded:
+        if isinstance(adapter, ShardedAdapter) and self.not_on_sharded:
             raise MethodUnavailable(f"{self.name} does not run on a sharded model: {self.not_on_sharded}")
         needs, record = self.required_provenance, context.training
         if Provenance.RECIPE in needs and record is None:

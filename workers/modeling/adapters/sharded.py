@@ -216,11 +216,3 @@ class ShardedAdapter(ModelAdapter):
 
     def predict(self, samples: Sequence[Sample], batch_size: int = 64) -> np.ndarray:
         return self._view.predict(samples, batch_size)
-
-    def tied_parameter_names(self) -> set[str]:
-        return {
-            f"members.{s}.{name}" for s, m in enumerate(self.members) for name in m.tied_parameter_names()
-        }
-
-    def training_step_recording(self, batch: Batch, optimizer: torch.optim.Optimizer) -> Any:
-        raise NotImplementedError("a sharded model's first-epoch gradients are recorded per member")

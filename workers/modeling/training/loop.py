@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from app.registry.recipe import TrainingRecipe
+from workers.modeling.adapters.sharded import ShardedAdapter
 from workers.modeling.base import ModelAdapter, Sample, SampleGradient
 from workers.modeling.training.determinism import derive_seed, deterministic
 from workers.modeling.training.layout import epoch_order
@@ -53,7 +54,7 @@ def train_blocks(
     `on_block_end` may stop the run by returning True; `record_gradient` receives each sample's own loss
     gradient in the first epoch of its block.
     """
-    if getattr(adapter, "kind", None) == "sharded":  # its members each train on their own shard
+    if isinstance(adapter, ShardedAdapter):  # its members each train on their own shard
         raise TypeError("a sharded model trains member by member (workers/modeling/training/shards.py)")
     optimizer = make_optimizer(adapter, recipe)
     if optimizer_state is not None:

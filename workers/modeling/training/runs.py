@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from app.registry.recipe import TrainingRecipe
+from workers.modeling.adapters.sharded import ShardedAdapter
 from workers.modeling.base import ModelAdapter, Sample, fingerprint_samples
 from workers.modeling.training.checkpoints import CHECKPOINT_DIR, CheckpointWriter
 from workers.modeling.training.gradients import GRADIENTS_FILE, GradientRecorder
@@ -19,6 +20,11 @@ from workers.modeling.training.layout import subject_aligned_blocks
 from workers.modeling.training.loop import BlockRun, Progress, train_blocks
 from workers.modeling.training.optimizer import make_optimizer
 from workers.modeling.training.record import MODEL_DIR, TrainingRecord
+from workers.modeling.training.shards import (
+    retrain_sharded_without,
+    train_sharded_fresh,
+    train_sharded_with_provenance,
+)
 
 
 def train_with_provenance(
@@ -35,13 +41,9 @@ def train_with_provenance(
     the samples are laid out with `subject_aligned_blocks`. A sharded model trains member by member
     (`shards.train_sharded_with_provenance`).
     """
-    from workers.modeling.adapters.sharded import ShardedAdapter
-
     if isinstance(adapter, ShardedAdapter):
         if blocks is not None:
             raise ValueError("a sharded model lays out its own shards; retrain it with retrain_without")
-        from workers.modeling.training.shards import train_sharded_with_provenance
-
         return train_sharded_with_provenance(adapter, samples, recipe, workdir, progress)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -112,11 +114,7 @@ def train_fresh(
         config["init_seed"] = seed
         recipe = recipe.replace(seed=seed)
     adapter = new_adapter(adapter_kind, config, device=device)
-    from workers.modeling.adapters.sharded import ShardedAdapter
-
     if isinstance(adapter, ShardedAdapter):
-        from workers.modeling.training.shards import train_sharded_fresh
-
         train_sharded_fresh(adapter, samples, recipe, progress)
         return adapter
     blocks = subject_aligned_blocks(samples, recipe.num_blocks, recipe.seed)
@@ -141,8 +139,6 @@ def retrain_without(
     the BlockRun of a plain `train_blocks`. A sharded version retrains every member.
     """
     if record.num_shards:
-        from workers.modeling.training.shards import retrain_sharded_without
-
         return retrain_sharded_without(
             record, samples, forget_ids, recipe=recipe, workdir=workdir, device=device, progress=progress
         )

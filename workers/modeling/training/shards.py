@@ -154,12 +154,12 @@ def restart_affected_shards(
 
     started = time.perf_counter()
     forget = set(forget_ids)
-    affected = [s for s in range(record.num_shards) if forget & set(record.shard_record(s).sample_ids)]
+    subs = [record.shard_record(s) for s in range(record.num_shards)]
+    affected = [s for s, sub in enumerate(subs) if forget & set(sub.sample_ids)]
     members: list[ModelAdapter] = []
     records: list[TrainingRecord] = []
     shards: list[dict[str, Any]] = []
-    for s in range(record.num_shards):
-        sub = record.shard_record(s)
+    for s, sub in enumerate(subs):
         if s not in affected:
             members.append(served.members[s].clone())
             if workdir is not None:
