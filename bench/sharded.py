@@ -224,11 +224,12 @@ def render(section: dict[str, Any] | None, command: str) -> str:
 
 
 def _layouts(text: str) -> dict[str, tuple[int, int]]:
+    from app.registry.training_params import layout_of
+
     out = {}
     for item in filter(None, text.split(",")):
         name, _, shape = item.partition("=")
-        shards, _, slices = shape.partition("x")
-        out[name] = (int(shards), int(slices))
+        out[name] = layout_of(shape)
     return out
 
 

@@ -80,6 +80,14 @@ class LayoutIn(BaseModel):
     )
 
 
+def layout_of(text: str) -> tuple[int, int]:
+    """(shards, slices) from "SxR" as the command lines write a layout; ValueError naming the form."""
+    shards, _, slices = text.lower().partition("x")
+    if not (shards.isdigit() and slices.isdigit() and int(shards) >= 1 and int(slices) >= 1):
+        raise ValueError(f"a layout is SHARDSxSLICES, e.g. 4x5, not {text!r}")
+    return int(shards), int(slices)
+
+
 class TrainingParams(BaseModel):
     """What to train: from a `base` (fine-tuning), a torch classifier `architecture` from scratch, or a
     reference `workload`'s architecture and recipe. Unknown fields are refused (422)."""

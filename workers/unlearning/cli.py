@@ -97,10 +97,12 @@ def parse_layout(text: str | None, model: str | None) -> tuple[int, int] | None:
         return None
     if model is not None:
         usage_error("--layout trains a workload's model in shards; a registered model keeps its own")
-    shards, _, slices = text.lower().partition("x")
-    if not (shards.isdigit() and slices.isdigit() and int(shards) >= 1 and int(slices) >= 1):
-        usage_error(f"--layout takes SHARDSxSLICES, e.g. 4x5, not {text!r}")
-    return int(shards), int(slices)
+    from app.registry.training_params import layout_of
+
+    try:
+        return layout_of(text)
+    except ValueError as exc:
+        usage_error(f"--layout: {exc}")
 
 
 @contextmanager
