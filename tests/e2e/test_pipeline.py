@@ -82,6 +82,17 @@ def job_of(http: httpx.Client, request_id: str) -> str | None:
     return models[0]["job_id"] if models else None
 
 
+def own_digits_model(http: httpx.Client, workload: Any, model: str) -> list[Any]:
+    """A tenant's own digits dataset (30 training and 20 held-out subjects) and an empty model `model` with
+    the fast gate; answers the training samples (nothing else in the tenant holds their subjects)."""
+    trained = [s for s in workload.train if s.subject in set(workload.subjects[:30])]
+    heldout = [s for s in workload.heldout if s.subject in set(workload.heldout_subjects[:20])]
+    upload_digits(http, [*trained, *heldout])
+    body = {"name": model, "task": "image-classification", "policy": {"gate": FAST_GATE}}
+    ok(http.post("/v1/models", json=body))
+    return trained
+
+
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
@@ -160,15 +171,7 @@ def test_after_promotion_content_is_erased_and_tainted_artifacts_purged(
     # A tenant of its own: only its model holds the subject, so nothing else keeps the content alive.
     workload = digits_source.workload
     with httpx.Client(base_url=api.url, headers=new_tenant_auth(), timeout=30) as http:
-        trained = [s for s in workload.train if s.subject in set(workload.subjects[:30])]
-        heldout = [s for s in workload.heldout if s.subject in set(workload.heldout_subjects[:20])]
-        upload_digits(http, [*trained, *heldout])
-        ok(
-            http.post(
-                "/v1/models",
-                json={"name": "small", "task": "image-classification", "policy": {"gate": FAST_GATE}},
-            )
-        )
+        trained = own_digits_model(http, workload, "small")
         recipe = {"num_blocks": 5, "epochs": 4, "record_first_epoch_grads": False}
         job = ok(
             http.post(
@@ -376,15 +379,7 @@ def test_a_model_trained_in_shards_forgets_by_retraining_one_shard(
     unlearned by sisa again; the purge of a tainted version removes its members' checkpoints too."""
     workload = digits_source.workload
     with httpx.Client(base_url=api.url, headers=new_tenant_auth(), timeout=30) as http:
-        trained = [s for s in workload.train if s.subject in set(workload.subjects[:30])]
-        heldout = [s for s in workload.heldout if s.subject in set(workload.heldout_subjects[:20])]
-        upload_digits(http, [*trained, *heldout])
-        ok(
-            http.post(
-                "/v1/models",
-                json={"name": "sharded", "task": "image-classification", "policy": {"gate": FAST_GATE}},
-            )
-        )
+        trained = own_digits_model(http, workload, "sharded")
         training_set = {"dataset": "digits", "external_ids": [s.sample_id for s in trained]}
         refused = http.post(
             "/v1/models/sharded/versions:train",
