@@ -381,31 +381,15 @@ def test_a_model_trained_in_shards_forgets_by_retraining_one_shard(
     with httpx.Client(base_url=api.url, headers=new_tenant_auth(), timeout=30) as http:
         trained = own_digits_model(http, workload, "sharded")
         training_set = {"dataset": "digits", "external_ids": [s.sample_id for s in trained]}
-        refused = http.post(
-            "/v1/models/sharded/versions:train",
-            json={
-                "training_set": training_set,
-                "params": {
-                    "workload": "digits",
-                    "layout": {"shards": 3, "slices": 4},
-                    "recipe": {"num_blocks": 4},
-                },
-            },
-        )
+        sharded = {"workload": "digits", "layout": {"shards": 3, "slices": 4}}
+
+        def train(recipe: dict[str, Any]) -> httpx.Response:
+            body = {"training_set": training_set, "params": {**sharded, "recipe": recipe}}
+            return http.post("/v1/models/sharded/versions:train", json=body)
+
+        refused = train({"num_blocks": 4})  # the slices given twice
         assert refused.status_code == 422 and "slices" in refused.text
-        job = ok(
-            http.post(
-                "/v1/models/sharded/versions:train",
-                json={
-                    "training_set": training_set,
-                    "params": {
-                        "workload": "digits",
-                        "layout": {"shards": 3, "slices": 4},
-                        "recipe": {"epochs": 4},
-                    },
-                },
-            )
-        )
+        job = ok(train({"epochs": 4}))
         wait_job(http, job["id"])
         ok(http.put("/v1/models/sharded/aliases/production", json={"version": 1}))
         first = ok(http.get("/v1/models/sharded/versions/1"))
